@@ -1,0 +1,138 @@
+"""One attention entry point for the whole project.
+
+Shape legend: B = batch, H = heads, L = tokens, D = head dimension.
+
+``attention(q, k, v, mask, *, scale=None, backend="auto")`` computes
+``softmax(q·kᵀ·scale + mask)·v`` for q, k, v of shape (B, H, L, D). ``mask`` is a
+:class:`~kernels.mask.ScaleMask` (built once per pyramid and pattern) or ``None`` for full
+attention (one scale at a time at inference).
+
+Backends:
+
+* ``"reference"``: dense PyTorch SDPA with a boolean mask; any device and dtype.
+* ``"flex"``: FlexAttention with a block mask built from the scale ids (CUDA).
+* ``"triton"``: our block-sparse Triton kernel (CUDA, fp16/bf16).
+
+``"auto"`` picks ``"triton"`` for fp16/bf16 CUDA tensors with a mask and ``"reference"``
+otherwise. A backend that was asked for by name but cannot run raises a ``ValueError`` or
+``RuntimeError`` that says why; nothing falls back silently. The backend chosen for each
+(device, dtype, pattern) is logged once per process by the caller-visible logger.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .mask import ScaleMask
+
+__all__ = ["Backend", "attention", "available_backends"]
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["auto", "reference", "flex", "triton"]
+_BACKENDS = ("auto", "reference", "flex", "triton")
+
+
+def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: ScaleMask | None) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have shape (B, H, L, D), got {tuple(t.shape)}")
+    if q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(
+            f"q, k, v must have the same shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
+            f"{tuple(v.shape)}"
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if mask is not None:
+        if not isinstance(mask, ScaleMask):
+            raise ValueError(f"mask must be a kernels.ScaleMask or None, got {type(mask).__name__}")
+        if q.shape[2] != mask.length:
+            raise ValueError(
+                f"sequence length {q.shape[2]} does not match the mask's pyramid "
+                f"{mask.patch_nums} (L = {mask.length})"
+            )
+
+
+def reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: ScaleMask | None, scale: float
+) -> torch.Tensor:
+    """Dense PyTorch attention with a boolean mask. Returns (B, H, L, D) in q's dtype."""
+    attn_mask = None if mask is None else mask.dense(q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+
+
+def available_backends(device: torch.device | str, dtype: torch.dtype) -> list[str]:
+    """The backends that can run on this device and dtype, without compiling anything."""
+    device = torch.device(device)
+    found = ["reference"]
+    if device.type == "cuda":
+        from . import flex_backend, triton_backend
+
+        if flex_backend.is_available():
+            found.append("flex")
+        if triton_backend.is_available() and dtype in (torch.float16, torch.bfloat16):
+            found.append("triton")
+    return found
+
+
+@functools.cache
+def _log_once(backend: str, device_type: str, dtype: str, pattern: str) -> None:
+    logger.info("attention backend %s for %s %s %s", backend, device_type, dtype, pattern)
+
+
+def _log_choice(backend: str, q: torch.Tensor, mask: ScaleMask | None) -> None:
+    _log_once(backend, q.device.type, str(q.dtype), mask.pattern if mask is not None else "full")
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: ScaleMask | None,
+    *,
+    scale: float | None = None,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """Scaled dot-product attention over a token pyramid.
+
+    Args:
+        q, k, v: (B, H, L, D) tensors of one dtype on one device.
+        mask: the pyramid's :class:`ScaleMask`, or ``None`` for unmasked attention.
+        scale: softmax scale; default ``1/sqrt(D)``.
+        backend: ``"auto"``, ``"reference"``, ``"flex"`` or ``"triton"``.
+
+    Returns:
+        (B, H, L, D) tensor in q's dtype.
+    """
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    _validate(q, k, v, mask)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    if backend == "auto":
+        backend = "reference"
+        if mask is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+            from . import triton_backend
+
+            if triton_backend.is_available():
+                backend = "triton"
+    _log_choice(backend, q, mask)
+    if backend == "reference":
+        return reference_attention(q, k, v, mask, scale)
+    if backend == "flex":
+        from . import flex_backend
+
+        return flex_backend.flex_attention(q, k, v, mask, scale)
+    from . import triton_backend
+
+    return triton_backend.triton_attention(q, k, v, mask, scale)
