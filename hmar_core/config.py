@@ -1,0 +1,279 @@
+"""Frozen, typed configuration dataclasses and named presets.
+
+Every component gets one config: :class:`TokenizerConfig`, :class:`TransformerConfig`,
+:class:`SamplerConfig`. Derived values (widths, heads, drop-path rate, phi table) are computed
+in ``__post_init__`` so a config is always complete and valid once built. Presets are reached
+through ``TransformerConfig.from_name("hmar-d16")`` and ``TokenizerConfig.from_name(...)``.
+Configs are stored in checkpoints as JSON (:meth:`to_dict` / :meth:`from_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+__all__ = [
+    "PATCH_NUMS",
+    "SamplerConfig",
+    "TokenizerConfig",
+    "TransformerConfig",
+    "phi_index_table",
+]
+
+#: The official pyramids by image size (VAR / HMAR ``utils/arg_util.py``).
+PATCH_NUMS: dict[str, tuple[int, ...]] = {
+    "256": (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+    "512": (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),
+    "1024": (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64),
+}
+
+_C = TypeVar("_C", bound="_Serializable")
+
+
+def phi_index_table(num_scales: int, num_phi: int) -> tuple[int, ...]:
+    """Which of the ``num_phi`` shared phi convs each scale uses.
+
+    Scale ``si`` uses the conv whose tick is nearest to ``si / (num_scales - 1)``, with ticks
+    ``linspace(1/(3K), 1 - 1/(3K), K)`` for K = 4 and ``1/(2K)`` margins otherwise, computed in
+    float64 as the official code does (the tie at scale 2 of 10 resolves to conv 1).
+
+    Returns:
+        One conv index per scale, e.g. ``(0, 0, 1, 1, 1, 2, 2, 3, 3, 3)`` for 10 scales.
+    """
+    if num_scales < 1 or num_phi < 1:
+        raise ValueError(f"need num_scales >= 1 and num_phi >= 1, got {num_scales}, {num_phi}")
+    if num_phi == 1:
+        return (0,) * num_scales
+    margin = 1 / (3 * num_phi) if num_phi == 4 else 1 / (2 * num_phi)
+    ticks = np.linspace(margin, 1 - margin, num_phi)
+    denominator = max(num_scales - 1, 1)
+    return tuple(int(np.argmin(np.abs(ticks - si / denominator))) for si in range(num_scales))
+
+
+class _Serializable:
+    """Mixin: JSON-friendly dict round trip for frozen dataclasses (init fields only)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if f.init:
+                value = getattr(self, f.name)
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls: type[_C], data: dict[str, Any]) -> _C:
+        names = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**kwargs)  # type: ignore[call-arg]
+
+
+@dataclass(frozen=True)
+class TokenizerConfig(_Serializable):
+    """The multi-scale residual VQ-VAE (VAR's ``vae_ch160v4096z32`` by default).
+
+    The downsampling factor is ``2 ** (len(channel_mult) - 1)``; the image side is
+    ``downsample * patch_nums[-1]``.
+    """
+
+    vocab_size: int = 4096
+    latent_channels: int = 32
+    channels: int = 160
+    channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    image_channels: int = 3
+    patch_nums: tuple[int, ...] = PATCH_NUMS["256"]
+    quant_resi: float = 0.5
+    num_phi: int = 4
+    norm_groups: int = 32
+    downsample: int = field(init=False)
+    image_size: int = field(init=False)
+    phi_indices: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+        object.__setattr__(self, "patch_nums", tuple(int(p) for p in self.patch_nums))
+        _check_positive(self, ("vocab_size", "latent_channels", "channels", "num_res_blocks",
+                               "image_channels", "num_phi", "norm_groups"))
+        if not self.channel_mult or min(self.channel_mult) < 1:
+            raise ValueError(f"channel_mult must be positive ints, got {self.channel_mult}")
+        _check_patch_nums(self.patch_nums)
+        for width in {self.channels * m for m in self.channel_mult}:
+            if width % self.norm_groups:
+                raise ValueError(f"channel width {width} not divisible by {self.norm_groups} groups")
+        object.__setattr__(self, "downsample", 2 ** (len(self.channel_mult) - 1))
+        object.__setattr__(self, "image_size", self.downsample * self.patch_nums[-1])
+        object.__setattr__(
+            self, "phi_indices", phi_index_table(len(self.patch_nums), self.num_phi)
+        )
+
+    @classmethod
+    def from_name(cls, name: str) -> TokenizerConfig:
+        """A named preset: ``"vae-ch160v4096z32"`` (256 px), ``"-512"`` variant, or ours."""
+        if name not in _TOKENIZER_PRESETS:
+            raise ValueError(f"unknown tokenizer preset {name!r}; known: {sorted(_TOKENIZER_PRESETS)}")
+        return cls(**_TOKENIZER_PRESETS[name])
+
+
+@dataclass(frozen=True)
+class TransformerConfig(_Serializable):
+    """The HMAR (or VAR) transformer.
+
+    ``width`` defaults to ``64 * depth`` and ``heads`` to ``depth`` (official builders).
+    ``n_layers_train`` = number of blocks in each of the ns and mask branches; the first
+    ``depth - n_layers_train`` blocks are shared (``base_blocks``). ``kind="var"`` is VAR: one
+    block stack, block-causal attention, no mask branch, KV cache at inference.
+    """
+
+    depth: int = 16
+    width: int = 0
+    heads: int = 0
+    n_layers_train: int = 8
+    kind: Literal["hmar", "var"] = "hmar"
+    num_classes: int = 1000
+    vocab_size: int = 4096
+    latent_channels: int = 32
+    patch_nums: tuple[int, ...] = PATCH_NUMS["256"]
+    mlp_ratio: float = 4.0
+    norm_eps: float = 1e-6
+    drop_path_rate: float = -1.0
+    max_scale_mul: float = math.log(100.0)
+    head_dim: int = field(init=False)
+    seq_len: int = field(init=False)
+    num_scales: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patch_nums", tuple(int(p) for p in self.patch_nums))
+        if self.width == 0:
+            object.__setattr__(self, "width", 64 * self.depth)
+        if self.heads == 0:
+            object.__setattr__(self, "heads", self.depth)
+        if self.drop_path_rate < 0:
+            object.__setattr__(self, "drop_path_rate", 0.1 * self.depth / 24)
+        if self.kind not in ("hmar", "var"):
+            raise ValueError(f"kind must be 'hmar' or 'var', got {self.kind!r}")
+        if self.kind == "var" and self.n_layers_train != 0:
+            object.__setattr__(self, "n_layers_train", 0)
+        _check_positive(self, ("depth", "width", "heads", "num_classes", "vocab_size",
+                               "latent_channels"))
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} not divisible by heads {self.heads}")
+        if self.kind == "hmar" and not 1 <= self.n_layers_train <= self.depth:
+            raise ValueError(f"n_layers_train must be in [1, depth={self.depth}], "
+                             f"got {self.n_layers_train}")
+        _check_patch_nums(self.patch_nums)
+        object.__setattr__(self, "head_dim", self.width // self.heads)
+        object.__setattr__(self, "seq_len", sum(p * p for p in self.patch_nums))
+        object.__setattr__(self, "num_scales", len(self.patch_nums))
+
+    @property
+    def null_class(self) -> int:
+        """Index of the unconditional class (the last row of the class embedding)."""
+        return self.num_classes
+
+    @property
+    def has_mask_branch(self) -> bool:
+        return self.kind == "hmar"
+
+    @property
+    def attention_pattern(self) -> Literal["block_diagonal", "block_causal"]:
+        return "block_diagonal" if self.kind == "hmar" else "block_causal"
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> TransformerConfig:
+        """A named preset (``"hmar-d16"``, ``"hmar-d30-512"``, ``"var-d16"``, ``"tiny"``, ...)."""
+        if name not in _TRANSFORMER_PRESETS:
+            raise ValueError(f"unknown transformer preset {name!r}; "
+                             f"known: {sorted(_TRANSFORMER_PRESETS)}")
+        return cls(**{**_TRANSFORMER_PRESETS[name], **overrides})
+
+
+@dataclass(frozen=True)
+class SamplerConfig(_Serializable):
+    """Sampling settings. Defaults are the official ones without a YAML file.
+
+    ``mask_cfg_ratio``: the guidance weight of masked refinement steps is ``cfg *
+    mask_cfg_ratio`` (the official code hard-codes 1e-6, i.e. practically none).
+    ``mask_schedule``: one list per scale; entry j = tokens finalised at step j (official
+    semantics); ``None`` uses ``steps`` (see :func:`hmar_core.sampler.schedule_from_steps`),
+    or the official default schedule when that is ``None`` too.
+    """
+
+    cfg: float = 1.5
+    top_k: int = 900
+    top_p: float = 0.96
+    mask_cfg_ratio: float = 1e-6
+    mask_schedule: tuple[tuple[int, ...], ...] | None = None
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.cfg) or self.cfg < 0:
+            raise ValueError(f"cfg must be a finite number >= 0, got {self.cfg}")
+        if int(self.top_k) != self.top_k or self.top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0 (0 disables), got {self.top_k}")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in [0, 1] (0 disables), got {self.top_p}")
+        if not math.isfinite(self.mask_cfg_ratio) or self.mask_cfg_ratio < 0:
+            raise ValueError(f"mask_cfg_ratio must be >= 0, got {self.mask_cfg_ratio}")
+        if self.steps is not None and (int(self.steps) != self.steps or self.steps < 0):
+            raise ValueError(f"steps must be an int >= 0, got {self.steps}")
+        if self.mask_schedule is not None:
+            schedule = tuple(tuple(int(a) for a in entry) for entry in self.mask_schedule)
+            object.__setattr__(self, "mask_schedule", schedule)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self.mask_schedule is not None:
+            out["mask_schedule"] = [list(e) for e in self.mask_schedule]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SamplerConfig:
+        data = dict(data)
+        if data.get("mask_schedule") is not None:
+            data["mask_schedule"] = tuple(tuple(e) for e in data["mask_schedule"])
+        return cls(**data)
+
+
+def _check_positive(cfg: object, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if int(value) != value or value < 1:
+            raise ValueError(f"{type(cfg).__name__}.{name} must be a positive int, got {value}")
+
+
+def _check_patch_nums(patch_nums: tuple[int, ...]) -> None:
+    if not patch_nums or any(p < 1 for p in patch_nums):
+        raise ValueError(f"patch_nums must be positive ints, got {patch_nums}")
+    if any(b <= a for a, b in zip(patch_nums, patch_nums[1:])):
+        raise ValueError(f"patch_nums must be strictly increasing, got {patch_nums}")
+
+
+_TOKENIZER_PRESETS: dict[str, dict[str, Any]] = {
+    "vae-ch160v4096z32": {},
+    "vae-ch160v4096z32-512": {"patch_nums": PATCH_NUMS["512"]},
+    "vae-ch160v4096z32-1024": {"patch_nums": PATCH_NUMS["1024"]},
+    # Ours: 64 px images on a 16x16 latent grid (downsample 4), the official 10-scale pyramid.
+    "emoji64": {"channels": 64, "channel_mult": (1, 2, 4), "num_res_blocks": 2,
+                "vocab_size": 4096},
+    "tiny": {"channels": 32, "channel_mult": (1, 2), "num_res_blocks": 1, "vocab_size": 64,
+             "latent_channels": 8, "patch_nums": (1, 2, 3, 4)},
+}
+
+_TRANSFORMER_PRESETS: dict[str, dict[str, Any]] = {
+    **{f"hmar-d{d}": {"depth": d} for d in (16, 20, 24, 30)},
+    **{f"hmar-d{d}-512": {"depth": d, "patch_nums": PATCH_NUMS["512"]} for d in (16, 20, 24, 30, 36)},
+    **{f"hmar-d{d}-1024": {"depth": d, "patch_nums": PATCH_NUMS["1024"]} for d in (16, 20, 24, 30)},
+    **{f"var-d{d}": {"depth": d, "kind": "var", "n_layers_train": 0} for d in (16, 20, 24, 30)},
+    # Ours: the bundled emoji demo (51 classes) and a tiny test model.
+    "emoji-d8": {"depth": 8, "width": 384, "heads": 6, "n_layers_train": 3, "num_classes": 51},
+    "tiny": {"depth": 2, "width": 32, "heads": 2, "n_layers_train": 1, "num_classes": 10,
+             "vocab_size": 64, "latent_channels": 8, "patch_nums": (1, 2, 3, 4)},
+}

@@ -1,0 +1,307 @@
+"""The HMAR transformer (and VAR, its block-causal sibling) as a function of its inputs.
+
+Shape legend: B = batch, L = tokens of the whole pyramid, n = tokens of one scale (pn²),
+C = width, Cvae = latent channels, V = vocab, H = heads, D = head dim.
+
+Inputs are latents, not token ids: the next-scale input ``x_ns`` (area-downsampled f_hat of the
+coarser scales) and, for the mask branch, ``x_mask`` (the scale's own contribution) with the
+``masked`` positions replaced by the [MASK] embedding. Building those from token ids is the job
+of :mod:`hmar_core.pyramid` (see :class:`hmar_core.model.TokenModel`).
+
+* :meth:`HMARTransformer.forward` — teacher forcing over the whole pyramid, attention through
+  :func:`kernels.attention` with the block-diagonal (HMAR) or block-causal (VAR) scale mask.
+* :meth:`HMARTransformer.forward_scale` — one scale as its own sequence, no mask (HMAR is
+  Markovian over scales); VAR instead appends to a :class:`KVCache` given by the caller.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kernels import ScaleMask, attention
+
+from .config import TransformerConfig
+from .pyramid import scale_ids, scale_slices
+
+__all__ = ["Branch", "HMARTransformer", "KVCache"]
+
+Branch = Literal["ns", "mask"]
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every block for VAR's block-causal inference (grows per scale)."""
+
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)
+    values: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def extend(self, block: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this scale's (B, H, n, D) keys/values and return all cached so far."""
+        if block in self.keys:
+            k = torch.cat([self.keys[block], k], dim=2)
+            v = torch.cat([self.values[block], v], dim=2)
+        self.keys[block], self.values[block] = k, v
+        return k, v
+
+
+class SelfAttention(nn.Module):
+    """Multi-head attention with L2-normalised q/k and a learnt per-head temperature."""
+
+    def __init__(self, width: int, heads: int, max_scale_mul: float) -> None:
+        super().__init__()
+        self.heads, self.max_scale_mul = heads, max_scale_mul
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(width))
+        self.v_bias = nn.Parameter(torch.zeros(width))
+        self.log_scale = nn.Parameter(torch.full((1, heads, 1, 1), math.log(4.0)))
+        self.proj = nn.Linear(width, width)
+
+    def forward(
+        self,
+        x_BLC: torch.Tensor,
+        mask: ScaleMask | None,
+        cache: KVCache | None = None,
+        block_index: int = 0,
+    ) -> torch.Tensor:
+        batch, length, width = x_BLC.shape
+        bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+        qkv = F.linear(x_BLC, self.qkv.weight, bias).view(batch, length, 3, self.heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D)
+        scale_mul = self.log_scale.clamp_max(self.max_scale_mul).exp()
+        q = F.normalize(q, dim=-1).mul(scale_mul)
+        k = F.normalize(k, dim=-1)
+        if cache is not None:
+            k, v = cache.extend(block_index, k, v)
+            out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        else:
+            out = attention(q, k, v, mask, scale=1.0)
+        out = out.transpose(1, 2).reshape(batch, length, width)  # (B, L, C)
+        return self.proj(out)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class AdaLNBlock(nn.Module):
+    """Transformer block whose LayerNorms are modulated by the class condition (AdaLN)."""
+
+    def __init__(self, cfg: TransformerConfig, drop_path: float) -> None:
+        super().__init__()
+        width = cfg.width
+        self.eps, self.drop_path = cfg.norm_eps, drop_path
+        self.attn = SelfAttention(width, cfg.heads, cfg.max_scale_mul)
+        self.ffn = FeedForward(width, round(width * cfg.mlp_ratio))
+        self.ada_lin = nn.Linear(width, 6 * width)
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_path == 0.0:
+            return x
+        keep = 1.0 - self.drop_path  # stochastic depth, training only, default torch RNG
+        return x * x.new_empty(x.shape[0], 1, 1).bernoulli_(keep).div_(keep)
+
+    def forward(
+        self,
+        x_BLC: torch.Tensor,
+        cond_BC: torch.Tensor,
+        mask: ScaleMask | None,
+        cache: KVCache | None = None,
+        block_index: int = 0,
+    ) -> torch.Tensor:
+        ada = self.ada_lin(F.silu(cond_BC)).view(-1, 1, 6, x_BLC.shape[-1])
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = ada.unbind(2)  # each (B, 1, C)
+        h = F.layer_norm(x_BLC, x_BLC.shape[-1:], eps=self.eps).mul(scale1 + 1).add(shift1)
+        x_BLC = x_BLC + self._drop(self.attn(h, mask, cache, block_index).mul(gamma1))
+        h = F.layer_norm(x_BLC, x_BLC.shape[-1:], eps=self.eps).mul(scale2 + 1).add(shift2)
+        return x_BLC + self._drop(self.ffn(h).mul(gamma2))
+
+
+class AdaLNHead(nn.Module):
+    """AdaLN-modulated LayerNorm followed by the vocabulary projection, in float32."""
+
+    def __init__(self, width: int, vocab_size: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.ada_lin = nn.Linear(width, 2 * width)
+        self.out = nn.Linear(width, vocab_size)
+
+    def forward(self, x_BLC: torch.Tensor, cond_BC: torch.Tensor) -> torch.Tensor:
+        x_BLC, cond_BC = x_BLC.float(), cond_BC.float()
+        with torch.autocast(device_type=x_BLC.device.type, enabled=False):
+            ada = F.linear(F.silu(cond_BC), self.ada_lin.weight.float(), self.ada_lin.bias.float())
+            scale, shift = ada.view(-1, 1, 2, x_BLC.shape[-1]).unbind(2)
+            h = F.layer_norm(x_BLC, x_BLC.shape[-1:], eps=self.eps).mul(scale + 1).add(shift)
+            return F.linear(h, self.out.weight.float(), self.out.bias.float())  # (B, L, V)
+
+
+class HMARTransformer(nn.Module):
+    """HMAR: shared base blocks, then a next-scale branch or a masked-prediction branch.
+
+    With ``cfg.kind == "var"`` all blocks are base blocks, there is no mask branch, attention is
+    block-causal in teacher forcing, and inference uses a :class:`KVCache`.
+    """
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        width, n_branch = cfg.width, cfg.n_layers_train
+        n_base = cfg.depth - n_branch
+        rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        self.class_embed = nn.Embedding(cfg.num_classes + 1, width)
+        self.pos_start = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.seq_len, width))
+        self.level_embed = nn.Embedding(cfg.num_scales, width)
+        self.word_embed = nn.Linear(cfg.latent_channels, width, bias=False)
+        self.word_embed_bias = nn.Parameter(torch.zeros(width))
+        self.base_blocks = nn.ModuleList(AdaLNBlock(cfg, rates[i]) for i in range(n_base))
+        self.ns_blocks = nn.ModuleList(
+            AdaLNBlock(cfg, rates[n_base + i]) for i in range(n_branch)
+        )
+        self.ns_head = AdaLNHead(width, cfg.vocab_size, cfg.norm_eps)
+        if cfg.has_mask_branch:
+            self.mask_blocks = nn.ModuleList(
+                AdaLNBlock(cfg, rates[n_base + i]) for i in range(n_branch)
+            )
+            self.mask_head = AdaLNHead(width, cfg.vocab_size, cfg.norm_eps)
+            self.mask_embed = nn.Parameter(torch.zeros(1, width))
+        self.scale_mask = ScaleMask(cfg.patch_nums, cfg.attention_pattern)
+
+    # ----------------------------------------------------------------------------- helpers
+    def _branch(self, branch: Branch) -> tuple[nn.ModuleList, AdaLNHead]:
+        if branch == "ns":
+            return self.ns_blocks, self.ns_head
+        if branch == "mask":
+            if not self.cfg.has_mask_branch:
+                raise ValueError("this model has no mask branch (VAR); use mask-free schedules")
+            return self.mask_blocks, self.mask_head
+        raise ValueError(f"branch must be 'ns' or 'mask', got {branch!r}")
+
+    def check_labels(self, labels: torch.Tensor) -> None:
+        """Raise a ``ValueError`` unless labels are int64 (B,) in [0, num_classes]."""
+        if labels.dtype != torch.int64 or labels.dim() != 1:
+            raise ValueError(f"labels must be int64 (B,), got {labels.dtype} {tuple(labels.shape)}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.cfg.num_classes):
+            raise ValueError(f"class ids must be in [0, {self.cfg.num_classes}] "
+                             f"({self.cfg.num_classes} = unconditional)")
+
+    def _word(
+        self, x_ns: torch.Tensor, x_mask: torch.Tensor | None, masked: torch.Tensor | None
+    ) -> torch.Tensor:
+        """W·x_ns (+ mask_embed or W·x_mask) + bias, (B, n, C)."""
+        tokens = self.word_embed(x_ns)
+        if x_mask is not None:
+            second = self.word_embed(x_mask)
+            if masked is not None:
+                second = torch.where(masked[..., None], self.mask_embed.to(second.dtype), second)
+            tokens = tokens + second
+        return tokens + self.word_embed_bias
+
+    def _run(
+        self,
+        x_BLC: torch.Tensor,
+        cond_BC: torch.Tensor,
+        branch: Branch,
+        mask: ScaleMask | None,
+        cache: KVCache | None,
+    ) -> torch.Tensor:
+        blocks, head = self._branch(branch)
+        n_base = len(self.base_blocks)
+        for i, block in enumerate(self.base_blocks):
+            x_BLC = block(x_BLC, cond_BC, mask, cache, i)
+        for i, block in enumerate(blocks):
+            x_BLC = block(x_BLC, cond_BC, mask, cache, n_base + i)
+        return head(x_BLC, cond_BC)
+
+    # ----------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        labels: torch.Tensor,
+        x_ns: torch.Tensor,
+        x_mask: torch.Tensor | None = None,
+        masked: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Teacher-forced logits over the whole pyramid.
+
+        Args:
+            labels: (B,) int64 class ids; ``num_classes`` is the null class. Label dropout is
+                the trainer's job (this function never drops labels).
+            x_ns: (B, L - 1, Cvae) next-scale input of scales 1..S-1.
+            x_mask: (B, L - 1, Cvae) the mask branch's second input, or ``None`` for the
+                next-scale branch.
+            masked: (B, L - 1) bool, True where the mask branch sees [MASK]; needs ``x_mask``.
+
+        Returns:
+            (B, L, V) float32 logits; position 0 (the class token) predicts scale 0.
+        """
+        cfg = self.cfg
+        self.check_labels(labels)
+        batch = labels.shape[0]
+        if x_ns.shape != (batch, cfg.seq_len - 1, cfg.latent_channels):
+            raise ValueError(f"x_ns must be ({batch}, {cfg.seq_len - 1}, {cfg.latent_channels}), "
+                             f"got {tuple(x_ns.shape)}")
+        if (masked is None) != (x_mask is None):
+            raise ValueError("x_mask and masked go together (both None for the ns branch)")
+        if x_mask is not None and x_mask.shape != x_ns.shape:
+            raise ValueError(f"x_mask shape {tuple(x_mask.shape)} != x_ns {tuple(x_ns.shape)}")
+        if masked is not None and masked.shape != x_ns.shape[:2]:
+            raise ValueError(f"masked must be {tuple(x_ns.shape[:2])}, got {tuple(masked.shape)}")
+        cond_BC = self.class_embed(labels)
+        first = (cond_BC[:, None] + self.pos_start).to(x_ns.dtype)  # (B, 1, C)
+        x_BLC = torch.cat([first, self._word(x_ns, x_mask, masked)], dim=1)  # (B, L, C)
+        ids = scale_ids(cfg.patch_nums, x_BLC.device)
+        x_BLC = x_BLC + self.level_embed(ids)[None] + self.pos_embed
+        branch: Branch = "ns" if x_mask is None else "mask"
+        return self._run(x_BLC, cond_BC, branch, self.scale_mask, None)
+
+    def forward_scale(
+        self,
+        labels: torch.Tensor,
+        scale: int,
+        x_ns: torch.Tensor | None,
+        *,
+        x_mask: torch.Tensor | None = None,
+        masked: torch.Tensor | None = None,
+        branch: Branch = "ns",
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Logits of one scale, run as its own sequence (inference).
+
+        Args:
+            labels: (B,) int64 class ids (both CFG halves stacked by the caller).
+            scale: scale index si.
+            x_ns: (B, n, Cvae) next-scale input, ``None`` for scale 0 (the class token).
+            x_mask, masked: (B, n, Cvae) and (B, n) bool for the mask branch.
+            branch: ``"ns"`` or ``"mask"``.
+            cache: a :class:`KVCache` for VAR models (required there), ``None`` for HMAR.
+
+        Returns:
+            (B, n, V) float32 logits.
+        """
+        cfg = self.cfg
+        if not 0 <= scale < cfg.num_scales:
+            raise ValueError(f"scale must be in [0, {cfg.num_scales}), got {scale}")
+        if cfg.kind == "var" and cache is None:
+            raise ValueError("VAR models need a KVCache at inference")
+        self.check_labels(labels)
+        cond_BC = self.class_embed(labels)
+        pos = scale_slices(cfg.patch_nums)[scale]
+        if scale == 0:
+            x_BnC = cond_BC[:, None] + self.pos_start
+        else:
+            if x_ns is None:
+                raise ValueError(f"scale {scale} needs its next-scale input x_ns")
+            x_BnC = self._word(x_ns, x_mask, masked)
+        x_BnC = x_BnC + self.level_embed.weight[scale] + self.pos_embed[:, pos]
+        return self._run(x_BnC, cond_BC, branch, None, cache)
