@@ -263,7 +263,7 @@ _TOKENIZER_PRESETS: dict[str, dict[str, Any]] = {
     # Ours: 64 px images on a 16x16 latent grid (downsample 4), the official 10-scale pyramid.
     "emoji64": {"channels": 64, "channel_mult": (1, 2, 4), "num_res_blocks": 2,
                 "vocab_size": 4096},
-    "tiny": {"channels": 32, "channel_mult": (1, 2), "num_res_blocks": 1, "vocab_size": 64,
+    "tiny": {"channels": 32, "channel_mult": (1, 1, 2), "num_res_blocks": 1, "vocab_size": 64,
              "latent_channels": 8, "patch_nums": (1, 2, 3, 4)},
 }
 

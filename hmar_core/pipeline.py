@@ -292,6 +292,24 @@ class Pipeline(nn.Module):
                                     config.get("class_names"), device=device, dtype=dtype)
 
     @classmethod
+    def random(
+        cls,
+        tokenizer_cfg: TokenizerConfig | str = "tiny",
+        transformer_cfg: TransformerConfig | str = "tiny",
+        seed: int = 0,
+        sampler_cfg: SamplerConfig | None = None,
+    ) -> Pipeline:
+        """A randomly initialised pipeline (tests, benchmarks, the start of training)."""
+        from .init import random_modules
+
+        if isinstance(tokenizer_cfg, str):
+            tokenizer_cfg = TokenizerConfig.from_name(tokenizer_cfg)
+        if isinstance(transformer_cfg, str):
+            transformer_cfg = TransformerConfig.from_name(transformer_cfg)
+        tokenizer, transformer = random_modules(tokenizer_cfg, transformer_cfg, seed)
+        return cls(tokenizer, transformer, sampler_cfg)
+
+    @classmethod
     def from_state_dicts(
         cls,
         tokenizer_cfg: TokenizerConfig,
