@@ -36,7 +36,6 @@ from train.data import (
     safe_extract,
     semantic_category,
 )
-from train.data.emoji import StyleSource
 from train.data.emoji_labels import (
     build_emoji_index,
     is_val_emoji,
@@ -44,6 +43,7 @@ from train.data.emoji_labels import (
     normalize_code,
     split_class_id,
 )
+from train.data.emoji_sources import StyleSource
 from train.data.fetch import file_sha1
 
 # ----------------------------------------------------------------------------- class mapping

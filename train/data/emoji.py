@@ -22,10 +22,11 @@ import logging
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -47,21 +48,24 @@ from .emoji_labels import (
     semantic_category,
     split_class_id,
 )
+from .emoji_sources import (
+    DEFAULT_SOURCES,
+    EMOJI_DATASOURCE_GOOGLE,
+    METADATA_PREFIXES,
+    StyleSource,
+)
 from .fetch import NpmTarball, fetch_npm_tarball, safe_extract
 from .licenses import emoji_licenses_markdown
 
 logger = logging.getLogger(__name__)
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 __all__ = [
     "DATASET_TAG",
-    "DEFAULT_SOURCES",
-    "EMOJI_DATASOURCE_GOOGLE",
-    "EMOJI_DATASOURCE_TWITTER",
-    "FLUENT_EMOJI_3D",
     "SPLITS",
     "EmojiBuildConfig",
     "EmojiBuildResult",
-    "StyleSource",
     "build_emoji_dataset",
     "preprocess_emoji",
 ]
@@ -69,49 +73,6 @@ __all__ = [
 DATASET_TAG = "hmar-emoji"
 SPLITS: tuple[str, ...] = ("train", "val")
 IMAGE_SUFFIXES = (".png", ".webp")
-
-FLUENT_EMOJI_3D = NpmTarball(
-    "@lobehub/fluent-emoji-3d@1.1.0",
-    "lobehub-fluent-emoji-3d-1.1.0.tgz",
-    "ff0679b2bbbf6100dd9709d8952498f08f364ac6",
-)
-EMOJI_DATASOURCE_GOOGLE = NpmTarball(
-    "emoji-datasource-google@16.0.0",
-    "emoji-datasource-google-16.0.0.tgz",
-    "a80ac3e8106cbd4d8648ce758aa099e8827b6157",
-)
-EMOJI_DATASOURCE_TWITTER = NpmTarball(
-    "emoji-datasource-twitter@16.0.0",
-    "emoji-datasource-twitter-16.0.0.tgz",
-    "e2bd39a8acb77e158106f8249dd7b4cd93fa1b14",
-)
-_METADATA_PREFIXES = ("package/emoji.json", "package/LICENSE", "package/README.md")
-
-
-@dataclass(frozen=True)
-class StyleSource:
-    """Where the images of one art style come from.
-
-    Attributes:
-        style: A name from :data:`~train.data.emoji_labels.STYLES`.
-        tarball: The pinned npm tarball.
-        image_prefix: Folder of the images inside the tarball.
-        drop_categories: Semantic categories not taken from this style.
-    """
-
-    style: str
-    tarball: NpmTarball
-    image_prefix: str
-    drop_categories: tuple[str, ...] = ()
-
-
-DEFAULT_SOURCES: tuple[StyleSource, ...] = (
-    # Fluent 3D "flags" are flat Noto-style copies, not 3D renders: drop them.
-    StyleSource("fluent3d", FLUENT_EMOJI_3D, "package/assets/", ("flag",)),
-    StyleSource("noto", EMOJI_DATASOURCE_GOOGLE, "package/img/google/64/"),
-    StyleSource("twemoji", EMOJI_DATASOURCE_TWITTER, "package/img/twitter/64/"),
-)
-
 
 @dataclass(frozen=True)
 class EmojiBuildConfig:
@@ -206,7 +167,7 @@ def _process(job: tuple[str, str, int, bool]) -> np.ndarray | str | None:
         with Image.open(source) as image:
             image.load()
             result = preprocess_emoji(image, size)
-    except (OSError, ValueError, SyntaxError) as error:  # Pillow raises all three on bad data
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         return f"{type(error).__name__}: {error}"
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     result.save(target, format="PNG")
@@ -357,7 +318,7 @@ def build_emoji_dataset(config: EmojiBuildConfig) -> EmojiBuildResult:
         safe_extract(paths[source.tarball.filename], image_dirs[source.style],
                      [source.image_prefix], expected_sha1=source.tarball.sha1)
     meta_dir = extracted / "meta"
-    safe_extract(paths[config.metadata.filename], meta_dir, _METADATA_PREFIXES,
+    safe_extract(paths[config.metadata.filename], meta_dir, METADATA_PREFIXES,
                  expected_sha1=config.metadata.sha1)
     records = json.loads((meta_dir / "emoji.json").read_text(encoding="utf-8"))
     index = build_emoji_index(records)
@@ -432,6 +393,8 @@ class _InProcess:
     def __exit__(self, *exc_info: object) -> None:
         return None
 
-    def map(self, fn, iterable, chunksize: int = 1) -> Iterator:  # noqa: ANN001
+    def map(
+        self, fn: Callable[[_Item], _Result], items: Iterable[_Item], chunksize: int = 1
+    ) -> Iterator[_Result]:
         del chunksize
-        return map(fn, iterable)
+        return map(fn, items)
