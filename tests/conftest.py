@@ -1,0 +1,47 @@
+"""Shared fixtures: the official fixture folder, a tiny random pipeline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = Path(os.environ.get("HMAR_OFFICIAL_FIXTURE", ROOT.parent / "shared/fixtures/official-small"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def fixture_dir() -> Path:
+    if not (FIXTURE / "reference.pt").is_file():
+        pytest.skip(f"official fixture not found at {FIXTURE}")
+    return FIXTURE
+
+
+@pytest.fixture(scope="session")
+def reference(fixture_dir: Path) -> dict:
+    return torch.load(fixture_dir / "reference.pt", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def official_pipe(fixture_dir: Path):
+    from hmar_core import load_official
+
+    return load_official(fixture_dir / "vqvae.pth", fixture_dir / "hmar.pth")
+
+
+@pytest.fixture()
+def tiny_pipe():
+    from hmar_core import Pipeline
+
+    return Pipeline.random(seed=0)

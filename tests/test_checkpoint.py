@@ -1,0 +1,137 @@
+"""Checkpoint I/O: our safetensors folder, official converters, and refusals with clear errors."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from hmar_core import CheckpointError, Pipeline, load_official
+from hmar_core import checkpoint as ckpt
+
+
+def test_save_and_load_roundtrip(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json", "tokenizer.safetensors", "transformer.safetensors"]
+    loaded = Pipeline.from_pretrained(tmp_path / "m")
+    for a, b in zip(tiny_pipe.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    x = tiny_pipe.generate(3, seed=5, batch_size=2)
+    y = loaded.generate(3, seed=5, batch_size=2)
+    assert all(torch.equal(a, b) for a, b in zip(x.tokens, y.tokens))
+
+
+def test_save_bfloat16_loads_as_float32(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "m", dtype=torch.bfloat16)
+    loaded = Pipeline.from_pretrained(tmp_path / "m")
+    assert loaded.dtype == torch.float32
+    ref = tiny_pipe.transformer.pos_embed
+    assert (loaded.transformer.pos_embed - ref).abs().max() <= 1e-2 * ref.abs().max()
+
+
+def test_official_convert_then_save(official_pipe, reference, tmp_path):
+    official_pipe.save_pretrained(tmp_path / "conv")
+    pipe = Pipeline.from_pretrained(tmp_path / "conv")
+    api = reference["api"]["model"]
+    with torch.no_grad():
+        logits = pipe.model(api["labels"], api["tokens"])
+    assert (logits - api["ns_logits"]).abs().max() <= 1e-4 * api["ns_logits"].abs().max()
+
+
+def _write_folder(pipe: Pipeline, folder: Path, mutate) -> None:
+    pipe.save_pretrained(folder)
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(folder / "transformer.safetensors"))
+    mutate(sd)
+    save_file(sd, str(folder / "transformer.safetensors"))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda sd: sd.pop("ns_head.out.bias"), r"missing keys \['ns_head.out.bias'\]"),
+        (lambda sd: sd.__setitem__("extra.weight", torch.zeros(2)), r"unexpected keys \['extra"),
+        (lambda sd: sd.__setitem__("pos_start", torch.zeros(1, 1, 7)), r"mis-shaped keys"),
+        (lambda sd: sd.__setitem__("pos_start", torch.full((1, 1, 32), float("nan"))),
+         "non-finite"),
+    ],
+)
+def test_bad_weights_are_named(tiny_pipe, tmp_path, mutate, message):
+    _write_folder(tiny_pipe, tmp_path / "bad", mutate)
+    with pytest.raises(CheckpointError, match=message):
+        Pipeline.from_pretrained(tmp_path / "bad")
+
+
+def test_truncated_and_missing_files(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "m")
+    data = (tmp_path / "m" / "transformer.safetensors").read_bytes()
+    (tmp_path / "m" / "transformer.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cannot read"):
+        Pipeline.from_pretrained(tmp_path / "m")
+    with pytest.raises(CheckpointError, match="no config.json"):
+        Pipeline.from_pretrained(tmp_path / "nowhere")
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="invalid config"):
+        Pipeline.from_pretrained(tmp_path / "m")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))  # would create a file if ever executed
+
+    marker = ""
+
+
+def test_pickle_payload_refused_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+    _Payload.marker = str(marker)
+    path = tmp_path / "evil.pth"
+    with path.open("wb") as f:
+        pickle.dump({"weights": _Payload()}, f)
+    with pytest.raises(CheckpointError, match="weights-only"):
+        ckpt.load_torch_weights(path)
+    assert not marker.exists()
+
+
+def test_non_state_dict_pth_refused(tmp_path):
+    torch.save({"a": [1, 2, 3]}, tmp_path / "x.pth")
+    with pytest.raises(CheckpointError, match="flat state dict"):
+        ckpt.load_torch_weights(tmp_path / "x.pth")
+    with pytest.raises(CheckpointError, match="not found"):
+        ckpt.load_torch_weights(tmp_path / "missing.pth")
+
+
+def test_wrong_official_files(fixture_dir, tmp_path):
+    with pytest.raises(CheckpointError, match="not a VQVAE"):
+        load_official(fixture_dir / "hmar.pth", fixture_dir / "hmar.pth")
+    with pytest.raises(CheckpointError):
+        load_official(fixture_dir / "vqvae.pth", fixture_dir / "vqvae.pth")
+    sd = ckpt.load_torch_weights(fixture_dir / "hmar.pth")
+    sd.pop("mask_head.bias")
+    torch.save(sd, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match=r"missing keys \['mask_head.out.bias'\]"):
+        load_official(fixture_dir / "vqvae.pth", tmp_path / "partial.pth")
+
+
+def test_converter_is_pure_and_drops_recomputed_buffers(fixture_dir):
+    sd = ckpt.load_torch_weights(fixture_dir / "hmar.pth")
+    before = {k: v.clone() for k, v in sd.items()}
+    out = ckpt.convert_official_hmar_state_dict(sd)
+    assert all(torch.equal(sd[k], before[k]) for k in before) and set(sd) == set(before)
+    assert "lvl_1L" not in out and "attn_bias_for_masking" not in out
+    assert not any(k.endswith("zero_k_bias") for k in out)
+    assert out["base_blocks.0.attn.qkv.weight"] is sd["base_blocks.0.attn.mat_qkv.weight"]
+    assert json.dumps(sorted(out))  # plain string keys
+
+
+def test_stage2_must_match_frozen_stage1(fixture_dir):
+    nsp = ckpt.load_torch_weights(fixture_dir / "nsp.pth")
+    mp = ckpt.load_torch_weights(fixture_dir / "mp.pth")
+    mp["blocks.0.ffn.fc1.bias"] = mp["blocks.0.ffn.fc1.bias"] + 1
+    with pytest.raises(CheckpointError, match="frozen"):
+        ckpt.merge_official_stage_state_dicts(nsp, mp, n_layers_train=1)
