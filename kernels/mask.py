@@ -58,7 +58,9 @@ class ScaleMask:
         sizes = torch.tensor(self.scale_sizes, device=device)
         return torch.repeat_interleave(torch.arange(len(self.scale_sizes), device=device), sizes)
 
-    def row_bounds(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def row_bounds(
+        self, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per query row, the allowed key range ``[start, end)``, both int32 (L,).
 
         The allowed keys of every row form one contiguous range for both patterns.
@@ -81,4 +83,5 @@ class ScaleMask:
         """Number of allowed (query, key) pairs, for FLOP counts."""
         if self.pattern == "block_diagonal":
             return sum(s * s for s in self.scale_sizes)
-        return sum(s * (start + s) for s, start in zip(self.scale_sizes, self.scale_starts))
+        pairs = zip(self.scale_sizes, self.scale_starts, strict=True)
+        return sum(size * (start + size) for size, start in pairs)

@@ -1,0 +1,643 @@
+"""Block-sparse attention over token pyramids in Triton: forward and backward.
+
+Shape legend: B = batch, H = heads, L = tokens, D = head dimension, BH = B·H.
+
+Origin: the flash-attention algorithm as taught by Triton's tutorial 06 (fused attention):
+online softmax in base 2 (scores scaled by ``scale·log2(e)``, ``exp2``, the log-sum-exp kept
+per row for the backward), fp32 accumulators, a backward with a ``delta = rowsum(O ⊙ dO)``
+term, one kernel for dK/dV that walks over query tiles and one for dQ that walks over key tiles.
+Written from the algorithm for this project, no code copied.
+
+What changed:
+
+* Masks are :class:`~kernels.mask.ScaleMask` row ranges: row ``i`` sees keys
+  ``[row_start[i], row_end[i])`` (block-diagonal or block-causal over the scales).
+* Work is a precomputed *tile schedule* (:mod:`kernels.schedule`): row tiles never straddle a
+  scale (small whole scales are packed together), and each program visits exactly the key (or
+  query) range its rows need. The first tiles of that range, which every row sees whole, run
+  without a mask; only boundary tiles are masked. No tile outside the pattern is ever loaded.
+* One 1-D grid of (item, batch·head) programs, items fastest so that the programs of one head
+  share its K/V in L2, and the longest items first.
+* The dQ kernel also computes ``delta`` for its rows, so the backward is two launches.
+* fp16, bf16 and fp32 inputs (fp32 uses IEEE dot products, for the CPU interpreter tests).
+* Tile sizes, warps and pipeline depth are tuned by ``triton.autotune`` per (L, D, pyramid and
+  pattern, dtype), with the result cached in-process and on disk (Triton's cache directory).
+  Under ``TRITON_INTERPRET=1`` one small fixed config per kernel is used instead.
+
+Limits: D ∈ {64, 128}; q, k, v contiguous (B, H, L, D) of one dtype on one CUDA device (or CPU
+under the interpreter); no dropout, no extra bias; every row must see at least one key (true
+for both patterns). The Triton interpreter mis-computes bf16 dot products, so bf16 is only
+correct on the GPU.
+
+Hardware tested: NVIDIA H200 (torch 2.11, triton 3.6); CPU interpreter (torch 2.13, triton 3.6).
+"""
+
+# Triton convention in the kernels below: UPPERCASE tensor and constexpr arguments, untyped.
+# ruff: noqa: N803, ANN001
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import logging
+import math
+import os
+import zlib
+from collections.abc import Callable, Iterator
+
+import torch
+import triton
+import triton.language as tl
+
+from .mask import ScaleMask
+from .schedule import packed_schedule
+
+__all__ = ["BlockSparseAttention", "is_available", "triton_attention"]
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_HEAD_DIMS = (64, 128)
+_LOG2_E = 1.4426950408889634
+_BUILT_FOR_INTERPRETER = bool(triton.knobs.runtime.interpret)
+
+
+def _interpreted() -> bool:
+    """Whether this module's kernels were built for the Triton interpreter (at import)."""
+    return _BUILT_FOR_INTERPRETER
+
+
+def is_available() -> bool:
+    """Triton is importable and there is a CUDA device or ``TRITON_INTERPRET=1``."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# --------------------------------------------------------------------------------------------
+# Autotune configs: (row tile of the program, column tile of its loop, warps, stages).
+# --------------------------------------------------------------------------------------------
+
+def _configs(rows: str, cols: str, table: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+    return [
+        triton.Config({rows: r, cols: c}, num_warps=w, num_stages=s) for r, c, w, s in table
+    ]
+
+
+_FWD_CONFIGS = {
+    64: [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3),
+         (64, 32, 4, 4)],
+    128: [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 4, 2)],
+}
+_DQ_CONFIGS = {
+    64: [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4), (128, 64, 4, 2)],
+    128: [(128, 32, 8, 2), (64, 32, 4, 3), (64, 64, 4, 2), (128, 32, 4, 2)],
+}
+_DKDV_CONFIGS = {
+    64: [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4), (128, 32, 8, 3)],
+    128: [(128, 32, 8, 2), (64, 32, 4, 3), (64, 64, 4, 2), (128, 32, 4, 2)],
+}
+# One config per kernel under the interpreter: small tiles, so that small test pyramids still
+# have several items, full tiles and boundary tiles.
+_INTERPRETER_CONFIG = (32, 16, 4, 1)
+
+
+def _autotune(
+    rows: str, cols: str, table: dict[int, list[tuple[int, int, int, int]]]
+) -> Callable[[triton.JITFunction], triton.runtime.Autotuner]:
+    """``triton.autotune`` keyed on (L, D, pyramid and pattern, dtypes), cached on disk.
+
+    All head dims' configs are listed; a prune step keeps those of the call's head dim.
+    """
+    if _BUILT_FOR_INTERPRETER:
+        return triton.autotune(configs=_configs(rows, cols, [_INTERPRETER_CONFIG]), key=[])
+    distinct = sorted({config for configs in table.values() for config in configs})
+
+    def prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list:
+        wanted = set(table.get(int(kwargs["HEAD_DIM"]), []))
+        kept = [
+            c for c in configs
+            if (c.kwargs[rows], c.kwargs[cols], c.num_warps, c.num_stages) in wanted
+        ]
+        return kept or configs[:1]
+
+    return triton.autotune(
+        configs=_configs(rows, cols, distinct),
+        key=["seq_len", "HEAD_DIM", "tune_key"],
+        prune_configs_by={"early_config_prune": prune},
+        cache_results=True,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels. Each program owns one schedule item of one batch·head; its loop visits the item's
+# column tiles in two phases: first the tiles every row sees whole (no mask), then the
+# boundary tiles (per-row mask). The per-tile work sits in small inlined helpers so that the
+# loop driver can be a ``for`` (compiled: software-pipelined) or a ``while`` (interpreter:
+# its ``range`` cannot take tensor bounds under NumPy >= 2.4).
+# --------------------------------------------------------------------------------------------
+
+@triton.jit
+def _load_item(SCHEDULE, BLOCK: tl.constexpr):
+    """This program's batch·head and item fields, from the packed schedule of row tile BLOCK."""
+    pid = tl.program_id(0)
+    offset = tl.load(SCHEDULE + 2 * (BLOCK // 16))
+    n_items = tl.load(SCHEDULE + 2 * (BLOCK // 16) + 1)
+    bh = pid // n_items
+    entry = SCHEDULE + offset + (pid % n_items) * 5
+    row_start = tl.load(entry)
+    row_end = tl.load(entry + 1)
+    col_start = tl.load(entry + 2)
+    col_end = tl.load(entry + 3)
+    col_full_end = tl.load(entry + 4)
+    return bh.to(tl.int64), row_start, row_end, col_start, col_end, col_full_end
+
+
+@triton.jit
+def _fwd_tile(
+    acc, l_i, m_i, q,
+    # this key tile: pointers (BLOCK_N, D), key indices (BLOCK_N,), end of the item's keys
+    K_TILE, V_TILE, cols, k_end,
+    # each query row's allowed key range (BLOCK_M,), and scale·log2(e)
+    allowed_lo, allowed_hi, qk_scale,
+    MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """One online-softmax step over one key tile; returns the new (acc, l_i, m_i)."""
+    if MASKED:
+        col_valid = cols < k_end
+        k = tl.load(K_TILE, mask=col_valid[:, None], other=0.0)
+        v = tl.load(V_TILE, mask=col_valid[:, None], other=0.0)
+    else:
+        k = tl.load(K_TILE)
+        v = tl.load(V_TILE)
+    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    if MASKED:
+        allowed = (cols[None, :] >= allowed_lo[:, None]) & (cols[None, :] < allowed_hi[:, None])
+        scores = tl.where(allowed, scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw nothing yet
+    else:
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        m_ref = m_new
+    p = tl.exp2(scores - m_ref[:, None])
+    alpha = tl.exp2(m_i - m_ref)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+    return acc, l_i, m_new
+
+
+@_autotune("BLOCK_M", "BLOCK_N", _FWD_CONFIGS)
+@triton.jit(do_not_specialize=["seq_len", "tune_key"])
+def _attn_fwd(
+    # inputs (BH, L, D); outputs OUT (BH, L, D) and LSE (BH, L), the base-2 log-sum-exp, fp32
+    Q, K, V, OUT, LSE,
+    # mask: each row's allowed key range (L,) int32, and the packed query schedule
+    ROW_START, ROW_END, SCHEDULE,
+    # sizes and scalars
+    seq_len, qk_scale, tune_key,
+    # meta-parameters
+    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, WHILE_LOOPS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    bh, q_start, q_end, k_start, k_end, k_full_end = _load_item(SCHEDULE, BLOCK_M)
+    base = bh * seq_len * HEAD_DIM
+    offs_m = q_start + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_valid = offs_m < q_end
+    q = tl.load(Q + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
+                mask=row_valid[:, None], other=0.0)
+    allowed_lo = tl.load(ROW_START + offs_m, mask=row_valid, other=0)
+    allowed_hi = tl.load(ROW_END + offs_m, mask=row_valid, other=0)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    key_offsets = (k_start + offs_n)[:, None] * HEAD_DIM + offs_d[None, :]
+    K_TILES = K + base + key_offsets
+    V_TILES = V + base + key_offsets
+    STEP: tl.constexpr = BLOCK_N * HEAD_DIM
+    n_full = (k_full_end - k_start) // BLOCK_N
+    n_tiles = tl.cdiv(k_end - k_start, BLOCK_N)
+
+    if WHILE_LOOPS:
+        tile = 0
+        while tile < n_full:  # phase 1
+            acc, l_i, m_i = _fwd_tile(
+                acc, l_i, m_i, q, K_TILES + tile * STEP, V_TILES + tile * STEP,
+                k_start + tile * BLOCK_N + offs_n, k_end, allowed_lo, allowed_hi, qk_scale,
+                False, DOT_PRECISION)
+            tile += 1
+        while tile < n_tiles:  # phase 2
+            acc, l_i, m_i = _fwd_tile(
+                acc, l_i, m_i, q, K_TILES + tile * STEP, V_TILES + tile * STEP,
+                k_start + tile * BLOCK_N + offs_n, k_end, allowed_lo, allowed_hi, qk_scale,
+                True, DOT_PRECISION)
+            tile += 1
+    else:
+        # Phase 1: key tiles that every row of the item sees whole; no mask.
+        for tile in range(0, n_full):
+            acc, l_i, m_i = _fwd_tile(
+                acc, l_i, m_i, q, K_TILES + tile * STEP, V_TILES + tile * STEP,
+                k_start + tile * BLOCK_N + offs_n, k_end, allowed_lo, allowed_hi, qk_scale,
+                False, DOT_PRECISION)
+        # Phase 2: boundary tiles; each row keeps only the keys inside its own range.
+        for tile in range(n_full, n_tiles):
+            acc, l_i, m_i = _fwd_tile(
+                acc, l_i, m_i, q, K_TILES + tile * STEP, V_TILES + tile * STEP,
+                k_start + tile * BLOCK_N + offs_n, k_end, allowed_lo, allowed_hi, qk_scale,
+                True, DOT_PRECISION)
+
+    # Epilogue: normalise; store O and the base-2 log-sum-exp.
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    tl.store(OUT + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
+             out.to(OUT.dtype.element_ty), mask=row_valid[:, None])
+    tl.store(LSE + bh * seq_len + offs_m, m_i + tl.log2(l_safe), mask=row_valid)
+
+
+@triton.jit
+def _dq_tile(
+    dq, q, do, lse, delta,
+    # this key tile: pointers (BLOCK_N, D), key indices (BLOCK_N,), end of the item's keys
+    K_TILE, V_TILE, cols, k_end,
+    # each query row's allowed key range (BLOCK_M,), and scale·log2(e)
+    allowed_lo, allowed_hi, qk_scale,
+    MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """dQ += dS·K over one key tile (dS in units of the scaled scores); returns dq."""
+    if MASKED:
+        col_valid = cols < k_end
+        k = tl.load(K_TILE, mask=col_valid[:, None], other=0.0)
+        v = tl.load(V_TILE, mask=col_valid[:, None], other=0.0)
+    else:
+        k = tl.load(K_TILE)
+        v = tl.load(V_TILE)
+    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    if MASKED:
+        allowed = (cols[None, :] >= allowed_lo[:, None]) & (cols[None, :] < allowed_hi[:, None])
+        scores = tl.where(allowed, scores, float("-inf"))
+    p = tl.exp2(scores - lse[:, None])
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+    ds = p * (dp - delta[:, None])
+    return tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+
+
+@_autotune("BLOCK_M", "BLOCK_N", _DQ_CONFIGS)
+@triton.jit(do_not_specialize=["seq_len", "tune_key"])
+def _attn_bwd_dq(
+    # inputs (BH, L, D) and LSE (BH, L); outputs DQ (BH, L, D) and DELTA (BH, L) fp32
+    Q, K, V, OUT, DO, LSE, DQ, DELTA,
+    # mask: each row's allowed key range (L,) int32, and the packed query schedule
+    ROW_START, ROW_END, SCHEDULE,
+    # sizes and scalars
+    seq_len, qk_scale, sm_scale, tune_key,
+    # meta-parameters
+    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, WHILE_LOOPS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    bh, q_start, q_end, k_start, k_end, k_full_end = _load_item(SCHEDULE, BLOCK_M)
+    base = bh * seq_len * HEAD_DIM
+    offs_m = q_start + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_valid = offs_m < q_end
+    row_offsets = offs_m[:, None] * HEAD_DIM + offs_d[None, :]
+    q = tl.load(Q + base + row_offsets, mask=row_valid[:, None], other=0.0)
+    do = tl.load(DO + base + row_offsets, mask=row_valid[:, None], other=0.0)
+    out = tl.load(OUT + base + row_offsets, mask=row_valid[:, None], other=0.0)
+    # delta = rowsum(O ⊙ dO), also needed by the dK/dV kernel that runs next
+    delta = tl.sum(out.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + bh * seq_len + offs_m, delta, mask=row_valid)
+    lse = tl.load(LSE + bh * seq_len + offs_m, mask=row_valid, other=0.0)
+    allowed_lo = tl.load(ROW_START + offs_m, mask=row_valid, other=0)
+    allowed_hi = tl.load(ROW_END + offs_m, mask=row_valid, other=0)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    key_offsets = (k_start + offs_n)[:, None] * HEAD_DIM + offs_d[None, :]
+    K_TILES = K + base + key_offsets
+    V_TILES = V + base + key_offsets
+    STEP: tl.constexpr = BLOCK_N * HEAD_DIM
+    n_full = (k_full_end - k_start) // BLOCK_N
+    n_tiles = tl.cdiv(k_end - k_start, BLOCK_N)
+
+    if WHILE_LOOPS:
+        tile = 0
+        while tile < n_full:  # phase 1
+            dq = _dq_tile(dq, q, do, lse, delta, K_TILES + tile * STEP, V_TILES + tile * STEP,
+                          k_start + tile * BLOCK_N + offs_n, k_end, allowed_lo, allowed_hi,
+                          qk_scale, False, DOT_PRECISION)
+            tile += 1
+        while tile < n_tiles:  # phase 2
+            dq = _dq_tile(dq, q, do, lse, delta, K_TILES + tile * STEP, V_TILES + tile * STEP,
+                          k_start + tile * BLOCK_N + offs_n, k_end, allowed_lo, allowed_hi,
+                          qk_scale, True, DOT_PRECISION)
+            tile += 1
+    else:
+        # Phase 1: key tiles every row sees whole.
+        for tile in range(0, n_full):
+            dq = _dq_tile(dq, q, do, lse, delta, K_TILES + tile * STEP, V_TILES + tile * STEP,
+                          k_start + tile * BLOCK_N + offs_n, k_end, allowed_lo, allowed_hi,
+                          qk_scale, False, DOT_PRECISION)
+        # Phase 2: boundary tiles, masked per row.
+        for tile in range(n_full, n_tiles):
+            dq = _dq_tile(dq, q, do, lse, delta, K_TILES + tile * STEP, V_TILES + tile * STEP,
+                          k_start + tile * BLOCK_N + offs_n, k_end, allowed_lo, allowed_hi,
+                          qk_scale, True, DOT_PRECISION)
+
+    tl.store(DQ + base + row_offsets, (dq * sm_scale).to(DQ.dtype.element_ty),
+             mask=row_valid[:, None])
+
+
+@triton.jit
+def _dkdv_tile(
+    dk, dv, k, v,
+    # this query tile: pointers (BLOCK_M, D) and (BLOCK_M,), query indices, end of the item
+    Q_TILE, DO_TILE, LSE_TILE, DELTA_TILE, rows, q_end,
+    # each query row's allowed key range (L,) int32, this program's key indices (BLOCK_N,)
+    ROW_START, ROW_END, keys, qk_scale,
+    MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """dV += Pᵀ·dO and dK += dSᵀ·Q over one query tile; returns (dk, dv)."""
+    if MASKED:
+        row_valid = rows < q_end
+        q = tl.load(Q_TILE, mask=row_valid[:, None], other=0.0)
+        do = tl.load(DO_TILE, mask=row_valid[:, None], other=0.0)
+        lse = tl.load(LSE_TILE, mask=row_valid, other=0.0)
+        delta = tl.load(DELTA_TILE, mask=row_valid, other=0.0)
+    else:
+        q = tl.load(Q_TILE)
+        do = tl.load(DO_TILE)
+        lse = tl.load(LSE_TILE)
+        delta = tl.load(DELTA_TILE)
+    scores_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (N, M)
+    if MASKED:
+        allowed_lo = tl.load(ROW_START + rows, mask=row_valid, other=0)
+        allowed_hi = tl.load(ROW_END + rows, mask=row_valid, other=0)
+        allowed = (keys[:, None] >= allowed_lo[None, :]) & (keys[:, None] < allowed_hi[None, :])
+        scores_t = tl.where(allowed, scores_t, float("-inf"))
+    p_t = tl.exp2(scores_t - lse[None, :])
+    dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+    dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@_autotune("BLOCK_N", "BLOCK_M", _DKDV_CONFIGS)
+@triton.jit(do_not_specialize=["seq_len", "tune_key"])
+def _attn_bwd_dkdv(
+    # inputs (BH, L, D), LSE and DELTA (BH, L) fp32; outputs DK, DV (BH, L, D)
+    Q, K, V, DO, LSE, DELTA, DK, DV,
+    # mask: each row's allowed key range (L,) int32, and the packed key schedule
+    ROW_START, ROW_END, SCHEDULE,
+    # sizes and scalars
+    seq_len, qk_scale, sm_scale, tune_key,
+    # meta-parameters: BLOCK_N keys per program, BLOCK_M queries per loop step
+    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, WHILE_LOOPS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    bh, k_start, k_end, q_start, q_end, q_full_end = _load_item(SCHEDULE, BLOCK_N)
+    base = bh * seq_len * HEAD_DIM
+    keys = k_start + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    key_valid = keys < k_end
+    key_offsets = keys[:, None] * HEAD_DIM + offs_d[None, :]
+    k = tl.load(K + base + key_offsets, mask=key_valid[:, None], other=0.0)
+    v = tl.load(V + base + key_offsets, mask=key_valid[:, None], other=0.0)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    query_offsets = (q_start + offs_m)[:, None] * HEAD_DIM + offs_d[None, :]
+    Q_TILES = Q + base + query_offsets
+    DO_TILES = DO + base + query_offsets
+    LSE_TILES = LSE + bh * seq_len + q_start + offs_m
+    DELTA_TILES = DELTA + bh * seq_len + q_start + offs_m
+    STEP: tl.constexpr = BLOCK_M * HEAD_DIM
+    n_full = (q_full_end - q_start) // BLOCK_M
+    n_tiles = tl.cdiv(q_end - q_start, BLOCK_M)
+
+    if WHILE_LOOPS:
+        tile = 0
+        while tile < n_full:  # phase 1
+            dk, dv = _dkdv_tile(
+                dk, dv, k, v, Q_TILES + tile * STEP, DO_TILES + tile * STEP,
+                LSE_TILES + tile * BLOCK_M, DELTA_TILES + tile * BLOCK_M,
+                q_start + tile * BLOCK_M + offs_m, q_end, ROW_START, ROW_END, keys, qk_scale,
+                False, DOT_PRECISION)
+            tile += 1
+        while tile < n_tiles:  # phase 2
+            dk, dv = _dkdv_tile(
+                dk, dv, k, v, Q_TILES + tile * STEP, DO_TILES + tile * STEP,
+                LSE_TILES + tile * BLOCK_M, DELTA_TILES + tile * BLOCK_M,
+                q_start + tile * BLOCK_M + offs_m, q_end, ROW_START, ROW_END, keys, qk_scale,
+                True, DOT_PRECISION)
+            tile += 1
+    else:
+        # Phase 1: query tiles whose rows all see every key of this program.
+        for tile in range(0, n_full):
+            dk, dv = _dkdv_tile(
+                dk, dv, k, v, Q_TILES + tile * STEP, DO_TILES + tile * STEP,
+                LSE_TILES + tile * BLOCK_M, DELTA_TILES + tile * BLOCK_M,
+                q_start + tile * BLOCK_M + offs_m, q_end, ROW_START, ROW_END, keys, qk_scale,
+                False, DOT_PRECISION)
+        # Phase 2: boundary query tiles, masked by each query row's allowed key range.
+        for tile in range(n_full, n_tiles):
+            dk, dv = _dkdv_tile(
+                dk, dv, k, v, Q_TILES + tile * STEP, DO_TILES + tile * STEP,
+                LSE_TILES + tile * BLOCK_M, DELTA_TILES + tile * BLOCK_M,
+                q_start + tile * BLOCK_M + offs_m, q_end, ROW_START, ROW_END, keys, qk_scale,
+                True, DOT_PRECISION)
+
+    tl.store(DK + base + key_offsets, (dk * sm_scale).to(DK.dtype.element_ty),
+             mask=key_valid[:, None])
+    tl.store(DV + base + key_offsets, dv.to(DV.dtype.element_ty), mask=key_valid[:, None])
+
+
+# --------------------------------------------------------------------------------------------
+# Launch helpers
+# --------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _on_device(tensor: torch.Tensor) -> Iterator[None]:
+    """Launch on the tensor's own GPU (Triton launches on the current device)."""
+    if tensor.device.type == "cuda":
+        with torch.cuda.device(tensor.device):
+            yield
+    else:
+        yield
+
+
+def _tune_key(mask: ScaleMask) -> int:
+    """A stable int naming the pyramid and pattern, part of the autotuning key."""
+    return zlib.crc32(repr((mask.patch_nums, mask.pattern)).encode()) & 0x7FFFFFFF
+
+
+class _Launch:
+    """What every kernel launch of one call shares: mask tables, sizes and scalars."""
+
+    def __init__(self, q: torch.Tensor, mask: ScaleMask, scale: float) -> None:
+        self.batch_heads = q.shape[0] * q.shape[1]
+        self.seq_len = q.shape[2]
+        self.row_start, self.row_end = _row_bounds(mask, q.device)
+        self.query_table, self.query_counts = packed_schedule(mask, "query", q.device)
+        self.key_table, self.key_counts = packed_schedule(mask, "key", q.device)
+        self.qk_scale = scale * _LOG2_E
+        self.sm_scale = scale
+        self.tune_key = _tune_key(mask)
+        self.meta = {
+            "HEAD_DIM": q.shape[-1],
+            "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
+            "WHILE_LOOPS": _BUILT_FOR_INTERPRETER,
+        }
+
+    def grid(self, counts: dict[int, int], row_block: str) -> Callable[[dict], tuple[int]]:
+        """1-D grid of (item, batch·head) programs for the row tile the autotuner picked."""
+        return lambda meta: (counts[meta[row_block]] * self.batch_heads,)
+
+
+@functools.lru_cache(maxsize=64)
+def _row_bounds(mask: ScaleMask, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return mask.row_bounds(device)
+
+
+def _forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, launch: _Launch
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns O (B, H, L, D) and the base-2 log-sum-exp (BH, L) fp32."""
+    out = torch.empty_like(q)
+    lse = torch.empty(launch.batch_heads, launch.seq_len, device=q.device, dtype=torch.float32)
+    with _on_device(q):
+        _attn_fwd[launch.grid(launch.query_counts, "BLOCK_M")](
+            q, k, v, out, lse,
+            launch.row_start, launch.row_end, launch.query_table,
+            launch.seq_len, launch.qk_scale, launch.tune_key,
+            **launch.meta,
+        )
+    return out, lse
+
+
+def _backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    grad_out: torch.Tensor,
+    launch: _Launch,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns dQ, dK, dV, each (B, H, L, D) in q's dtype."""
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    delta = torch.empty_like(lse)
+    with _on_device(q):
+        _attn_bwd_dq[launch.grid(launch.query_counts, "BLOCK_M")](
+            q, k, v, out, grad_out, lse, dq, delta,
+            launch.row_start, launch.row_end, launch.query_table,
+            launch.seq_len, launch.qk_scale, launch.sm_scale, launch.tune_key,
+            **launch.meta,
+        )
+        _attn_bwd_dkdv[launch.grid(launch.key_counts, "BLOCK_N")](
+            q, k, v, grad_out, lse, delta, dk, dv,
+            launch.row_start, launch.row_end, launch.key_table,
+            launch.seq_len, launch.qk_scale, launch.sm_scale, launch.tune_key,
+            **launch.meta,
+        )
+    return dq, dk, dv
+
+
+class BlockSparseAttention(torch.autograd.Function):
+    """``softmax(q·kᵀ·scale + mask)·v`` with a Triton forward and backward.
+
+    Call through :func:`triton_attention`, which validates the inputs first.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: ScaleMask,
+        scale: float,
+    ) -> torch.Tensor:
+        launch = _Launch(q, mask, scale)
+        out, lse = _forward(q, k, v, launch)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.launch = launch
+        return out
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(q, k, v, out, lse, grad_out.contiguous(), ctx.launch)
+        return dq, dk, dv, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# Public wrapper
+# --------------------------------------------------------------------------------------------
+
+def _validate(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: ScaleMask, scale: float
+) -> None:
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dim() != 4:
+            raise ValueError(f"{name} must have shape (B, H, L, D), got {tuple(tensor.shape)}")
+    if q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(
+            f"q, k, v must have one shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
+            f"{tuple(v.shape)}"
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dtype not in _DTYPES:
+        raise ValueError(f"the triton backend takes {_DTYPES}, got {q.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if q.device.type != "cuda" and not (q.device.type == "cpu" and _interpreted()):
+        raise ValueError(
+            f"the triton backend runs on CUDA tensors (or on CPU with TRITON_INTERPRET=1 set "
+            f"before import), got {q.device}"
+        )
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        if not tensor.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (B, H, L, D); call .contiguous() first")
+    if q.shape[-1] not in _HEAD_DIMS:
+        raise ValueError(f"the triton backend supports head dims {_HEAD_DIMS}, got {q.shape[-1]}")
+    if q.shape[0] * q.shape[1] == 0:
+        raise ValueError(f"q, k, v are empty: {tuple(q.shape)}")
+    if not isinstance(mask, ScaleMask):
+        raise ValueError(f"mask must be a kernels.ScaleMask, got {type(mask).__name__}")
+    if q.shape[2] != mask.length:
+        raise ValueError(
+            f"sequence length {q.shape[2]} does not match the mask's pyramid {mask.patch_nums} "
+            f"(L = {mask.length})"
+        )
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite float, got {scale!r}")
+
+
+def triton_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: ScaleMask, scale: float
+) -> torch.Tensor:
+    """Block-sparse attention over a token pyramid, differentiable in q, k and v.
+
+    Args:
+        q, k, v: contiguous (B, H, L, D) tensors, fp16, bf16 or fp32, D ∈ {64, 128}, on one
+            CUDA device (or CPU under ``TRITON_INTERPRET=1``).
+        mask: the pyramid's :class:`ScaleMask`; ``mask.length`` must equal L.
+        scale: softmax scale.
+
+    Returns:
+        (B, H, L, D) tensor in q's dtype.
+
+    Raises:
+        ValueError: on any input this kernel cannot compute exactly.
+    """
+    _validate(q, k, v, mask, scale)
+    return BlockSparseAttention.apply(q, k, v, mask, float(scale))
