@@ -11,12 +11,14 @@ Backends:
 
 * ``"reference"``: dense PyTorch SDPA with a boolean mask; any device and dtype.
 * ``"flex"``: FlexAttention with a block mask built from the scale ids (CUDA).
-* ``"triton"``: our block-sparse Triton kernel (CUDA, fp16/bf16).
+* ``"triton"``: our block-sparse Triton kernel (CUDA, fp16/bf16; head dim 64 or 128;
+  contiguous inputs).
 
-``"auto"`` picks ``"triton"`` for fp16/bf16 CUDA tensors with a mask and ``"reference"``
-otherwise. A backend that was asked for by name but cannot run raises a ``ValueError`` or
-``RuntimeError`` that says why; nothing falls back silently. The backend chosen for each
-(device, dtype, pattern) is logged once per process by the caller-visible logger.
+``"auto"`` picks ``"triton"`` for fp16/bf16 CUDA tensors with a mask and head dim 64 or 128
+(made contiguous if they are not) and ``"reference"`` otherwise. A backend that was asked for
+by name but cannot run raises a ``ValueError`` or ``RuntimeError`` that says why; nothing falls
+back silently. The backend chosen for each (device, dtype, pattern) is logged once per process
+by the caller-visible logger.
 """
 
 from __future__ import annotations
@@ -71,18 +73,40 @@ def reference_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
 
 
+def _triton_ready() -> bool:
+    """The Triton backend's module imports and it reports itself available."""
+    try:
+        from . import triton_backend
+    except ImportError:
+        return False
+    return triton_backend.is_available()
+
+
 def available_backends(device: torch.device | str, dtype: torch.dtype) -> list[str]:
-    """The backends that can run on this device and dtype, without compiling anything."""
+    """The backends that can run on this device and dtype, without compiling anything.
+
+    ``"flex"`` and ``"triton"`` are listed for CUDA devices only (FlexAttention has no CPU
+    backward; the Triton interpreter is for tests), ``"triton"`` for fp16 and bf16 only.
+    """
     device = torch.device(device)
     found = ["reference"]
     if device.type == "cuda":
-        from . import flex_backend, triton_backend
+        from . import flex_backend
 
         if flex_backend.is_available():
             found.append("flex")
-        if triton_backend.is_available() and dtype in (torch.float16, torch.bfloat16):
+        if dtype in (torch.float16, torch.bfloat16) and _triton_ready():
             found.append("triton")
     return found
+
+
+def _auto_backend(q: torch.Tensor, mask: ScaleMask | None) -> str:
+    """``"triton"`` for masked fp16/bf16 CUDA inputs of a head dim it supports, else reference."""
+    if mask is None or not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
+        return "reference"
+    if q.shape[-1] not in (64, 128):
+        return "reference"
+    return "triton" if _triton_ready() else "reference"
 
 
 @functools.cache
@@ -119,20 +143,22 @@ def attention(
     _validate(q, k, v, mask)
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    if backend == "auto":
-        backend = "reference"
-        if mask is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-            from . import triton_backend
-
-            if triton_backend.is_available():
-                backend = "triton"
+    chosen_automatically = backend == "auto"
+    if chosen_automatically:
+        backend = _auto_backend(q, mask)
     _log_choice(backend, q, mask)
     if backend == "reference":
         return reference_attention(q, k, v, mask, scale)
     if backend == "flex":
         from . import flex_backend
 
+        if mask is None:
+            raise ValueError("backend 'flex' needs a ScaleMask; use 'reference' for mask=None")
         return flex_backend.flex_attention(q, k, v, mask, scale)
     from . import triton_backend
 
+    if mask is None:
+        raise ValueError("backend 'triton' needs a ScaleMask; use 'reference' for mask=None")
+    if chosen_automatically:  # the kernel takes contiguous (B, H, L, D); a named call must
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     return triton_backend.triton_attention(q, k, v, mask, scale)

@@ -1,0 +1,109 @@
+"""FlexAttention backend: a block mask built from the scale ids, compiled once per mask.
+
+Shape legend: B = batch, H = heads, L = tokens, D = head dimension.
+
+The ``mask_mod`` compares the scale ids of the query and the key (attention-gym's document
+mask pattern): equal ids for ``"block_diagonal"``, a query id at least the key id for
+``"block_causal"``. Both patterns share one ``mask_mod`` body, with the pattern as a 0-dim
+tensor, so that switching patterns does not recompile. The :class:`BlockMask` is built once per
+(mask, device) and the compiled ``flex_attention`` once per process, both cached here.
+
+Limits: PyTorch's FlexAttention has no backward on CPU, so on CPU this backend is forward-only
+(inputs that require grad raise). Compilation takes seconds per new shape.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+from collections.abc import Callable
+
+import torch
+
+from .mask import ScaleMask
+
+__all__ = ["flex_attention", "is_available"]
+
+
+def is_available() -> bool:
+    """Whether ``torch.nn.attention.flex_attention`` can be imported."""
+    try:
+        return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@functools.cache
+def _compiled_flex() -> Callable[..., torch.Tensor]:
+    """``torch.compile(flex_attention)``, made on first use."""
+    from torch.nn.attention.flex_attention import flex_attention as flex
+
+    return torch.compile(flex, dynamic=False)
+
+
+@functools.lru_cache(maxsize=32)
+def _block_mask(mask: ScaleMask, device: torch.device) -> object:
+    """The :class:`BlockMask` of ``mask`` on ``device`` (the key includes L via the mask)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    scale_ids = mask.scale_ids(device)
+    causal = torch.tensor(mask.pattern == "block_causal", device=device)
+
+    def mask_mod(
+        batch: torch.Tensor, head: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor
+    ) -> torch.Tensor:
+        q_scale, kv_scale = scale_ids[q_idx], scale_ids[kv_idx]
+        return (q_scale == kv_scale) | (causal & (q_scale > kv_scale))
+
+    length = mask.length
+    return create_block_mask(mask_mod, None, None, length, length, device=device)
+
+
+def _validate(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: ScaleMask, scale: float
+) -> None:
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4:
+            raise ValueError(f"{name} must be a (B, H, L, D) torch.Tensor")
+    if q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(
+            f"q, k, v must have one shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
+            f"{tuple(v.shape)}"
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if not isinstance(mask, ScaleMask):
+        raise ValueError(f"mask must be a kernels.ScaleMask, got {type(mask).__name__}")
+    if q.shape[2] != mask.length:
+        raise ValueError(
+            f"sequence length {q.shape[2]} does not match the mask's pyramid {mask.patch_nums} "
+            f"(L = {mask.length})"
+        )
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite float, got {scale!r}")
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if q.device.type == "cpu" and needs_grad:
+        raise ValueError("FlexAttention has no backward on CPU; use backend='reference' there")
+
+
+def flex_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: ScaleMask, scale: float
+) -> torch.Tensor:
+    """Compiled FlexAttention over a token pyramid.
+
+    Args:
+        q, k, v: (B, H, L, D) tensors of one dtype on one device.
+        mask: the pyramid's :class:`ScaleMask`; ``mask.length`` must equal L.
+        scale: softmax scale.
+
+    Returns:
+        (B, H, L, D) tensor in q's dtype.
+    """
+    if not is_available():
+        raise RuntimeError("torch.nn.attention.flex_attention is not available in this torch")
+    _validate(q, k, v, mask, scale)
+    block_mask = _block_mask(mask, q.device)
+    return _compiled_flex()(q, k, v, block_mask=block_mask, scale=float(scale))
