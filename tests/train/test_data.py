@@ -270,6 +270,11 @@ def test_safe_extract_refuses_traversal(tmp_path):
         _add_bytes(tar, "package/other.txt", b"b")
     assert safe_extract(archive, tmp_path / "dest", ["package/assets/"]) == 1
     assert (tmp_path / "dest" / "a.txt").read_bytes() == b"a"
+    digest = file_sha1(archive)
+    assert safe_extract(archive, tmp_path / "cached", ["package/"], expected_sha1=digest) == 2
+    (tmp_path / "cached" / "other.txt").unlink()  # a complete extraction is not redone
+    assert safe_extract(archive, tmp_path / "cached", ["package/"], expected_sha1=digest) == 2
+    assert not (tmp_path / "cached" / "other.txt").exists()
 
 
 # ----------------------------------------------------------------------------- builder

@@ -163,7 +163,7 @@ def safe_extract(
     directly in ``dest`` and ``"package/emoji.json"`` writes ``dest/emoji.json``.
     Extraction goes to a temporary sibling folder that is renamed at the end; when
     ``expected_sha1`` is given and ``dest`` already holds a complete extraction of an archive with
-    that sha1, nothing is done.
+    that sha1 and the same prefixes, nothing is done.
 
     Args:
         archive: The ``.tgz``/``.tar`` file.
@@ -178,12 +178,12 @@ def safe_extract(
         UnsafeArchiveError: A member has an unsafe path or type.
     """
     marker = dest / _COMPLETE_MARKER
+    wanted = ",".join(prefixes)
     if expected_sha1 is not None and marker.is_file():
         recorded = marker.read_text().split()
-        if recorded and recorded[0] == expected_sha1:
-            count = int(recorded[1]) if len(recorded) > 1 else -1
-            logger.info("using extracted %s (%d files)", dest, count)
-            return count
+        if len(recorded) == 3 and recorded[0] == expected_sha1 and recorded[2] == wanted:
+            logger.info("using extracted %s (%s files)", dest, recorded[1])
+            return int(recorded[1])
     tmp = dest.with_name(dest.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -217,7 +217,7 @@ def safe_extract(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if expected_sha1 is not None:
-        (tmp / _COMPLETE_MARKER).write_text(f"{expected_sha1} {count}\n")
+        (tmp / _COMPLETE_MARKER).write_text(f"{expected_sha1} {count} {wanted}\n")
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
