@@ -208,7 +208,8 @@ def merge_official_stage_state_dicts(
             out[key] = value
         elif key in ("word_embed_bias",):
             if not torch.equal(value, stage1["word_embed.bias"]):
-                raise CheckpointError("stage-2 word_embed_bias differs from stage-1 word_embed.bias")
+                raise CheckpointError(
+                    "stage-2 word_embed_bias differs from stage-1 word_embed.bias")
         elif key in _DROPPED_BUFFERS:
             continue
         elif key in stage1 and not torch.equal(value, stage1[key]):
@@ -235,7 +236,8 @@ def infer_tokenizer_config(sd: Mapping[str, torch.Tensor], **overrides: object) 
         for level in levels:
             mult.append(sd[f"encoder.down.{level}.block.0.conv1.weight"].shape[0] // channels)
         blocks = len({k.split(".")[4] for k in sd if k.startswith("encoder.down.0.block.")})
-        num_phi = len({k.split(".")[3] for k in sd if k.startswith("quantize.quant_resi.qresi_ls.")})
+        phi_prefix = "quantize.quant_resi.qresi_ls."
+        num_phi = len({k.split(".")[3] for k in sd if k.startswith(phi_prefix)})
         image_channels = sd["encoder.conv_in.weight"].shape[1]
     except KeyError as err:
         raise CheckpointError(f"not a VQVAE state dict: missing key {err}") from err
@@ -248,7 +250,9 @@ def infer_tokenizer_config(sd: Mapping[str, torch.Tensor], **overrides: object) 
     return TokenizerConfig(**kwargs)  # type: ignore[arg-type]
 
 
-def infer_transformer_config(sd: Mapping[str, torch.Tensor], **overrides: object) -> TransformerConfig:
+def infer_transformer_config(
+    sd: Mapping[str, torch.Tensor], **overrides: object
+) -> TransformerConfig:
     """Transformer config from one of *our* (converted) state dicts' tensor shapes.
 
     Depth, width, heads, branch depth, classes, vocab, latent channels and the pyramid (from the
@@ -262,8 +266,8 @@ def infer_transformer_config(sd: Mapping[str, torch.Tensor], **overrides: object
         num_classes = sd["class_embed.weight"].shape[0] - 1
         vocab = sd["ns_head.out.weight"].shape[0]
         latent = sd["word_embed.weight"].shape[1]
-        heads = sd["base_blocks.0.attn.log_scale"].shape[1] if "base_blocks.0.attn.log_scale" in sd \
-            else sd["ns_blocks.0.attn.log_scale"].shape[1]
+        first = "base_blocks.0" if "base_blocks.0.attn.log_scale" in sd else "ns_blocks.0"
+        heads = sd[f"{first}.attn.log_scale"].shape[1]
         hidden = next(v.shape[0] for k, v in sd.items() if k.endswith("ffn.fc1.weight"))
     except (KeyError, StopIteration) as err:
         raise CheckpointError(f"not an HMAR/VAR state dict: missing key {err}") from err

@@ -107,7 +107,8 @@ class TokenizerConfig(_Serializable):
         _check_patch_nums(self.patch_nums)
         for width in {self.channels * m for m in self.channel_mult}:
             if width % self.norm_groups:
-                raise ValueError(f"channel width {width} not divisible by {self.norm_groups} groups")
+                raise ValueError(
+                    f"channel width {width} not divisible by {self.norm_groups} groups")
         object.__setattr__(self, "downsample", 2 ** (len(self.channel_mult) - 1))
         object.__setattr__(self, "image_size", self.downsample * self.patch_nums[-1])
         object.__setattr__(
@@ -118,7 +119,8 @@ class TokenizerConfig(_Serializable):
     def from_name(cls, name: str) -> TokenizerConfig:
         """A named preset: ``"vae-ch160v4096z32"`` (256 px), ``"-512"`` variant, or ours."""
         if name not in _TOKENIZER_PRESETS:
-            raise ValueError(f"unknown tokenizer preset {name!r}; known: {sorted(_TOKENIZER_PRESETS)}")
+            raise ValueError(
+                f"unknown tokenizer preset {name!r}; known: {sorted(_TOKENIZER_PRESETS)}")
         return cls(**_TOKENIZER_PRESETS[name])
 
 
@@ -269,7 +271,8 @@ _TOKENIZER_PRESETS: dict[str, dict[str, Any]] = {
 
 _TRANSFORMER_PRESETS: dict[str, dict[str, Any]] = {
     **{f"hmar-d{d}": {"depth": d} for d in (16, 20, 24, 30)},
-    **{f"hmar-d{d}-512": {"depth": d, "patch_nums": PATCH_NUMS["512"]} for d in (16, 20, 24, 30, 36)},
+    **{f"hmar-d{d}-512": {"depth": d, "patch_nums": PATCH_NUMS["512"]}
+       for d in (16, 20, 24, 30, 36)},
     **{f"hmar-d{d}-1024": {"depth": d, "patch_nums": PATCH_NUMS["1024"]} for d in (16, 20, 24, 30)},
     **{f"var-d{d}": {"depth": d, "kind": "var", "n_layers_train": 0} for d in (16, 20, 24, 30)},
     # Ours: the bundled emoji demo (51 classes) and a tiny test model.

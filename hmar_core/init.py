@@ -71,7 +71,9 @@ def init_transformer_(
 
 
 @torch.no_grad()
-def init_tokenizer_(model: MultiScaleVQTokenizer, generator: torch.Generator) -> MultiScaleVQTokenizer:
+def init_tokenizer_(
+    model: MultiScaleVQTokenizer, generator: torch.Generator
+) -> MultiScaleVQTokenizer:
     """Kaiming-uniform-like convs (PyTorch's default rule, from ``generator``), uniform codebook."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):

@@ -44,7 +44,7 @@ class TokenModel(nn.Module):
             return x_ns, None, None
         if len(masked) != len(patch_nums):
             raise ValueError(f"expected {len(patch_nums)} scales of masks, got {len(masked)}")
-        for si, (m, pn) in enumerate(zip(masked, patch_nums)):
+        for si, m in enumerate(masked):
             if m.dtype != torch.bool or m.shape != tokens[si].shape:
                 raise ValueError(f"masked[{si}] must be bool {tuple(tokens[si].shape)}, "
                                  f"got {m.dtype} {tuple(m.shape)}")

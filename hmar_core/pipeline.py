@@ -137,7 +137,7 @@ class Pipeline(nn.Module):
 
     def labels_for(self, class_ids: ClassIds, batch: int | None, generator: torch.Generator
                    ) -> torch.Tensor:
-        """Class ids as an int64 (B,) tensor; ``None`` draws B uniform classes from ``generator``."""
+        """Class ids as an int64 (B,) tensor; ``None`` draws B uniform classes."""
         if class_ids is None:
             count = 1 if batch is None else batch
             uniform = torch.ones(self.num_classes, device=generator.device)

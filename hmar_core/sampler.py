@@ -147,7 +147,7 @@ def sample_from_logits(
 
 
 def lowest_confidence(confidence_Bn: torch.Tensor, counts_B: torch.Tensor) -> torch.Tensor:
-    """Per row, mark the ``counts_B[b]`` least confident positions (ascending sort) → bool (B, n)."""
+    """Per row, mark the ``counts_B[b]`` least confident positions → bool (B, n)."""
     order = confidence_Bn.argsort(dim=-1)
     ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(
         order.shape[-1], device=order.device).expand_as(order))

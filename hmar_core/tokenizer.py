@@ -247,7 +247,9 @@ class MultiScaleVQTokenizer(nn.Module):
         tokens, _ = self.encode_with_fhat(images)
         return tokens
 
-    def encode_with_fhat(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def encode_with_fhat(
+        self, images: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Token pyramid and the cumulative f_hat after each scale."""
         latent = self.encode_latent(images)
         return pyramid.quantize_residual(

@@ -41,7 +41,9 @@ class KVCache:
     keys: dict[int, torch.Tensor] = field(default_factory=dict)
     values: dict[int, torch.Tensor] = field(default_factory=dict)
 
-    def extend(self, block: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def extend(
+        self, block: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Append this scale's (B, H, n, D) keys/values and return all cached so far."""
         if block in self.keys:
             k = torch.cat([self.keys[block], k], dim=2)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = Path(os.environ.get("HMAR_OFFICIAL_FIXTURE", ROOT.parent / "shared/fixtures/official-small"))
+FIXTURE = Path(
+    os.environ.get("HMAR_OFFICIAL_FIXTURE", ROOT.parent / "shared/fixtures/official-small"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
