@@ -1,0 +1,171 @@
+"""Event handlers of the UI: plain functions of their inputs (and the injected pipeline).
+
+They turn control values into engine calls (through :mod:`app.params`, :mod:`app.editor` and
+:mod:`app.runs`) and engine results into component values. Per-user data (the last
+:class:`~app.runs.RunResult`, the selected gallery item) travels through ``gr.State``; the
+pipeline is an argument, never a global. Every model handler is a generator that yields each
+decoded scale, and maps any failure to a short ``gr.Error`` (the traceback goes to the log only).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from hmar_core import Pipeline
+
+from .editor import background_image, editor_value, mask_from_layers
+from .errors import friendly_message
+from .imaging import confidence_overlay
+from .params import (
+    Timing,
+    class_choices,
+    class_id_from_choice,
+    expected_time_label,
+    max_quality_steps,
+    random_seed,
+    sampling_params,
+)
+from .runs import RunResult, RunUpdate, run_generate
+
+__all__ = [
+    "RunOutputs",
+    "background_image",
+    "class_choices",
+    "edit_result",
+    "editor_value",
+    "gallery_items",
+    "generate_events",
+    "mask_from_layers",
+    "quality_label",
+    "randomize_seed",
+    "remember_selection",
+    "toggle_heatmap",
+]
+
+logger = logging.getLogger(__name__)
+
+#: (preview, gallery, download files, status, result state): what every model handler yields.
+RunOutputs = tuple[Any, Any, Any, str, Any]
+
+
+def randomize_seed() -> int:
+    """The 🎲 button: a fresh seed for the seed box."""
+    return random_seed()
+
+
+def quality_label(
+    pipeline: Pipeline, steps: float, variants: float, timing: Timing | None = None
+) -> str:
+    """The expected-time text under the quality ↔ speed slider."""
+    try:
+        return expected_time_label(pipeline.patch_nums, int(steps), int(variants), timing)
+    except (TypeError, ValueError):
+        return ""
+
+
+def gallery_items(result: RunResult | None, heatmap: bool) -> list[tuple[Image.Image, str]]:
+    """The gallery value for a result, with the confidence heatmap blended in when asked."""
+    if result is None:
+        return []
+    items = []
+    for index, (image, confidence) in enumerate(zip(result.images, result.confidences)):
+        caption = f"{result.mode} #{index + 1} · seed {result.seed}"
+        if heatmap and confidence is not None:
+            items.append((confidence_overlay(image, confidence), caption + " · confidence"))
+        else:
+            items.append((image, caption))
+    return items
+
+
+def toggle_heatmap(result: RunResult | None, heatmap: bool) -> list[tuple[Image.Image, str]]:
+    """The heatmap checkbox: redraw the gallery from the stored result (no model work)."""
+    return gallery_items(result, heatmap)
+
+
+def remember_selection(event: gr.SelectData) -> int:
+    """Gallery ``select``: remember which result the user clicked."""
+    return int(event.index) if isinstance(event.index, int) else 0
+
+
+def edit_result(result: RunResult | None, selected: int | None) -> dict[str, Any]:
+    """"Edit this result": put the selected result into the editor as the new background.
+
+    Raises:
+        gr.Error: no result yet.
+    """
+    if result is None or not result.images:
+        raise gr.Error("Nothing to edit yet: run Generate (or an edit) first.")
+    index = selected if selected is not None and 0 <= selected < len(result.images) else 0
+    picture = np.asarray(result.images[index].convert("RGBA"))
+    return {"background": picture, "layers": [], "composite": picture}
+
+
+def _save_pngs(result: RunResult, folder: Path) -> list[str]:
+    """Write the results as PNG files (the download list) and return their paths."""
+    paths = []
+    for index, image in enumerate(result.images):
+        path = folder / f"hmar-{result.mode.replace(' ', '-')}-seed{result.seed}-{index + 1}.png"
+        image.save(path, format="PNG")
+        paths.append(str(path))
+    return paths
+
+
+def stream_outputs(
+    updates: Iterator[RunUpdate], heatmap: bool, progress: gr.Progress | None = None
+) -> Iterator[RunOutputs]:
+    """Map :class:`RunUpdate`s to component values; failures become a friendly ``gr.Error``.
+
+    Intermediate updates change only the preview and the status (the gallery, downloads and
+    state keep the previous run until the new one is finished).
+    """
+    with tempfile.TemporaryDirectory(prefix="hmar-studio-") as folder:
+        try:
+            for update in updates:
+                if progress is not None:
+                    progress(update.fraction, desc=update.message)
+                preview = update.preview if update.preview is not None else gr.skip()
+                if update.result is None:
+                    yield preview, gr.skip(), gr.skip(), update.message, gr.skip()
+                else:
+                    files = _save_pngs(update.result, Path(folder))
+                    yield (preview, gallery_items(update.result, heatmap), files, update.message,
+                           update.result)
+        except gr.Error:
+            raise
+        except Exception as err:
+            logger.exception("run failed")
+            raise gr.Error(friendly_message(err), print_exception=False) from None
+
+
+def generate_events(
+    pipeline: Pipeline,
+    class_choice: Any,
+    steps: float,
+    cfg: float,
+    top_k: float,
+    top_p: float,
+    seed: Any,
+    variants: float,
+    heatmap: bool,
+    progress: gr.Progress | None = None,
+) -> Iterator[RunOutputs]:
+    """Generate mode: validate the controls, then stream previews and the final gallery."""
+    try:
+        class_id = class_id_from_choice(class_choice, pipeline.num_classes)
+        params = sampling_params(steps, cfg, top_k, top_p, seed, variants,
+                                 _max_steps(pipeline))
+    except Exception as err:
+        raise gr.Error(friendly_message(err), print_exception=False) from None
+    yield from stream_outputs(run_generate(pipeline, class_id, params), heatmap, progress)
+
+
+def _max_steps(pipeline: Pipeline) -> int:
+    return max_quality_steps(pipeline.patch_nums, pipeline.transformer.cfg.has_mask_branch)

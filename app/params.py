@@ -1,0 +1,263 @@
+"""Pure mapping from UI control values to engine arguments.
+
+Covers the quality ↔ speed slider (masked refinement steps, with an expected-time label), the
+seed box and its 🎲 button, class dropdown choices, and the outpaint extents. Nothing here
+imports Gradio; the functions are tested directly.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hmar_core import schedule_from_steps
+
+from .errors import InputError
+
+__all__ = [
+    "MAX_SEED",
+    "MAX_VARIANTS",
+    "NO_CLASS",
+    "SamplingParams",
+    "Timing",
+    "class_choices",
+    "class_id_from_choice",
+    "expected_time_label",
+    "max_quality_steps",
+    "outpaint_extents",
+    "parse_seed",
+    "random_seed",
+    "refinement_passes",
+    "sampling_params",
+]
+
+#: Seeds the 🎲 button draws are below this (short enough to read and type back).
+MAX_SEED = 2**31 - 1
+#: Upper bound of the variants slider (one batch on the model).
+MAX_VARIANTS = 8
+#: Dropdown value for "no class" (Generate: a random class; editing: unconditional).
+NO_CLASS = -1
+#: The slider never offers more steps than this, whatever the pyramid allows.
+_STEP_CAP = 12
+
+OUTPAINT_SIDES = ("left", "right", "top", "bottom")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Validated sampler arguments taken from the UI.
+
+    Attributes:
+        steps: masked refinement steps per coarse scale (0 = fastest).
+        cfg: classifier-free guidance weight (>= 0).
+        top_k: keep the k most likely tokens (0 = off).
+        top_p: nucleus sampling threshold in [0, 1] (0 or 1 = off).
+        seed: the generator seed (always set: a random one when the box was empty).
+        variants: number of images (one batch).
+    """
+
+    steps: int
+    cfg: float
+    top_k: int
+    top_p: float
+    seed: int
+    variants: int
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Measured cost of one image: the fastest setting and each extra network pass.
+
+    Attributes:
+        base_seconds: one image at ``steps = 0`` (all scales, decode and previews).
+        seconds_per_pass: one extra masked-refinement pass.
+    """
+
+    base_seconds: float
+    seconds_per_pass: float
+
+
+# ------------------------------------------------------------------------- quality ↔ speed
+def max_quality_steps(patch_nums: Sequence[int], has_mask_branch: bool = True) -> int:
+    """The right end of the quality slider: more steps than this change nothing.
+
+    Args:
+        patch_nums: the model's pyramid.
+        has_mask_branch: ``False`` for VAR-style models (no refinement: the slider is fixed at 0).
+
+    Returns:
+        The largest useful number of steps, capped at 12.
+    """
+    if not has_mask_branch:
+        return 0
+    useful = 0
+    for steps in range(1, _STEP_CAP + 1):
+        if refinement_passes(patch_nums, steps) == refinement_passes(patch_nums, steps - 1):
+            break
+        useful = steps
+    return useful
+
+
+def refinement_passes(patch_nums: Sequence[int], steps: int) -> int:
+    """Extra network passes that ``steps`` adds over pure next-scale prediction."""
+    return sum(len(entry) - 1 for entry in schedule_from_steps(tuple(patch_nums), steps))
+
+
+def expected_time_label(
+    patch_nums: Sequence[int], steps: int, variants: int = 1, timing: Timing | None = None
+) -> str:
+    """The text under the quality slider, e.g. ``"≈ 0.4 s · 9 network passes per image"``.
+
+    Args:
+        patch_nums: the model's pyramid.
+        steps: the slider value.
+        variants: images per run (time grows about linearly with them on a CPU).
+        timing: measured costs (:func:`app.calibrate`); ``None`` shows only the pass count.
+    """
+    extra = refinement_passes(patch_nums, steps)
+    passes = len(patch_nums) + extra
+    speed = "fastest" if extra == 0 else f"{extra} refinement passes"
+    detail = f"{passes} network passes per image ({speed})"
+    if timing is None:
+        return f"{detail}."
+    seconds = (timing.base_seconds + extra * timing.seconds_per_pass) * max(1, variants)
+    shown = f"{seconds:.1f} s" if seconds >= 0.1 else "< 0.1 s"
+    return f"Expected time ≈ {shown} for {max(1, variants)} image(s) · {detail}."
+
+
+# ------------------------------------------------------------------------------------- seed
+def random_seed() -> int:
+    """A fresh seed for the 🎲 button."""
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+def parse_seed(value: float | int | str | None) -> int:
+    """The seed box value as an int; empty means a fresh random seed.
+
+    Raises:
+        InputError: negative, fractional, too large or not a number.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return random_seed()
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"The seed must be a whole number, got {value!r}.") from None
+    if not math.isfinite(number) or number != int(number):
+        raise InputError(f"The seed must be a whole number, got {value!r}.")
+    seed = int(number)
+    if not 0 <= seed < 2**63:
+        raise InputError(f"The seed must be between 0 and 2^63 - 1, got {seed}.")
+    return seed
+
+
+# ---------------------------------------------------------------------------------- classes
+def class_choices(names: Sequence[str], none_label: str | None = None) -> list[tuple[str, int]]:
+    """Dropdown choices ``[(label, class id), ...]`` with readable names.
+
+    Args:
+        names: ``pipeline.class_names``.
+        none_label: if given, a first entry with value :data:`NO_CLASS` (e.g. "🎲 random").
+    """
+    choices = [(none_label, NO_CLASS)] if none_label is not None else []
+    choices += [(f"{name} ({index})", index) for index, name in enumerate(names)]
+    return choices
+
+
+def class_id_from_choice(value: int | float | str | None, num_classes: int) -> int | None:
+    """The dropdown value as a class id, ``None`` for :data:`NO_CLASS` / empty.
+
+    Raises:
+        InputError: not a valid class id of this model.
+    """
+    if value is None or value == "" or value == NO_CLASS:
+        return None
+    try:
+        class_id = int(value)
+    except (TypeError, ValueError):
+        raise InputError(f"Unknown class {value!r}: pick one from the list.") from None
+    if class_id == NO_CLASS:
+        return None
+    if not 0 <= class_id < num_classes:
+        raise InputError(f"Unknown class {class_id}: this model has classes 0..{num_classes - 1}.")
+    return class_id
+
+
+# --------------------------------------------------------------------------- sampler params
+def sampling_params(
+    steps: float | int,
+    cfg: float | int,
+    top_k: float | int,
+    top_p: float | int,
+    seed: float | int | str | None,
+    variants: float | int,
+    max_steps: int,
+) -> SamplingParams:
+    """Validate the shared sampling controls.
+
+    Args:
+        steps: the quality slider value (clamped to ``0..max_steps``).
+        cfg, top_k, top_p: the "Advanced" controls.
+        seed: the seed box (empty → random).
+        variants: the variants slider (1..:data:`MAX_VARIANTS`).
+        max_steps: :func:`max_quality_steps` of the model.
+
+    Raises:
+        InputError: any value out of its range.
+    """
+
+    def number(name: str, value: float | int | None) -> float:
+        if value is None or not math.isfinite(float(value)):
+            raise InputError(f"{name} must be a number.")
+        return float(value)
+
+    step_count = min(max(int(round(number("Quality", steps))), 0), max_steps)
+    guidance = number("CFG", cfg)
+    if guidance < 0:
+        raise InputError(f"CFG must be >= 0, got {guidance:g}.")
+    k = number("Top-k", top_k)
+    if k < 0 or k != int(k):
+        raise InputError(f"Top-k must be a whole number >= 0 (0 = off), got {k:g}.")
+    p = number("Top-p", top_p)
+    if not 0 <= p <= 1:
+        raise InputError(f"Top-p must be between 0 and 1, got {p:g}.")
+    count = number("Variants", variants)
+    if count != int(count) or not 1 <= count <= MAX_VARIANTS:
+        raise InputError(f"Variants must be a whole number from 1 to {MAX_VARIANTS}.")
+    return SamplingParams(step_count, guidance, int(k), p, parse_seed(seed), int(count))
+
+
+# -------------------------------------------------------------------------------- outpaint
+def outpaint_extents(
+    sides: Sequence[str] | None, extent_percent: float | int, size: tuple[int, int]
+) -> dict[str, int]:
+    """Pixels to add per side for the outpaint controls.
+
+    Args:
+        sides: the checked directions (any of "Left", "Right", "Top", "Bottom"; case-insensitive).
+        extent_percent: the extent slider, in percent of the image's width (left/right) or
+            height (top/bottom).
+        size: ``(width, height)`` of the source image.
+
+    Returns:
+        ``{"left": px, "right": px, "top": px, "bottom": px}`` (0 for unchecked sides).
+
+    Raises:
+        InputError: no direction checked, or an extent outside (0, 200] percent.
+    """
+    chosen = {side.strip().lower() for side in (sides or [])}
+    unknown = chosen - set(OUTPAINT_SIDES)
+    if unknown:
+        raise InputError(f"Unknown outpaint direction(s): {', '.join(sorted(unknown))}.")
+    if not chosen:
+        raise InputError("Tick at least one direction to extend the picture.")
+    if not 0 < float(extent_percent) <= 200:
+        raise InputError(f"The extent must be between 1 and 200 %, got {extent_percent}.")
+    width, height = size
+    out = {}
+    for side in OUTPAINT_SIDES:
+        base = width if side in ("left", "right") else height
+        out[side] = max(1, round(base * float(extent_percent) / 100)) if side in chosen else 0
+    return out

@@ -1,0 +1,152 @@
+"""Model work of the app as generators of :class:`RunUpdate` (no Gradio here).
+
+Each run yields one update per decoded scale (a preview that sharpens scale by scale), then a
+final update carrying the :class:`RunResult`. The pipeline is passed in; nothing is global.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from hmar_core import GenerateOutput, Pipeline, ScaleState
+
+from .imaging import preview_strip, to_pil_images
+from .params import SamplingParams, Timing, max_quality_steps
+from .streaming import Finished, stream_work
+
+__all__ = ["RunResult", "RunUpdate", "calibrate", "run_generate"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The finished images of one run (kept per user in ``gr.State``).
+
+    Attributes:
+        mode: "generate", "inpaint", "outpaint" or "class edit".
+        images: the results, full resolution.
+        confidences: per image, the (p, p) final-scale token confidence, or ``None``.
+        seed: the seed used.
+        seconds: wall time of the run.
+    """
+
+    mode: str
+    images: tuple[Image.Image, ...]
+    confidences: tuple[np.ndarray | None, ...]
+    seed: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RunUpdate:
+    """One step of a run for the UI.
+
+    Attributes:
+        fraction: progress in [0, 1].
+        message: a short status line.
+        preview: the current scale's decoded images side by side (``None`` if unchanged).
+        result: set on the last update only.
+    """
+
+    fraction: float
+    message: str
+    preview: Image.Image | None = None
+    result: RunResult | None = None
+
+
+@dataclass(frozen=True)
+class _ScalePreview:
+    scale: int
+    images: list[Image.Image]
+
+
+def _preview_from_state(pipeline: Pipeline, state: ScaleState) -> _ScalePreview:
+    """Decode the running latent of a scale into images (runs in the worker thread)."""
+    with torch.no_grad():
+        images = pipeline.tokenizer.decode_fhat(state.f_hat)  # (B, 3, H, W) in [-1, 1]
+    return _ScalePreview(state.scale, to_pil_images(images, (-1.0, 1.0)))
+
+
+def run_generate(
+    pipeline: Pipeline, class_id: int | None, params: SamplingParams
+) -> Iterator[RunUpdate]:
+    """Generate ``params.variants`` images of one class, previewing every scale.
+
+    Args:
+        pipeline: the loaded model.
+        class_id: the class, or ``None`` for a random class per image.
+        params: validated sampling controls.
+
+    Yields:
+        One :class:`RunUpdate` per scale, then one with the :class:`RunResult`.
+    """
+    num_scales = len(pipeline.patch_nums)
+    started = time.perf_counter()
+
+    def work(report: Callable[[_ScalePreview], None]) -> GenerateOutput:
+        def on_scale(state: ScaleState) -> None:
+            if state.scale < num_scales - 1:  # the last scale is the result itself
+                report(_preview_from_state(pipeline, state))
+
+        return pipeline.generate(
+            class_id, seed=params.seed, cfg=params.cfg, top_k=params.top_k,
+            top_p=params.top_p, steps=params.steps, batch_size=params.variants,
+            on_scale=on_scale,
+        )
+
+    yield RunUpdate(0.0, f"Starting: {params.variants} image(s), seed {params.seed}…")
+    for event in stream_work(work):
+        if isinstance(event, Finished):
+            output = event.value
+            images = tuple(to_pil_images(output.images))
+            confidences = tuple(c.float().cpu().numpy() for c in output.confidence)
+            seconds = time.perf_counter() - started
+            names = ", ".join(sorted({pipeline.class_names[int(i)] for i in output.labels
+                                      if int(i) < pipeline.num_classes}))
+            result = RunResult("generate", images, confidences, output.seed, seconds)
+            yield RunUpdate(1.0, f"Done in {seconds:.1f} s · seed {output.seed} · {names}",
+                            preview_strip(images), result)
+        else:
+            scale = event.item.scale
+            yield RunUpdate((scale + 1) / num_scales,
+                            f"Scale {scale + 1}/{num_scales} "
+                            f"({pipeline.patch_nums[scale]}×{pipeline.patch_nums[scale]} tokens)",
+                            preview_strip(event.item.images))
+
+
+def calibrate(pipeline: Pipeline, repeats: int = 1) -> Timing:
+    """Measure the time of one image at the fastest and the highest quality (also a warm-up).
+
+    Args:
+        pipeline: the loaded model.
+        repeats: runs per setting after one warm-up run; the fastest counts.
+
+    Returns:
+        The :class:`Timing` used by the expected-time label.
+    """
+    max_steps = max_quality_steps(pipeline.patch_nums, pipeline.transformer.cfg.has_mask_branch)
+    from .params import refinement_passes
+
+    def seconds(steps: int) -> float:
+        best = float("inf")
+        for _ in range(repeats + 1):
+            params = SamplingParams(steps, 1.5, 0, 0.0, 0, 1)
+            begin = time.perf_counter()
+            for _update in run_generate(pipeline, 0, params):
+                pass
+            best = min(best, time.perf_counter() - begin)
+        return best
+
+    base = seconds(0)
+    extra_passes = refinement_passes(pipeline.patch_nums, max_steps)
+    per_pass = max(seconds(max_steps) - base, 0.0) / extra_passes if extra_passes else 0.0
+    logger.info("calibrated: %.3f s per image, %.4f s per refinement pass", base, per_pass)
+    return Timing(base, per_pass)
