@@ -1,0 +1,54 @@
+"""Fixtures of the app tests: a tiny random pipeline, a per-test Gradio temp dir, a served app."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
+
+import socket  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "_artifacts"
+
+
+def free_port() -> int:
+    """A TCP port that is free right now on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def app_pipe():
+    """The tiny random model (16×16 images, 10 classes, pyramid 1-2-3-4)."""
+    from hmar_core import Pipeline
+
+    return Pipeline.random(seed=0)
+
+
+@pytest.fixture(autouse=True)
+def gradio_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test caches Gradio files in its own folder."""
+    folder = tmp_path / "gradio"
+    folder.mkdir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture()
+def served_app(app_pipe, gradio_temp_dir: Path) -> Iterator[str]:
+    """The app launched in-process on a free port; yields its URL."""
+    import app
+
+    demo = app.build_demo(app_pipe, warning="tiny random test model")
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(),
+                            prevent_thread_lock=True, quiet=True,
+                            max_file_size=app.MAX_FILE_SIZE)
+    try:
+        yield url
+    finally:
+        demo.close()

@@ -1,0 +1,327 @@
+"""Handler tests: the app's pure functions, called directly (no server)."""
+
+from __future__ import annotations
+
+import threading
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app import InputError, friendly_message
+from app.editor import background_image, editor_value, mask_from_layers, mask_image
+from app.handlers import (
+    edit_result,
+    gallery_items,
+    generate_events,
+    quality_label,
+    randomize_seed,
+    toggle_heatmap,
+)
+from app.imaging import confidence_overlay, heatmap_colors, preview_strip, to_pil_images
+from app.params import (
+    MAX_SEED,
+    NO_CLASS,
+    SamplingParams,
+    Timing,
+    class_choices,
+    class_id_from_choice,
+    expected_time_label,
+    max_quality_steps,
+    outpaint_extents,
+    parse_seed,
+    refinement_passes,
+    sampling_params,
+)
+from app.runs import RunResult, run_generate
+from app.streaming import Finished, Reported, RunCancelledError, stream_work
+
+PYRAMID_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+
+
+def rgba(height: int, width: int, painted: tuple[slice, slice] | None = None,
+         alpha: int = 255) -> np.ndarray:
+    layer = np.zeros((height, width, 4), np.uint8)
+    if painted is not None:
+        layer[painted] = (255, 46, 136, alpha)
+    return layer
+
+
+# --------------------------------------------------------------------------- mask extraction
+def test_mask_is_alpha_of_one_layer():
+    layer = rgba(8, 10, (slice(2, 4), slice(3, 7)))
+    mask = mask_from_layers([layer])
+    assert mask.shape == (8, 10) and mask.dtype == bool
+    assert mask.sum() == 2 * 4 and mask[2:4, 3:7].all()
+
+
+def test_mask_is_union_of_several_layers_and_ignores_colour():
+    first = rgba(6, 6, (slice(0, 2), slice(0, 2)))
+    second = rgba(6, 6, (slice(4, 6), slice(4, 6)), alpha=1)  # faint stroke still counts
+    second[0, 5] = (0, 0, 0, 0)  # colour without alpha is not painted
+    mask = mask_from_layers([first, second])
+    assert mask.sum() == 8 and mask[0, 0] and mask[5, 5] and not mask[0, 5]
+
+
+def test_empty_and_missing_layers():
+    assert mask_from_layers([]) is None
+    assert mask_from_layers(None) is None
+    empty = mask_from_layers([rgba(5, 5), rgba(5, 5)])
+    assert empty is not None and not empty.any()
+    assert mask_from_layers([None, rgba(3, 3, (slice(0, 1), slice(0, 1)))]).sum() == 1
+
+
+def test_layer_of_other_size_is_resized_to_the_background():
+    layer = rgba(4, 4, (slice(0, 2), slice(0, 2)))  # top-left quarter
+    mask = mask_from_layers([layer], size=(8, 8))
+    assert mask.shape == (8, 8) and mask[:4, :4].all() and mask.sum() == 16
+
+
+def test_rgb_and_pil_layers():
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[1, 1] = 200
+    assert mask_from_layers([rgb]).sum() == 1
+    pil = Image.fromarray(rgba(4, 4, (slice(0, 1), slice(None))))
+    assert mask_from_layers([pil]).sum() == 4
+
+
+def test_editor_value_background_and_mask():
+    background = np.full((8, 8, 4), 255, np.uint8)
+    value = {"background": background, "layers": [rgba(8, 8, (slice(1, 3), slice(1, 3)))],
+             "composite": background}
+    image, mask = editor_value(value)
+    assert image.size == (8, 8) and image.mode == "RGBA"
+    assert mask.sum() == 4
+    assert mask_image(mask).getextrema() == (0, 255)
+
+
+def test_editor_value_without_paint_or_image():
+    background = np.full((8, 8, 3), 128, np.uint8)
+    image, mask = editor_value({"background": background, "layers": [rgba(8, 8)],
+                                "composite": None})
+    assert image.mode == "RGB" and mask is None
+    assert editor_value(None) == (None, None)
+    assert editor_value({"background": None, "layers": [], "composite": None}) == (None, None)
+    transparent = rgba(8, 8)
+    assert background_image({"background": transparent, "layers": [],
+                             "composite": transparent}) is None
+
+
+# -------------------------------------------------------------------------- parameter mapping
+def test_quality_slider_range_follows_the_pyramid():
+    assert max_quality_steps((1, 2, 3, 4)) == 3  # only the 2×2 scale is refined: 3 tokens
+    assert max_quality_steps(PYRAMID_256) == 12  # capped
+    assert max_quality_steps(PYRAMID_256, has_mask_branch=False) == 0
+    passes = [refinement_passes(PYRAMID_256, s) for s in range(6)]
+    assert passes[0] == 0 and passes == sorted(passes) and len(set(passes)) == 6
+
+
+def test_expected_time_label():
+    assert "fastest" in expected_time_label(PYRAMID_256, 0)
+    timing = Timing(base_seconds=0.5, seconds_per_pass=0.1)
+    extra = refinement_passes(PYRAMID_256, 2)
+    label = expected_time_label(PYRAMID_256, 2, variants=2, timing=timing)
+    assert f"{(0.5 + extra * 0.1) * 2:.1f} s for 2 image(s)" in label
+    assert f"{len(PYRAMID_256) + extra} network passes" in label
+
+
+def test_sampling_params_maps_and_clamps():
+    params = sampling_params(99, 2.5, 900.0, 0.95, 7.0, 3.0, max_steps=4)
+    assert params == SamplingParams(steps=4, cfg=2.5, top_k=900, top_p=0.95, seed=7, variants=3)
+    assert isinstance(params.top_k, int) and isinstance(params.seed, int)
+
+
+@pytest.mark.parametrize(("kwargs", "words"), [
+    ({"cfg": -1}, "CFG"),
+    ({"top_k": 2.5}, "Top-k"),
+    ({"top_p": 1.5}, "Top-p"),
+    ({"variants": 0}, "Variants"),
+    ({"variants": 99}, "Variants"),
+    ({"seed": -3}, "seed"),
+    ({"seed": 1.5}, "seed"),
+    ({"seed": "abc"}, "seed"),
+    ({"steps": float("nan")}, "Quality"),
+])
+def test_sampling_params_rejects_bad_values(kwargs, words):
+    values = {"steps": 1, "cfg": 1.0, "top_k": 10, "top_p": 0.9, "seed": 1, "variants": 1}
+    values.update(kwargs)
+    with pytest.raises(InputError, match=words):
+        sampling_params(**values, max_steps=3)
+
+
+def test_seed_parsing_and_randomise():
+    assert parse_seed(12) == 12 and parse_seed("34") == 34 and parse_seed(5.0) == 5
+    for empty in (None, "", "  "):
+        assert 0 <= parse_seed(empty) <= MAX_SEED
+    seeds = {randomize_seed() for _ in range(20)}
+    assert len(seeds) > 1 and all(0 <= s <= MAX_SEED for s in seeds)
+
+
+def test_class_choices_use_the_pipeline_names(app_pipe):
+    choices = class_choices(app_pipe.class_names, "🎲 random class")
+    assert choices[0] == ("🎲 random class", NO_CLASS)
+    assert choices[1] == (f"{app_pipe.class_names[0]} (0)", 0)
+    assert len(choices) == app_pipe.num_classes + 1
+    assert [v for _, v in class_choices(["cat", "dog"])] == [0, 1]
+    assert class_choices(["cat", "dog"])[1][0] == "dog (1)"
+
+
+def test_class_id_from_choice():
+    assert class_id_from_choice(NO_CLASS, 10) is None
+    assert class_id_from_choice(None, 10) is None
+    assert class_id_from_choice("3", 10) == 3 and class_id_from_choice(9, 10) == 9
+    for bad in (10, -2, "cat"):
+        with pytest.raises(InputError):
+            class_id_from_choice(bad, 10)
+
+
+def test_outpaint_extents():
+    assert outpaint_extents(["Left", "Top"], 25, (200, 100)) == {
+        "left": 50, "right": 0, "top": 25, "bottom": 0}
+    assert outpaint_extents(["right"], 1, (10, 10))["right"] == 1  # never 0 px
+    with pytest.raises(InputError, match="direction"):
+        outpaint_extents([], 25, (10, 10))
+    with pytest.raises(InputError, match="Unknown"):
+        outpaint_extents(["Up"], 25, (10, 10))
+    with pytest.raises(InputError, match="extent"):
+        outpaint_extents(["Left"], 0, (10, 10))
+
+
+def test_quality_label_handler(app_pipe):
+    assert "network passes" in quality_label(app_pipe, 2, 1)
+    assert quality_label(app_pipe, float("nan"), 1) == ""
+
+
+# ------------------------------------------------------------------------------ error mapping
+@pytest.mark.parametrize(("error", "expected"), [
+    (InputError("Paint the area first."), "Paint the area first."),
+    (ValueError("class id 12 out of range\nmore"), "Invalid input: class id 12 out of range"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"), "Out of memory"),
+    (RuntimeError("CUDA error: out of memory"), "Out of memory"),
+    (KeyError("secret internal key"), "Something went wrong (KeyError)"),
+    (ZeroDivisionError("division by zero"), "Something went wrong (ZeroDivisionError)"),
+    (NotImplementedError("fit='magic'"), "Not supported: fit='magic'"),
+])
+def test_friendly_message(error, expected):
+    message = friendly_message(error)
+    assert message.startswith(expected)
+    assert "Traceback" not in message and "\n" not in message
+
+
+def test_friendly_message_hides_internal_details():
+    assert "secret" not in friendly_message(KeyError("secret internal key"))
+    from PIL import UnidentifiedImageError
+
+    assert "Could not read the image" in friendly_message(UnidentifiedImageError("x"))
+    assert len(friendly_message(ValueError("x" * 5000))) < 400
+
+
+# ------------------------------------------------------------------------------------ imaging
+def test_to_pil_and_preview_strip():
+    images = to_pil_images(torch.stack([torch.zeros(3, 4, 4), torch.ones(3, 4, 4)]))
+    assert [im.getpixel((0, 0)) for im in images] == [(0, 0, 0), (255, 255, 255)]
+    strip = preview_strip(images, min_height=16, gap=2)
+    assert strip.size == (16 * 2 + 2, 16)
+    minus_one = to_pil_images(-torch.ones(1, 3, 2, 2), (-1.0, 1.0))[0]
+    assert minus_one.getpixel((1, 1)) == (0, 0, 0)
+
+
+def test_confidence_overlay():
+    image = Image.new("RGB", (8, 8), (255, 255, 255))
+    confidence = np.array([[0.0, 1.0], [1.0, 0.0]])
+    overlay = np.asarray(confidence_overlay(image, confidence, alpha=1.0))
+    low, high = heatmap_colors(np.array([0.0, 1.0]))
+    assert (overlay[0, 0] == low).all() and (overlay[0, 7] == high).all()
+    assert overlay.shape == (8, 8, 3)
+    with pytest.raises(ValueError):
+        confidence_overlay(image, np.zeros(4))
+
+
+# ---------------------------------------------------------------------------------- streaming
+def test_stream_work_yields_reports_then_result():
+    def work(report):
+        for i in range(3):
+            report(i)
+        return "done"
+
+    events = list(stream_work(work))
+    assert [e.item for e in events[:3] if isinstance(e, Reported)] == [0, 1, 2]
+    assert events[-1] == Finished("done")
+
+
+def test_stream_work_reraises_in_consumer():
+    def work(report):
+        report(1)
+        raise ValueError("bad class")
+
+    with pytest.raises(ValueError, match="bad class"):
+        list(stream_work(work))
+
+
+def test_closing_the_stream_stops_the_worker():
+    stopped = threading.Event()
+    calls = []
+
+    def work(report):
+        try:
+            for i in range(1000):
+                calls.append(i)
+                report(i)
+                threading.Event().wait(0.005)
+        except RunCancelledError:
+            stopped.set()
+            raise
+        return "finished"
+
+    stream = stream_work(work)
+    assert next(stream) == Reported(0)
+    stream.close()  # what Gradio does when the Stop button cancels the event
+    assert stopped.is_set() and len(calls) < 1000
+
+
+# ------------------------------------------------------------------------------ runs/handlers
+def test_run_generate_previews_every_scale(app_pipe):
+    params = SamplingParams(steps=1, cfg=1.5, top_k=0, top_p=0.0, seed=3, variants=2)
+    updates = list(run_generate(app_pipe, 4, params))
+    scales = len(app_pipe.patch_nums)
+    previews = [u for u in updates if u.preview is not None and u.result is None]
+    assert len(previews) == scales - 1  # the last scale is the result
+    assert [u.fraction for u in updates] == sorted(u.fraction for u in updates)
+    result = updates[-1].result
+    assert result is not None and len(result.images) == 2 and result.seed == 3
+    assert result.images[0].size == (app_pipe.image_size, app_pipe.image_size)
+    assert result.confidences[0].shape == (app_pipe.patch_nums[-1],) * 2
+    again = list(run_generate(app_pipe, 4, params))[-1].result
+    assert np.array_equal(np.asarray(again.images[1]), np.asarray(result.images[1]))
+
+
+def test_generate_handler_streams_then_fills_the_gallery(app_pipe):
+    outputs = list(generate_events(app_pipe, 2, 1, 1.5, 0, 0.0, 11, 2, False))
+    assert len(outputs) >= len(app_pipe.patch_nums)
+    preview, gallery, files, status, state = outputs[-1]
+    assert len(gallery) == 2 and len(files) == 2 and all(f.endswith(".png") for f in files)
+    assert isinstance(state, RunResult) and "seed 11" in status
+    assert isinstance(preview, Image.Image)
+
+
+def test_generate_handler_bad_input_is_a_friendly_error(app_pipe):
+    with pytest.raises(gr.Error) as info:
+        list(generate_events(app_pipe, 99, 1, 1.5, 0, 0.0, 1, 1, False))
+    assert "Unknown class 99" in str(info.value.message)
+    with pytest.raises(gr.Error, match="seed"):
+        list(generate_events(app_pipe, 1, 1, 1.5, 0, 0.0, -5, 1, False))
+
+
+def test_heatmap_toggle_and_edit_result():
+    image = Image.new("RGB", (4, 4), (255, 255, 255))
+    result = RunResult("generate", (image,), (np.zeros((2, 2)),), 5, 0.1)
+    plain = gallery_items(result, heatmap=False)[0][0]
+    overlaid = toggle_heatmap(result, True)[0][0]
+    assert plain is image and np.asarray(overlaid).mean() < 255
+    assert gallery_items(None, True) == []
+    value = edit_result(result, 0)
+    assert value["background"].shape == (4, 4, 4) and value["layers"] == []
+    with pytest.raises(gr.Error):
+        edit_result(None, 0)
