@@ -106,4 +106,6 @@ def flex_attention(
         raise RuntimeError("torch.nn.attention.flex_attention is not available in this torch")
     _validate(q, k, v, mask, scale)
     block_mask = _block_mask(mask, q.device)
+    if not torch.is_grad_enabled():  # FlexAttention refuses CPU inputs that require grad
+        q, k, v = q.detach(), k.detach(), v.detach()
     return _compiled_flex()(q, k, v, block_mask=block_mask, scale=float(scale))

@@ -1,0 +1,269 @@
+"""Attention backends against a float64 dense reference, with the flash-attn error rule.
+
+Rule: for the output and for dQ, dK, dV, the max error of a backend against float64 must be at
+most twice the error of plain PyTorch attention computed in the same precision (scores, softmax
+output and products rounded to that dtype), plus a tiny absolute slack. Without a GPU the Triton
+kernels run through Triton's interpreter (see conftest.py) at small sizes; with a GPU the same
+tests run the compiled kernels, and ``gpu``-marked tests add real pyramids and bf16 (the
+interpreter mis-computes bf16 dot products, so bf16 is checked on the GPU only).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import ScaleMask, attention, available_backends, flex_backend, triton_backend
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda") if HAS_CUDA else torch.device("cpu")
+PATTERNS = ["block_diagonal", "block_causal"]
+CPU_PYRAMIDS = [(1, 2, 3), (1, 2, 3, 4, 5), (1, 3, 7), (1, 2, 4, 9)]
+PYRAMID_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+PYRAMID_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
+PYRAMID_1024 = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
+
+requires_triton = pytest.mark.skipif(
+    not triton_backend.is_available(), reason="needs triton with CUDA or TRITON_INTERPRET=1"
+)
+gpu = pytest.mark.gpu
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+
+
+def _inputs(
+    shape: tuple[int, ...], dtype: torch.dtype, seed: int, device: torch.device = DEVICE
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Fresh random q, k, v (requiring grad) and an upstream gradient, all N(0, 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    q, k, v, grad_out = (torch.randn(shape, generator=generator) for _ in range(4))
+    inputs = [t.to(device=device, dtype=dtype).requires_grad_() for t in (q, k, v)]
+    return inputs, grad_out.to(device=device, dtype=dtype)
+
+
+def _pytorch_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: ScaleMask, scale: float
+) -> torch.Tensor:
+    """Plain attention in q's dtype: scores, probabilities and products rounded to it."""
+    scores = (q @ k.transpose(-2, -1)) * scale
+    scores = scores.masked_fill(~mask.dense(q.device), float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    return probs @ v
+
+
+def _run(fn, inputs, grad_out):
+    out = fn(*inputs)
+    grads = torch.autograd.grad(out, inputs, grad_out)
+    return [out.detach(), *grads]
+
+
+def _check_against_reference(fn, mask: ScaleMask, inputs, grad_out, scale: float) -> None:
+    """fn's output and grads vs float64, within 2x the same-precision PyTorch error."""
+    dtype = inputs[0].dtype
+    ours = _run(fn, inputs, grad_out)
+    exact_inputs = [t.detach().double().requires_grad_() for t in inputs]
+    exact = _run(lambda q, k, v: _pytorch_attention(q, k, v, mask, scale),
+                 exact_inputs, grad_out.double())
+    same_inputs = [t.detach().clone().requires_grad_() for t in inputs]
+    same = _run(lambda q, k, v: _pytorch_attention(q, k, v, mask, scale), same_inputs, grad_out)
+    for name, mine, pytorch, reference in zip(("out", "dq", "dk", "dv"), ours, same, exact,
+                                              strict=True):
+        assert mine.dtype == dtype and mine.shape == reference.shape
+        assert torch.isfinite(mine).all(), name
+        error = (mine.double() - reference).abs().max().item()
+        pytorch_error = (pytorch.double() - reference).abs().max().item()
+        slack = 0.05 * torch.finfo(dtype).eps * max(1.0, reference.abs().max().item())
+        assert error <= 2 * pytorch_error + slack, (
+            f"{name}: error {error:.3e} > 2 x PyTorch's {pytorch_error:.3e} + {slack:.1e}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Triton kernel: CPU (interpreter) or GPU, small pyramids, fp32 and fp16
+# --------------------------------------------------------------------------------------------
+
+@requires_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("patch_nums", CPU_PYRAMIDS, ids=str)
+def test_triton_matches_float64_reference(patch_nums, pattern, head_dim, dtype):
+    mask = ScaleMask(patch_nums, pattern)
+    scale = head_dim**-0.5
+    inputs, grad_out = _inputs((2, 2, mask.length, head_dim), dtype, seed=sum(patch_nums))
+    _check_against_reference(
+        lambda q, k, v: triton_backend.triton_attention(q, k, v, mask, scale),
+        mask, inputs, grad_out, scale,
+    )
+
+
+@requires_triton
+@pytest.mark.parametrize("batch, heads", [(1, 1), (3, 1), (1, 3)])
+def test_triton_odd_batch_and_heads_and_scale(batch, heads):
+    mask = ScaleMask((1, 2, 3, 4, 5), "block_causal")
+    scale = 0.37
+    inputs, grad_out = _inputs((batch, heads, mask.length, 64), torch.float32, seed=batch + heads)
+    _check_against_reference(
+        lambda q, k, v: attention(q, k, v, mask, scale=scale, backend="triton"),
+        mask, inputs, grad_out, scale,
+    )
+
+
+@requires_triton
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_backends_agree(pattern):
+    """triton, reference and flex (forward; FlexAttention has no CPU backward) agree."""
+    mask = ScaleMask((1, 2, 3, 4, 5), pattern)
+    inputs, _ = _inputs((1, 2, mask.length, 64), torch.float32, seed=7)
+    with torch.no_grad():
+        outs = {
+            name: attention(*inputs, mask, backend=name)
+            for name in ("reference", "triton", "flex")
+        }
+    torch.testing.assert_close(outs["triton"], outs["reference"], atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(outs["flex"], outs["reference"], atol=2e-6, rtol=1e-5)
+
+
+def test_auto_picks_reference_on_cpu():
+    mask = ScaleMask((1, 2, 3), "block_causal")
+    inputs, _ = _inputs((1, 2, mask.length, 64), torch.float16, seed=1, device=torch.device("cpu"))
+    assert available_backends("cpu", torch.float16) == ["reference"]
+    with torch.no_grad():
+        out = attention(*inputs, mask)
+        expected = attention(*inputs, mask, backend="reference")
+    assert torch.equal(out, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad inputs raise ValueError
+# --------------------------------------------------------------------------------------------
+
+def _valid(dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+    mask = ScaleMask((1, 2, 3), "block_diagonal")
+    device = DEVICE if HAS_CUDA else torch.device("cpu")
+    q, k, v = (torch.randn(1, 2, mask.length, 64, device=device, dtype=dtype) for _ in range(3))
+    return q, k, v, mask
+
+
+def _bad_cases():
+    q, k, v, mask = _valid()
+    other_device = torch.device("cpu") if HAS_CUDA else torch.device("meta")
+    return {
+        "3-d": (q[0], k[0], v[0], mask),
+        "shape": (q, k[:, :1], v, mask),
+        "dtype": (q, k.half(), v, mask),
+        "float64": (q.double(), k.double(), v.double(), mask),
+        "non-contiguous": (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask),
+        "head-dim-32": (q[..., :32].contiguous(), k[..., :32].contiguous(),
+                        v[..., :32].contiguous(), mask),
+        "length": (q, k, v, ScaleMask((1, 2, 4), "block_diagonal")),
+        "mask-type": (q, k, v, mask.dense()),
+        "device": (q, k.to(other_device), v, mask),
+        "empty": (q[:0], k[:0], v[:0], mask),
+    }
+
+
+@requires_triton
+@pytest.mark.parametrize("case", list(_bad_cases()))
+def test_triton_rejects_bad_inputs(case):
+    q, k, v, mask = _bad_cases()[case]
+    with pytest.raises(ValueError):
+        triton_backend.triton_attention(q, k, v, mask, 0.125)
+
+
+@requires_triton
+def test_triton_rejects_bad_scale():
+    q, k, v, mask = _valid()
+    with pytest.raises(ValueError):
+        triton_backend.triton_attention(q, k, v, mask, float("nan"))
+
+
+@requires_cuda
+def test_triton_rejects_cpu_tensors_when_compiled():
+    mask = ScaleMask((1, 2, 3))
+    q = torch.randn(1, 1, mask.length, 64, dtype=torch.float16)
+    with pytest.raises(ValueError, match="CUDA"):
+        triton_backend.triton_attention(q, q, q, mask, 0.125)
+
+
+@pytest.mark.parametrize("case", ["shape", "dtype", "length", "mask-type", "device"])
+def test_flex_rejects_bad_inputs(case):
+    q, k, v, mask = _bad_cases()[case]
+    with pytest.raises(ValueError):
+        flex_backend.flex_attention(q, k, v, mask, 0.125)
+
+
+def test_flex_rejects_cpu_backward():
+    mask = ScaleMask((1, 2, 3))
+    q = torch.randn(1, 1, mask.length, 64, requires_grad=True)
+    with pytest.raises(ValueError, match="backward"):
+        flex_backend.flex_attention(q, q, q, mask, 0.125)
+
+
+def test_attention_rejects_bad_backend_and_missing_mask():
+    q, k, v, mask = _valid()
+    with pytest.raises(ValueError):
+        attention(q, k, v, mask, backend="cudnn")
+    for backend in ("triton", "flex"):
+        with pytest.raises(ValueError):
+            attention(q, k, v, None, backend=backend)
+    with pytest.raises(ValueError):
+        attention(q, k, v, ScaleMask((1, 2, 4)), backend="reference")
+
+
+# --------------------------------------------------------------------------------------------
+# GPU: real pyramids, bf16, FlexAttention with backward, auto dispatch
+# --------------------------------------------------------------------------------------------
+
+@gpu
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("patch_nums", [PYRAMID_256, (1, 3, 7)], ids=["256px", "odd"])
+def test_triton_gpu_matches_float64_reference(patch_nums, pattern, head_dim, dtype):
+    mask = ScaleMask(patch_nums, pattern)
+    scale = head_dim**-0.5
+    inputs, grad_out = _inputs((2, 3, mask.length, head_dim), dtype, seed=len(patch_nums))
+    _check_against_reference(
+        lambda q, k, v: triton_backend.triton_attention(q, k, v, mask, scale),
+        mask, inputs, grad_out, scale,
+    )
+
+
+@gpu
+@requires_cuda
+@pytest.mark.parametrize("patch_nums", [PYRAMID_512, PYRAMID_1024], ids=["512px", "1024px"])
+def test_triton_gpu_large_pyramids(patch_nums):
+    mask = ScaleMask(patch_nums, "block_diagonal")
+    inputs, grad_out = _inputs((1, 2, mask.length, 64), torch.float16, seed=3)
+    _check_against_reference(
+        lambda q, k, v: triton_backend.triton_attention(q, k, v, mask, 0.125),
+        mask, inputs, grad_out, 0.125,
+    )
+
+
+@gpu
+@requires_cuda
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_flex_gpu_matches_float64_reference(pattern):
+    mask = ScaleMask(PYRAMID_256, pattern)
+    inputs, grad_out = _inputs((2, 2, mask.length, 64), torch.float16, seed=5)
+    _check_against_reference(
+        lambda q, k, v: flex_backend.flex_attention(q, k, v, mask, 0.125),
+        mask, inputs, grad_out, 0.125,
+    )
+
+
+@gpu
+@requires_cuda
+def test_auto_uses_triton_on_cuda_even_for_non_contiguous_inputs():
+    mask = ScaleMask(PYRAMID_256, "block_diagonal")
+    assert "triton" in available_backends(DEVICE, torch.float16)
+    inputs, _ = _inputs((2, mask.length, 4, 64), torch.float16, seed=11)
+    q, k, v = (t.detach().transpose(1, 2) for t in inputs)  # (B, H, L, D) views
+    with torch.no_grad():
+        out = attention(q, k, v, mask)
+        expected = triton_backend.triton_attention(
+            q.contiguous(), k.contiguous(), v.contiguous(), mask, 0.125
+        )
+    assert torch.equal(out, expected)
