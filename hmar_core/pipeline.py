@@ -17,11 +17,18 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import checkpoint as ckpt
+from . import editing_ops
 from .config import SamplerConfig, TokenizerConfig, TransformerConfig
+from .editing import EditOptions
+from .editing_ops import EditResult, PreviewCallback, default_class_strength
+from .editing_outpaint import outpaint as outpaint_image
+from .editing_session import EditSession
+from .images import ImageLike
 from .model import ScaleRunner, TokenModel
 from .sampler import SampleOutput, ScaleConstraint, ScaleState, sample
 from .schedules import Schedule, default_schedule, schedule_from_steps, validate_schedule
@@ -233,6 +240,137 @@ class Pipeline(nn.Module):
         last = self.patch_nums[-1]
         confidence = out.confidence[-1].view(-1, last, last)
         return GenerateOutput(images, out.tokens, out.labels, confidence, seed)
+
+    # ---------------------------------------------------------------------------- editing
+    def edit(
+        self,
+        image: ImageLike,
+        mask: ImageLike | None = None,
+        options: EditOptions | None = None,
+        *,
+        session: EditSession | None = None,
+        on_preview: PreviewCallback | None = None,
+    ) -> EditResult:
+        """The rich edit behind :meth:`inpaint` / :meth:`edit_class` (see :func:`editing_ops.edit`).
+
+        Args:
+            image: PIL image or numpy array, any size and mode.
+            mask: region to regenerate; ``None`` = the whole image.
+            options: an :class:`EditOptions` (class, seed, steps, strength, fit, ...).
+            session: an :class:`EditSession` for incremental re-edits.
+            on_preview: called with an :class:`EditPreview` after every scale.
+        """
+        return editing_ops.edit(self, image, mask, options, session=session,
+                                on_preview=on_preview)
+
+    def inpaint(
+        self,
+        image: ImageLike,
+        mask: ImageLike,
+        *,
+        class_id: int | None = None,
+        seed: int | None = None,
+        steps: int | None = None,
+        cfg: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        strength: int = 0,
+        grow: int = 1,
+        feather: int = 8,
+        fit: str = "whole",
+        padding: int = 32,
+        num_variants: int = 1,
+        on_preview: PreviewCallback | None = None,
+        session: EditSession | None = None,
+    ) -> Image.Image | list[Image.Image]:
+        """Regenerate the masked region (white / True / opaque = regenerate).
+
+        ``class_id=None`` in-fills with the null class; ``fit="masked"`` edits a square crop
+        around the mask (``padding`` px) at full model resolution. Pixels farther than
+        ``feather`` from the mask are returned unchanged. See :class:`EditOptions`.
+
+        Returns:
+            A PIL RGB image of the input's size, or a list of ``num_variants`` images.
+        """
+        options = EditOptions(class_id=class_id, seed=seed, steps=steps, cfg=cfg, top_k=top_k,
+                              top_p=top_p, strength=strength, grow=grow, feather=feather,
+                              fit=fit, padding=padding, num_variants=num_variants)
+        result = self.edit(image, mask, options, session=session, on_preview=on_preview)
+        return result.images if num_variants > 1 else result.image
+
+    def outpaint(
+        self,
+        image: ImageLike,
+        *,
+        left: int = 0,
+        right: int = 0,
+        top: int = 0,
+        bottom: int = 0,
+        class_id: int | None = None,
+        seed: int | None = None,
+        steps: int | None = None,
+        cfg: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        strength: int = 0,
+        grow: int = 1,
+        feather: int = 8,
+        fill: str = "replicate",
+        num_variants: int = 1,
+        on_preview: PreviewCallback | None = None,
+    ) -> Image.Image | list[Image.Image]:
+        """Extend the canvas by the given pixels and generate the new area.
+
+        Large extents slide a window that keeps at least half known content (see
+        :mod:`hmar_core.editing_outpaint`); zero extents return the input unchanged.
+
+        Returns:
+            A PIL RGB image of the extended size, or a list of ``num_variants`` images.
+        """
+        options = EditOptions(class_id=class_id, seed=seed, steps=steps, cfg=cfg, top_k=top_k,
+                              top_p=top_p, strength=strength, grow=grow, feather=feather,
+                              num_variants=num_variants)
+        result = outpaint_image(self, image, left=left, right=right, top=top, bottom=bottom,
+                                options=options, fill=fill, on_preview=on_preview)
+        return result.images if num_variants > 1 else result.image
+
+    def edit_class(
+        self,
+        image: ImageLike,
+        class_id: int,
+        mask: ImageLike | None = None,
+        *,
+        strength: int | None = None,
+        seed: int | None = None,
+        steps: int | None = None,
+        cfg: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        grow: int = 1,
+        feather: int = 8,
+        fit: str = "whole",
+        padding: int = 32,
+        num_variants: int = 1,
+        on_preview: PreviewCallback | None = None,
+        session: EditSession | None = None,
+    ) -> Image.Image | list[Image.Image]:
+        """Regenerate the masked region (``None``: the whole image) as class ``class_id``.
+
+        ``strength`` = coarse scales kept from the source (default
+        :func:`default_class_strength`: ~30 % of the scales, keeping colours and layout).
+
+        Returns:
+            A PIL RGB image of the input's size, or a list of ``num_variants`` images.
+        """
+        if isinstance(class_id, bool) or not isinstance(class_id, int):
+            raise ValueError(f"class_id must be an int class id, got {class_id!r}")
+        if strength is None:
+            strength = default_class_strength(len(self.patch_nums))
+        options = EditOptions(class_id=class_id, seed=seed, steps=steps, cfg=cfg, top_k=top_k,
+                              top_p=top_p, strength=strength, grow=grow, feather=feather,
+                              fit=fit, padding=padding, num_variants=num_variants)
+        result = self.edit(image, mask, options, session=session, on_preview=on_preview)
+        return result.images if num_variants > 1 else result.image
 
     # ------------------------------------------------------------------------ checkpoints
     def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> None:

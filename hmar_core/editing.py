@@ -1,0 +1,221 @@
+"""Training-free editing: the same sampler, constrained by an :class:`EditSpec`.
+
+Shape legend: B = batch (variants), S = the model's image side, n = pn² tokens of a scale,
+P = side of the final token grid.
+
+An edit encodes the source image to its token pyramid, turns one pixel mask into a regenerate
+mask per scale (:func:`hmar_core.masks.token_masks`) and runs :func:`hmar_core.sampler.sample`
+with the spec as its :class:`~hmar_core.sampler.ScaleConstraint`: kept tokens are forced to the
+source and get infinite confidence, so refinement only touches the regenerate positions
+(spec §7, style item 5). Plain generation is an edit whose spec keeps nothing.
+
+**Schedule** (:func:`edit_schedule`): a scale where nothing is kept uses the plain generation
+schedule (so a full-mask edit is exactly :meth:`Pipeline.generate`); an entirely kept scale
+runs no network; a partly kept scale gets ``steps`` masked-refinement steps (capped by its
+number of free tokens) that first re-predict *all* free tokens from the kept context, then
+finalise them on a cosine curve. The sampler scales the counts to each sample's free
+positions (at least one token per step), so a small hole still gets several steps.
+
+**Strength** k: scales ``< k`` are kept entirely from the source (k = 0: the region is
+regenerated from scratch; larger k keeps the original's colours and layout, img2img-like).
+
+**Randomness**: one ``torch.Generator`` seeded with ``seed`` drives the whole edit in the
+sampler's order, exactly like :meth:`Pipeline.generate` (whose stream is untouched). The
+optional ``fine_seed`` re-seeds that generator just before scale ``fine_from`` ("re-roll the
+details, keep the layout"). Because the generator state is a pure function of the settings up
+to a scale, :class:`~hmar_core.editing_session.EditSession` stores it with every scale's
+:class:`ScaleState` and restores it on resume, which makes a resumed run bit-identical to the
+from-scratch run with the same settings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .schedules import Schedule
+
+__all__ = ["DEFAULT_EDIT_STEPS", "FIT_MODES", "EditOptions", "EditSpec", "edit_schedule"]
+
+DEFAULT_EDIT_STEPS = 4
+FIT_MODES = ("whole", "masked")
+
+
+def _check_int(name: str, value: object, minimum: int = 0, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class EditOptions:
+    """Everything an edit needs besides the image and the mask.
+
+    Attributes:
+        class_id: target class, or ``None`` for the null class (plain in-filling).
+        seed: generator seed (``None``: a fresh random one, reported in the result).
+        steps: refinement steps: the generation schedule's ``steps`` knob for fully
+            regenerated scales and the step count of partly kept scales (``None``: the
+            pipeline's default schedule and :data:`DEFAULT_EDIT_STEPS`; 0: no refinement).
+        cfg, top_k, top_p, mask_cfg_ratio: sampler overrides (``None``: pipeline defaults).
+        strength: number of coarse scales kept entirely from the source (0 … num_scales).
+        grow: dilation of the final token mask, in tokens.
+        coarse_threshold: covered fraction above which a coarse cell regenerates.
+        feather: width in pixels of the soft blend outside the mask.
+        fit: ``"whole"`` (resize the whole image to the model, padded square) or
+            ``"masked"`` (crop a square around the mask plus ``padding``, paste back).
+        padding: pixels around the mask's bounding box in ``"masked"`` fit.
+        num_variants: samples in one batch (variations).
+        fine_from: first "fine" scale for ``fine_seed`` / ``fine_steps``.
+        fine_seed: re-seed the generator with this before scale ``fine_from`` (re-roll the
+            details, keep the layout).
+        fine_steps: ``steps`` for scales ``>= fine_from`` (default: ``steps``).
+    """
+
+    class_id: int | None = None
+    seed: int | None = None
+    steps: int | None = None
+    cfg: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    mask_cfg_ratio: float | None = None
+    strength: int = 0
+    grow: int = 1
+    coarse_threshold: float = 0.5
+    feather: int = 8
+    fit: str = "whole"
+    padding: int = 32
+    num_variants: int = 1
+    fine_from: int | None = None
+    fine_seed: int | None = None
+    fine_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("class_id", self.class_id, allow_none=True)
+        _check_int("steps", self.steps, allow_none=True)
+        for name in ("strength", "grow", "feather", "padding"):
+            _check_int(name, getattr(self, name))
+        _check_int("num_variants", self.num_variants, minimum=1)
+        if self.fit not in FIT_MODES:
+            raise ValueError(f"fit must be one of {FIT_MODES}, got {self.fit!r}")
+        if not 0.0 <= self.coarse_threshold < 1.0:
+            raise ValueError(f"coarse_threshold must be in [0, 1), got {self.coarse_threshold}")
+        if self.fine_from is None and (self.fine_seed is not None or self.fine_steps is not None):
+            raise ValueError("fine_seed / fine_steps need fine_from (the first fine scale)")
+        for name in ("fine_from", "fine_seed", "fine_steps"):
+            _check_int(name, getattr(self, name), allow_none=True)
+
+    def steps_at(self, scale: int) -> int | None:
+        """The ``steps`` knob that applies at ``scale`` (``fine_steps`` from ``fine_from`` on)."""
+        if self.fine_from is not None and self.fine_steps is not None and scale >= self.fine_from:
+            return self.fine_steps
+        return self.steps
+
+
+@dataclass(frozen=True)
+class EditSpec:
+    """The constraint of one edit (implements :class:`~hmar_core.sampler.ScaleConstraint`).
+
+    Attributes:
+        source_tokens: per scale (B, n) int64, the source image's token pyramid.
+        regenerate: per scale (B, n) bool, True = sample here (derived from one pixel mask).
+        labels: (B,) int64 class ids (target class, or the null class for in-filling).
+        strength: scales ``< strength`` are kept entirely, whatever ``regenerate`` says.
+    """
+
+    source_tokens: tuple[torch.Tensor, ...]
+    regenerate: tuple[torch.Tensor, ...]
+    labels: torch.Tensor
+    strength: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "source_tokens", tuple(self.source_tokens))
+        object.__setattr__(self, "regenerate", tuple(self.regenerate))
+        if len(self.source_tokens) != len(self.regenerate) or not self.source_tokens:
+            raise ValueError(f"{len(self.source_tokens)} scales of tokens but "
+                             f"{len(self.regenerate)} scales of masks")
+        batch = self.labels.shape[0]
+        for si, (tokens, regen) in enumerate(zip(self.source_tokens, self.regenerate)):
+            if regen.dtype != torch.bool or regen.shape != tokens.shape or tokens.shape[0] != batch:
+                raise ValueError(f"scale {si}: mask {regen.dtype} {tuple(regen.shape)} does not "
+                                 f"match tokens {tuple(tokens.shape)} for batch {batch}")
+        _check_int("strength", self.strength)
+        if self.strength > len(self.source_tokens):
+            raise ValueError(f"strength must be in [0, {len(self.source_tokens)}], "
+                             f"got {self.strength}")
+
+    @classmethod
+    def empty(cls, patch_nums: tuple[int, ...], labels: torch.Tensor) -> EditSpec:
+        """A spec that keeps nothing: sampling with it is plain generation."""
+        shapes = [(labels.shape[0], pn * pn) for pn in patch_nums]
+        return cls(tuple(torch.zeros(s, dtype=torch.int64, device=labels.device) for s in shapes),
+                   tuple(torch.ones(s, dtype=torch.bool, device=labels.device) for s in shapes),
+                   labels)
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.source_tokens)
+
+    def keep(self, scale: int) -> torch.Tensor | None:
+        """(B, n) bool, True = force the source token; ``None`` when nothing is kept."""
+        if scale < self.strength:
+            return torch.ones_like(self.regenerate[scale])
+        keep = ~self.regenerate[scale]
+        return keep if bool(keep.any()) else None
+
+    def source(self, scale: int) -> torch.Tensor:
+        """(B, n) int64 source tokens of ``scale``."""
+        return self.source_tokens[scale]
+
+    def keep_masks(self) -> list[torch.Tensor]:
+        """Per scale (B, n) bool keep masks with the strength applied (never ``None``)."""
+        return [k if (k := self.keep(si)) is not None else ~self.regenerate[si]
+                for si in range(self.num_scales)]
+
+    def is_noop(self) -> bool:
+        """True when every token of every scale is kept (nothing to sample)."""
+        return all(bool(k.all()) for k in self.keep_masks())
+
+
+def _cosine_entry(n: int, steps: int) -> tuple[int, ...]:
+    """Schedule entry (official semantics) whose first step re-predicts n - 1 tokens.
+
+    Scaled by the sampler to f free tokens this re-predicts all f, then keeps masked the
+    ``f·cos(π/2 · j/steps)`` least confident before step j + 1.
+    """
+    if steps == 0 or n == 1:
+        return (n,)
+    steps = min(steps, n - 1)
+    left = [n - 1]  # tokens still masked before each step
+    for j in range(1, steps):
+        target = math.floor((n - 1) * math.cos(math.pi / 2 * j / steps))
+        left.append(max(min(target, left[-1] - 1), steps - j))
+    commits = [left[j - 1] - left[j] for j in range(1, steps)] + [left[-1]]
+    return (n - left[0], *commits)
+
+
+def edit_schedule(base: Schedule, spec: EditSpec, steps: int | Sequence[int]) -> Schedule:
+    """The mask schedule of an edit (rule in the module docstring).
+
+    Args:
+        base: the plain generation schedule (used where nothing is kept).
+        spec: the edit.
+        steps: refinement steps of partly kept scales (0 = none), one for all or per scale.
+    """
+    per_scale = [steps] * len(base) if isinstance(steps, int) else list(steps)
+    out = []
+    for si, entry in enumerate(base):
+        n = sum(entry)
+        keep = spec.keep(si)
+        if keep is None:
+            out.append(tuple(entry))
+        elif bool(keep.all()):
+            out.append((n,))
+        else:
+            free = int((~keep).sum(-1).max())
+            out.append(_cosine_entry(n, min(per_scale[si], free)))
+    return tuple(out)
