@@ -86,7 +86,7 @@ def build_demo(
                     brush=gr.Brush(default_size="auto", colors=["#ff2e88"],
                                    color_mode="fixed"),
                     eraser=gr.Eraser(default_size="auto"), layers=False,
-                    canvas_size=(512, 512), height=420, elem_id="editor",
+                    canvas_size=(512, 512), height=420, interactive=True, elem_id="editor",
                 )
                 with gr.Tabs(elem_id="modes"):
                     with gr.Tab("Generate", id="generate"):

@@ -1,0 +1,85 @@
+"""End-to-end: the app launched in-process, driven through ``gradio_client``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+# class_id, quality, cfg, top_k, top_p, seed, variants, heatmap
+GENERATE = {"quality": 1, "cfg": 1.5, "top_k": 0, "top_p": 0.0, "variants": 1,
+            "heatmap": False}
+
+
+@pytest.fixture()
+def client(served_app: str):
+    client = Client(served_app, verbose=False)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def generate(client: Client, seed: int, class_id: int = 3, **overrides: object) -> tuple:
+    kwargs = {**GENERATE, **overrides}
+    return client.predict(class_id, kwargs["quality"], kwargs["cfg"], kwargs["top_k"],
+                          kwargs["top_p"], seed, kwargs["variants"], kwargs["heatmap"],
+                          api_name="/generate")
+
+
+def pixels(path: str) -> np.ndarray:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("RGB")).astype(np.int16)
+
+
+def test_two_seeds_give_two_different_images(client: Client):
+    first = generate(client, seed=1)
+    second = generate(client, seed=2)
+    again = generate(client, seed=1)
+    image_1, image_2 = (pixels(out[1][0]["image"]) for out in (first, second))
+    assert image_1.shape == (16, 16, 3)
+    assert np.abs(image_1 - image_2).max() > 0
+    assert np.array_equal(image_1, pixels(again[1][0]["image"]))  # reproducible
+    assert "seed 1" in first[3] and "seed 2" in second[3]
+
+
+def test_results_are_png_downloads_and_variants(client: Client):
+    preview, gallery, files, status, *_ = generate(client, seed=5, variants=3)
+    assert len(gallery) == 3 and len(files) == 3
+    assert all(Path(f).suffix == ".png" for f in files)
+    assert np.array_equal(pixels(files[0]), pixels(gallery[0]["image"]))
+    assert Path(preview).suffix == ".png"
+
+
+def test_generate_streams_a_preview_per_scale(client: Client):
+    job = client.submit(4, 1, 1.5, 0, 0.0, 9, 2, False, api_name="/generate")
+    final = job.result(timeout=60)
+    updates = job.outputs()
+    assert len(updates) >= 4  # start + one preview per coarse scale + result
+    statuses = [update[3] for update in updates]
+    assert any(s.startswith("Scale 1/") for s in statuses)
+    assert final[3].startswith("Done")
+
+
+def test_bad_input_is_an_error_not_a_crash(client: Client):
+    with pytest.raises(AppError, match="less than minimum"):  # Gradio's own range check
+        generate(client, seed=-7)
+    with pytest.raises(AppError, match="not in the list of choices"):
+        generate(client, seed=1, class_id=42)
+    with pytest.raises(AppError, match="greater than maximum"):
+        generate(client, seed=1, variants=50)
+    with pytest.raises(AppError) as info:
+        generate(client, seed=1, top_p=3.0)
+    assert "Traceback" not in str(info.value)
+    ok = generate(client, seed=3)  # the app still works afterwards
+    assert ok[3].startswith("Done")
+
+
+def test_random_seed_endpoint(client: Client):
+    seeds = {int(client.predict(api_name="/random_seed")) for _ in range(3)}
+    assert len(seeds) > 1 and all(s >= 0 for s in seeds)
