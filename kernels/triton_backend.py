@@ -88,15 +88,15 @@ def _configs(rows: str, cols: str, table: list[tuple[int, int, int, int]]) -> li
 
 _FWD_CONFIGS = {
     64: [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3)],
-    128: [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3)],
+    128: [(128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3)],
 }
 _DQ_CONFIGS = {
     64: [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3)],
     128: [(128, 32, 8, 2), (64, 32, 4, 3), (64, 64, 4, 2)],
 }
 _DKDV_CONFIGS = {
-    64: [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3)],
-    128: [(128, 32, 8, 2), (64, 32, 4, 3), (64, 64, 4, 2)],
+    64: [(128, 32, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3)],
+    128: [(128, 32, 8, 2), (128, 32, 8, 3), (64, 32, 4, 3)],
 }
 # One config per kernel under the interpreter: small tiles, so that small test pyramids still
 # have several items, full tiles and boundary tiles.
@@ -474,9 +474,11 @@ def _on_device(tensor: torch.Tensor) -> Iterator[None]:
         yield
 
 
-def _tune_key(mask: ScaleMask) -> int:
-    """A stable int naming the pyramid and pattern, part of the autotuning key."""
-    return zlib.crc32(repr((mask.patch_nums, mask.pattern)).encode()) & 0x7FFFFFFF
+def _tune_key(mask: ScaleMask, batch_heads: int) -> int:
+    """A stable int naming the pyramid, the pattern and the batch·heads size class (a power of
+    two), part of the autotuning key: small grids favour other tiles than large ones."""
+    size_class = 1 << max(0, math.ceil(math.log2(batch_heads)))
+    return zlib.crc32(repr((mask.patch_nums, mask.pattern, size_class)).encode()) & 0x7FFFFFFF
 
 
 class _Launch:
@@ -490,7 +492,7 @@ class _Launch:
         self.key_table, self.key_counts = packed_schedule(mask, "key", q.device)
         self.qk_scale = scale * _LOG2_E
         self.sm_scale = scale
-        self.tune_key = _tune_key(mask)
+        self.tune_key = _tune_key(mask, self.batch_heads)
         self.meta = {
             "HEAD_DIM": q.shape[-1],
             "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
@@ -523,7 +525,7 @@ def _forward(
     return out, lse
 
 
-def _backward(
+def _backward_dq(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -531,11 +533,9 @@ def _backward(
     lse: torch.Tensor,
     grad_out: torch.Tensor,
     launch: _Launch,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns dQ, dK, dV, each (B, H, L, D) in q's dtype."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns dQ (B, H, L, D) and delta = rowsum(O ⊙ dO) (BH, L) fp32."""
     dq = torch.empty_like(q)
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
     delta = torch.empty_like(lse)
     with _on_device(q):
         _attn_bwd_dq[launch.grid(launch.query_counts, "BLOCK_M")](
@@ -544,13 +544,29 @@ def _backward(
             launch.seq_len, launch.qk_scale, launch.sm_scale, launch.tune_key,
             **launch.meta,
         )
+    return dq, delta
+
+
+def _backward_dkdv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lse: torch.Tensor,
+    delta: torch.Tensor,
+    grad_out: torch.Tensor,
+    launch: _Launch,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns dK, dV, each (B, H, L, D) in k's dtype."""
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    with _on_device(q):
         _attn_bwd_dkdv[launch.grid(launch.key_counts, "BLOCK_N")](
             q, k, v, grad_out, lse, delta, dk, dv,
             launch.row_start, launch.row_end, launch.key_table,
             launch.seq_len, launch.qk_scale, launch.sm_scale, launch.tune_key,
             **launch.meta,
         )
-    return dq, dk, dv
+    return dk, dv
 
 
 class BlockSparseAttention(torch.autograd.Function):
@@ -579,7 +595,9 @@ class BlockSparseAttention(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(q, k, v, out, lse, grad_out.contiguous(), ctx.launch)
+        grad_out = grad_out.contiguous()
+        dq, delta = _backward_dq(q, k, v, out, lse, grad_out, ctx.launch)
+        dk, dv = _backward_dkdv(q, k, v, lse, delta, grad_out, ctx.launch)
         return dq, dk, dv, None, None
 
 
