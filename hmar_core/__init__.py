@@ -1,7 +1,12 @@
-"""HMAR Studio engine: configs, pyramid math, tokenizer, transformer, sampler, pipeline."""
+"""HMAR Studio engine: configs, pyramid math, tokenizer, transformer, sampler, editing, pipeline."""
 
 from .checkpoint import CheckpointError
 from .config import SamplerConfig, TokenizerConfig, TransformerConfig
+from .editing import EditOptions, EditSpec, edit_schedule
+from .editing_ops import EditPreview, EditResult
+from .editing_ops import edit as edit_image
+from .editing_outpaint import outpaint as outpaint_image
+from .editing_session import EditSession
 from .model import TokenModel
 from .pipeline import GenerateOutput, Pipeline, load_official
 from .sampler import SampleOutput, ScaleConstraint, ScaleState, sample
@@ -11,6 +16,11 @@ from .transformer import HMARTransformer
 
 __all__ = [
     "CheckpointError",
+    "EditOptions",
+    "EditPreview",
+    "EditResult",
+    "EditSession",
+    "EditSpec",
     "GenerateOutput",
     "HMARTransformer",
     "MultiScaleVQTokenizer",
@@ -23,7 +33,10 @@ __all__ = [
     "TokenizerConfig",
     "TransformerConfig",
     "default_schedule",
+    "edit_image",
+    "edit_schedule",
     "load_official",
+    "outpaint_image",
     "sample",
     "schedule_from_steps",
     "validate_schedule",

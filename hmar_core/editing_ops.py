@@ -221,7 +221,9 @@ def edit_window(
                                    state.confidence.detach().view(-1, pn, pn).cpu(),
                                    restored, index, count))
 
-    fine = (options.fine_from, options.fine_seed) if options.fine_from is not None else None
+    fine = None
+    if options.fine_from is not None and options.fine_seed is not None:
+        fine = (options.fine_from, options.fine_seed)
     run = run_spec(pipe, spec, settings, schedule, job.seed if seed is None else seed,
                    fine=fine, session=job.session,
                    on_scale=on_scale if job.on_preview is not None else None)

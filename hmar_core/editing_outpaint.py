@@ -10,8 +10,10 @@ and marked unknown. Then:
   i.e. the model window at the resolution the input itself would get) slide over the
   canvas: each step picks the window that covers the most unknown pixels while at least 50 %
   of its in-canvas pixels are known (original or already generated), ties going to the window
-  nearest the original. Each window is an edit whose mask is its unknown part, composited
-  with the feather, after which its pixels count as known. At most ``max_windows`` windows.
+  nearest the original. Where no window can be half known (a 1-pixel-thin original) the most
+  known one is used, with a logged warning. Each window is an edit whose mask is its unknown
+  part, composited with the feather, after which its pixels count as known. At most
+  ``max_windows`` windows.
 
 Zero total extent returns the input unchanged (no model call); negative extents raise.
 Window ``i`` uses seed ``seed`` for i = 0 and a fixed derivation of ``(seed, i)`` after that,

@@ -222,6 +222,11 @@ def run_spec(
             on_scale(state, False)
         clock[0] = time.perf_counter()
 
-    output = pipe.sample_tokens(spec.labels, settings, schedule, generator, constraint=spec,
-                                on_scale=hook, resume=resume)
+    if resume is not None and resume.scale == num_scales - 1:  # nothing left to sample
+        confidences = [torch.ones_like(t, dtype=resume.f_hat.dtype) for t in resume.tokens]
+        confidences[-1] = resume.confidence
+        output = SampleOutput(list(resume.tokens), resume.f_hat, confidences, spec.labels)
+    else:
+        output = pipe.sample_tokens(spec.labels, settings, schedule, generator,
+                                    constraint=spec, on_scale=hook, resume=resume)
     return SpecRun(output, seconds, resumed_from)
