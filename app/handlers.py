@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +21,38 @@ import numpy as np
 from PIL import Image
 
 from hmar_core import Pipeline
+from hmar_core.editing_session import EditSession
 
 from .editor import background_image, editor_value, mask_from_layers
-from .errors import friendly_message
+from .errors import InputError, friendly_message
 from .imaging import confidence_overlay
 from .params import (
+    SamplingParams,
     Timing,
     class_choices,
     class_id_from_choice,
+    edit_options,
     expected_time_label,
     max_quality_steps,
+    outpaint_extents,
     random_seed,
     sampling_params,
 )
-from .runs import RunResult, RunUpdate, run_generate
+from .runs import RunResult, RunUpdate, run_edit, run_generate
 
 __all__ = [
+    "MAX_PIXELS",
+    "EditControls",
     "RunOutputs",
     "background_image",
     "class_choices",
+    "class_edit_events",
     "edit_result",
     "editor_value",
     "gallery_items",
     "generate_events",
+    "inpaint_events",
+    "outpaint_events",
     "mask_from_layers",
     "quality_label",
     "randomize_seed",
@@ -54,6 +64,8 @@ logger = logging.getLogger(__name__)
 
 #: (preview, gallery, download files, status, result state): what every model handler yields.
 RunOutputs = tuple[Any, Any, Any, str, Any]
+#: Pictures above this many pixels are refused (the browser canvas struggles long before).
+MAX_PIXELS = 40_000_000
 
 
 def randomize_seed() -> int:
@@ -78,7 +90,7 @@ def gallery_items(result: RunResult | None, heatmap: bool) -> list[tuple[Image.I
     items = []
     for index, (image, confidence) in enumerate(zip(result.images, result.confidences)):
         caption = f"{result.mode} #{index + 1} · seed {result.seed}"
-        if heatmap and confidence is not None:
+        if heatmap and confidence:
             items.append((confidence_overlay(image, confidence), caption + " · confidence"))
         else:
             items.append((image, caption))
@@ -169,3 +181,133 @@ def generate_events(
 
 def _max_steps(pipeline: Pipeline) -> int:
     return max_quality_steps(pipeline.patch_nums, pipeline.transformer.cfg.has_mask_branch)
+
+
+@dataclass(frozen=True)
+class EditControls:
+    """The controls every editing mode shares (the mask accordion and sampling controls).
+
+    Attributes:
+        quality, cfg, top_k, top_p, seed, variants: sampling controls (see
+            :func:`app.params.sampling_params`).
+        grow, feather, only_masked, padding: the "Mask options" accordion.
+        heatmap: overlay the confidence heatmap on the results.
+    """
+
+    quality: float
+    cfg: float
+    top_k: float
+    top_p: float
+    seed: Any
+    variants: float
+    grow: float = 1
+    feather: float = 8
+    only_masked: bool = False
+    padding: float = 32
+    heatmap: bool = False
+
+    def sampling(self, pipeline: Pipeline) -> SamplingParams:
+        """The validated sampling parameters."""
+        return sampling_params(self.quality, self.cfg, self.top_k, self.top_p, self.seed,
+                               self.variants, _max_steps(pipeline))
+
+
+def _picture(value: Any, need_mask: bool) -> tuple[Image.Image, np.ndarray | None]:
+    """The uploaded picture and painted mask, with friendly errors when something is missing."""
+    image, mask = editor_value(value)
+    if image is None:
+        raise InputError("Upload a picture first: drop it on the editor or click it.")
+    if image.width * image.height > MAX_PIXELS:
+        raise InputError(f"The picture is too large ({image.width}×{image.height}); "
+                         f"use one under {MAX_PIXELS // 1_000_000} megapixels.")
+    if need_mask and mask is None:
+        raise InputError("Paint over the area to change with the brush first.")
+    return image, mask
+
+
+def _edit_events(
+    pipeline: Pipeline,
+    mode: str,
+    prepare: Any,
+    controls: EditControls,
+    session: EditSession | None,
+    progress: gr.Progress | None,
+) -> Iterator[RunOutputs]:
+    """Validate via ``prepare() -> (image, mask, options, extents)``, then stream the edit."""
+    try:
+        image, mask, options, extents = prepare()
+    except Exception as err:
+        raise gr.Error(friendly_message(err), print_exception=False) from None
+    updates = run_edit(pipeline, mode, image, mask, options, extents=extents, session=session)
+    yield from stream_outputs(updates, controls.heatmap, progress)
+
+
+def inpaint_events(
+    pipeline: Pipeline,
+    session: EditSession | None,
+    editor: Any,
+    class_choice: Any,
+    strength: float,
+    controls: EditControls,
+    progress: gr.Progress | None = None,
+) -> Iterator[RunOutputs]:
+    """Inpaint mode: regenerate the painted area (optionally guided by a class)."""
+
+    def prepare() -> tuple[Image.Image, np.ndarray | None, Any, None]:
+        image, mask = _picture(editor, need_mask=True)
+        options = _options(pipeline, controls, class_choice, strength)
+        return image, mask, options, None
+
+    yield from _edit_events(pipeline, "inpaint", prepare, controls, session, progress)
+
+
+def outpaint_events(
+    pipeline: Pipeline,
+    editor: Any,
+    sides: list[str] | None,
+    extent: float,
+    class_choice: Any,
+    controls: EditControls,
+    progress: gr.Progress | None = None,
+) -> Iterator[RunOutputs]:
+    """Outpaint mode: extend the picture towards the ticked sides and fill the new area."""
+
+    def prepare() -> tuple[Image.Image, None, Any, dict[str, int]]:
+        image, _ = _picture(editor, need_mask=False)
+        extents = outpaint_extents(sides, extent, image.size)
+        options = _options(pipeline, controls, class_choice, 0)
+        return image, None, options, extents
+
+    yield from _edit_events(pipeline, "outpaint", prepare, controls, None, progress)
+
+
+def class_edit_events(
+    pipeline: Pipeline,
+    session: EditSession | None,
+    editor: Any,
+    class_choice: Any,
+    strength: float,
+    controls: EditControls,
+    progress: gr.Progress | None = None,
+) -> Iterator[RunOutputs]:
+    """Class edit / restyle: regenerate the picture (or the painted area) as another class."""
+
+    def prepare() -> tuple[Image.Image, np.ndarray | None, Any, None]:
+        image, mask = _picture(editor, need_mask=False)
+        if class_id_from_choice(class_choice, pipeline.num_classes) is None:
+            raise InputError("Pick the target class.")
+        options = _options(pipeline, controls, class_choice, strength)
+        return image, mask, options, None
+
+    yield from _edit_events(pipeline, "class edit", prepare, controls, session, progress)
+
+
+def _options(pipeline: Pipeline, controls: EditControls, class_choice: Any,
+             strength: float) -> Any:
+    return edit_options(
+        controls.sampling(pipeline),
+        class_id=class_id_from_choice(class_choice, pipeline.num_classes),
+        strength=strength, num_scales=len(pipeline.patch_nums), grow=controls.grow,
+        feather=controls.feather, only_masked=bool(controls.only_masked),
+        padding=controls.padding,
+    )

@@ -6,20 +6,25 @@ Shape legend: B = batch, H×W = image size, p = side of the last token grid.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
 __all__ = [
+    "ConfidenceTile",
+    "confidence_map",
     "confidence_overlay",
     "heatmap_colors",
     "preview_strip",
     "to_pil_images",
 ]
 
-#: Previews are scaled up (nearest) to at least this height so coarse scales stay visible.
+#: Previews are scaled up (nearest) to at least this height so coarse scales stay visible,
 PREVIEW_HEIGHT = 256
+#: and big pictures are scaled down to at most this height (previews stay cheap to send).
+PREVIEW_MAX_HEIGHT = 384
 
 # A perceptual dark-blue → teal → yellow ramp (viridis-like anchors), low → high confidence.
 _RAMP = np.array([
@@ -37,16 +42,24 @@ def to_pil_images(images_B3HW: torch.Tensor, value_range: tuple[float, float] = 
 
 
 def preview_strip(images: Sequence[Image.Image], min_height: int = PREVIEW_HEIGHT,
-                  gap: int = 4) -> Image.Image:
-    """The variants side by side on white, scaled up (nearest) to at least ``min_height``."""
+                  gap: int = 4, max_height: int = PREVIEW_MAX_HEIGHT) -> Image.Image:
+    """The variants side by side on white.
+
+    Small images are scaled up by a whole factor (nearest, so tokens stay crisp) to at least
+    ``min_height``; large ones are scaled down (bilinear) to ``max_height``.
+    """
     if not images:
         raise ValueError("preview_strip needs at least one image")
     height = max(image.height for image in images)
-    factor = max(1, -(-min_height // height))  # ceil
-    tiles = [image.convert("RGB").resize((image.width * factor, image.height * factor),
-                                         Image.Resampling.NEAREST) for image in images]
+    if height > max_height:
+        scale, method = max_height / height, Image.Resampling.BILINEAR
+    else:
+        scale, method = float(max(1, -(-min_height // height))), Image.Resampling.NEAREST  # ceil
+    tiles = [image.convert("RGB").resize((max(1, round(image.width * scale)),
+                                          max(1, round(image.height * scale))), method)
+             for image in images]
     width = sum(tile.width for tile in tiles) + gap * (len(tiles) - 1)
-    strip = Image.new("RGB", (width, height * factor), "white")
+    strip = Image.new("RGB", (width, max(tile.height for tile in tiles)), "white")
     x = 0
     for tile in tiles:
         strip.paste(tile, (x, 0))
@@ -63,23 +76,61 @@ def heatmap_colors(values: np.ndarray) -> np.ndarray:
     return rgb.round().astype(np.uint8)
 
 
-def confidence_overlay(image: Image.Image, confidence_pp: np.ndarray, alpha: float = 0.55
+@dataclass(frozen=True)
+class ConfidenceTile:
+    """A token-confidence map and the square of the image it covers.
+
+    Attributes:
+        values: (p, p) probabilities of the final-scale tokens (1.0 where a token was kept).
+        left, top, side: the model window in image pixels (may reach outside the image).
+    """
+
+    values: np.ndarray
+    left: int
+    top: int
+    side: int
+
+
+def confidence_map(tiles: Sequence[ConfidenceTile], size: tuple[int, int]) -> np.ndarray:
+    """Paint the tiles (nearest, so tokens stay squares) onto an image of ``size = (W, H)``.
+
+    Returns:
+        float (H, W): the confidence where a tile covers the image (later tiles win), NaN
+        elsewhere.
+    """
+    width, height = size
+    out = np.full((height, width), np.nan, dtype=np.float32)
+    for tile in tiles:
+        values = np.asarray(tile.values, dtype=np.float32)
+        if values.ndim != 2:
+            raise ValueError(f"confidence must be 2-D (p, p), got shape {values.shape}")
+        stretched = np.asarray(Image.fromarray(values).resize(
+            (tile.side, tile.side), Image.Resampling.NEAREST))
+        y0, x0 = max(tile.top, 0), max(tile.left, 0)
+        y1, x1 = min(tile.top + tile.side, height), min(tile.left + tile.side, width)
+        if y1 > y0 and x1 > x0:
+            rows = slice(y0 - tile.top, y1 - tile.top)
+            cols = slice(x0 - tile.left, x1 - tile.left)
+            out[y0:y1, x0:x1] = stretched[rows, cols]
+    return out
+
+
+def confidence_overlay(image: Image.Image, tiles: Sequence[ConfidenceTile], alpha: float = 0.55
                        ) -> Image.Image:
-    """Blend a token-confidence map over an image.
+    """Blend token-confidence maps over an image.
 
     Args:
         image: the result image (any size).
-        confidence_pp: (p, p) probabilities of the final-scale tokens (or any 2-D map in
-            [0, 1]); it is stretched (nearest, so each token stays a visible square) over the
-            image.
+        tiles: the maps and the windows they cover (see :func:`confidence_map`); pixels no
+            tile covers are left as they are.
         alpha: weight of the heatmap.
 
     Returns:
         An RGB image of the same size: yellow = confident, dark blue = unsure.
     """
-    confidence = np.asarray(confidence_pp, dtype=np.float64)
-    if confidence.ndim != 2:
-        raise ValueError(f"confidence must be 2-D (p, p), got shape {confidence.shape}")
-    colors = Image.fromarray(heatmap_colors(confidence)).resize(image.size,
-                                                                Image.Resampling.NEAREST)
-    return Image.blend(image.convert("RGB"), colors, alpha)
+    values = confidence_map(tiles, image.size)
+    colors = heatmap_colors(values).astype(np.float32)
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    weight = np.where(np.isnan(values), 0.0, alpha)[..., None]
+    blended = base * (1 - weight) + colors * weight
+    return Image.fromarray(blended.round().clip(0, 255).astype(np.uint8))

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hmar_core import schedule_from_steps
+from hmar_core.editing import EditOptions
 
 from .errors import InputError
 
@@ -24,6 +25,7 @@ __all__ = [
     "Timing",
     "class_choices",
     "class_id_from_choice",
+    "edit_options",
     "expected_time_label",
     "max_quality_steps",
     "outpaint_extents",
@@ -227,6 +229,50 @@ def sampling_params(
     if count != int(count) or not 1 <= count <= MAX_VARIANTS:
         raise InputError(f"Variants must be a whole number from 1 to {MAX_VARIANTS}.")
     return SamplingParams(step_count, guidance, int(k), p, parse_seed(seed), int(count))
+
+
+# ---------------------------------------------------------------------------- edit options
+def edit_options(
+    params: SamplingParams,
+    *,
+    class_id: int | None,
+    strength: float | int,
+    num_scales: int,
+    grow: float | int = 1,
+    feather: float | int = 8,
+    only_masked: bool = False,
+    padding: float | int = 32,
+) -> EditOptions:
+    """The engine's :class:`~hmar_core.editing.EditOptions` from the UI controls.
+
+    Args:
+        params: the validated shared sampling controls.
+        class_id: target / guide class (``None``: plain in-filling with the null class).
+        strength: scales kept from the original (0 … ``num_scales - 1``).
+        num_scales: the model's number of scales.
+        grow: mask dilation in tokens; feather: blend width in pixels.
+        only_masked: "Only masked area" (``fit="masked"``: a crop around the mask).
+        padding: pixels around the mask's box in that mode.
+
+    Raises:
+        InputError: a value out of range.
+    """
+
+    def whole(name: str, value: float | int, low: int, high: int) -> int:
+        if value is None or not math.isfinite(float(value)) or float(value) != int(value):
+            raise InputError(f"{name} must be a whole number.")
+        if not low <= int(value) <= high:
+            raise InputError(f"{name} must be between {low} and {high}, got {int(value)}.")
+        return int(value)
+
+    return EditOptions(
+        class_id=class_id, seed=params.seed, steps=params.steps, cfg=params.cfg,
+        top_k=params.top_k, top_p=params.top_p,
+        strength=whole("Strength", strength, 0, num_scales - 1),
+        grow=whole("Grow mask", grow, 0, 16), feather=whole("Feather", feather, 0, 256),
+        fit="masked" if only_masked else "whole",
+        padding=whole("Crop padding", padding, 0, 4096), num_variants=params.variants,
+    )
 
 
 # -------------------------------------------------------------------------------- outpaint

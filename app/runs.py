@@ -16,12 +16,19 @@ import torch
 from PIL import Image
 
 from hmar_core import GenerateOutput, Pipeline, ScaleState
+from hmar_core.editing import EditOptions
+from hmar_core.editing_ops import EditPreview, EditResult
+from hmar_core.editing_outpaint import outpaint
+from hmar_core.editing_session import EditSession
 
-from .imaging import preview_strip, to_pil_images
-from .params import SamplingParams, Timing, max_quality_steps
+from .imaging import ConfidenceTile, preview_strip, to_pil_images
+from .params import SamplingParams, Timing, max_quality_steps, refinement_passes
 from .streaming import Finished, stream_work
 
-__all__ = ["RunResult", "RunUpdate", "calibrate", "run_generate"]
+__all__ = ["EDIT_MODES", "RunResult", "RunUpdate", "calibrate", "run_edit", "run_generate"]
+
+#: The editing modes of :func:`run_edit`.
+EDIT_MODES = ("inpaint", "outpaint", "class edit")
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +40,14 @@ class RunResult:
     Attributes:
         mode: "generate", "inpaint", "outpaint" or "class edit".
         images: the results, full resolution.
-        confidences: per image, the (p, p) final-scale token confidence, or ``None``.
+        confidences: per image, its token-confidence tiles (one per model window).
         seed: the seed used.
         seconds: wall time of the run.
     """
 
     mode: str
     images: tuple[Image.Image, ...]
-    confidences: tuple[np.ndarray | None, ...]
+    confidences: tuple[tuple[ConfidenceTile, ...], ...]
     seed: int
     seconds: float
 
@@ -107,7 +114,9 @@ def run_generate(
         if isinstance(event, Finished):
             output = event.value
             images = tuple(to_pil_images(output.images))
-            confidences = tuple(c.float().cpu().numpy() for c in output.confidence)
+            side = pipeline.image_size
+            confidences = tuple((ConfidenceTile(c.float().cpu().numpy(), 0, 0, side),)
+                                for c in output.confidence)
             seconds = time.perf_counter() - started
             names = ", ".join(sorted({pipeline.class_names[int(i)] for i in output.labels
                                       if int(i) < pipeline.num_classes}))
@@ -122,6 +131,87 @@ def run_generate(
                             preview_strip(event.item.images))
 
 
+def _edit_tiles(result: EditResult, finals: dict[int, torch.Tensor]
+                ) -> tuple[tuple[ConfidenceTile, ...], ...]:
+    """Per image, the final confidence of every model window, placed in image coordinates."""
+    per_window = []
+    for index, window in enumerate(result.windows):
+        confidence = finals.get(index)
+        if confidence is None and index == len(result.windows) - 1:
+            confidence = result.confidence
+        if confidence is not None:
+            per_window.append((confidence.float().cpu().numpy(), window))
+    return tuple(
+        tuple(ConfidenceTile(values[b], window.left, window.top, window.side)
+              for values, window in per_window)
+        for b in range(len(result.images))
+    )
+
+
+def run_edit(
+    pipeline: Pipeline,
+    mode: str,
+    image: Image.Image,
+    mask: np.ndarray | None,
+    options: EditOptions,
+    *,
+    extents: dict[str, int] | None = None,
+    session: EditSession | None = None,
+) -> Iterator[RunUpdate]:
+    """Inpaint, outpaint or class-edit one picture, previewing every scale of every window.
+
+    Args:
+        pipeline: the loaded model.
+        mode: one of :data:`EDIT_MODES`.
+        image: the user's picture, any size and mode (the engine fits it to the model).
+        mask: bool (H, W), True = regenerate; ``None`` = the whole picture (class edit).
+        options: engine options (class, seed, steps, strength, grow, feather, fit, ...).
+        extents: outpaint only, pixels per side ``{"left", "right", "top", "bottom"}``.
+        session: the user's :class:`EditSession` (re-edits resume unchanged coarse scales).
+
+    Yields:
+        One :class:`RunUpdate` per scale (and window), then one with the :class:`RunResult`.
+    """
+    if mode not in EDIT_MODES:
+        raise ValueError(f"unknown edit mode {mode!r}; use one of {EDIT_MODES}")
+    num_scales = len(pipeline.patch_nums)
+    started = time.perf_counter()
+    finals: dict[int, torch.Tensor] = {}
+
+    def work(report: Callable[[EditPreview], None]) -> EditResult:
+        def on_preview(preview: EditPreview) -> None:
+            if preview.scale == preview.num_scales - 1:
+                finals[preview.window] = preview.confidence
+            report(preview)
+
+        if mode == "outpaint":
+            return outpaint(pipeline, image, **(extents or {}), options=options,
+                            on_preview=on_preview)
+        return pipeline.edit(image, mask, options, session=session, on_preview=on_preview)
+
+    yield RunUpdate(0.0, f"Starting {mode}: {options.num_variants} variant(s)…")
+    for event in stream_work(work):
+        if isinstance(event, Finished):
+            result = event.value
+            seconds = time.perf_counter() - started
+            seed = result.seed if result.seed is not None else 0
+            images = tuple(im.convert("RGB") for im in result.images)
+            cached = (f" · reused {result.resumed_from + 1} cached scale(s)"
+                      if result.resumed_from >= 0 else "")
+            run = RunResult(mode, images, _edit_tiles(result, finals), seed, seconds)
+            yield RunUpdate(1.0, f"Done in {seconds:.1f} s · seed {seed}{cached}",
+                            preview_strip(images), run)
+        else:
+            preview = event.item
+            step = preview.window * num_scales + preview.scale + 1
+            where = (f" · window {preview.window + 1}/{preview.num_windows}"
+                     if preview.num_windows > 1 else "")
+            cached = " (cached)" if preview.restored else ""
+            yield RunUpdate(step / (num_scales * preview.num_windows),
+                            f"Scale {preview.scale + 1}/{num_scales}{where}{cached}",
+                            preview_strip(preview.images))
+
+
 def calibrate(pipeline: Pipeline, repeats: int = 1) -> Timing:
     """Measure the time of one image at the fastest and the highest quality (also a warm-up).
 
@@ -133,7 +223,6 @@ def calibrate(pipeline: Pipeline, repeats: int = 1) -> Timing:
         The :class:`Timing` used by the expected-time label.
     """
     max_steps = max_quality_steps(pipeline.patch_nums, pipeline.transformer.cfg.has_mask_branch)
-    from .params import refinement_passes
 
     def seconds(steps: int) -> float:
         best = float("inf")

@@ -16,6 +16,8 @@ from typing import Any
 import gradio as gr
 
 from hmar_core import Pipeline
+from hmar_core.editing_ops import default_class_strength
+from hmar_core.editing_session import EditSession
 
 from . import handlers
 from .params import MAX_VARIANTS, NO_CLASS, Timing, class_choices, max_quality_steps
@@ -72,8 +74,9 @@ def build_demo(
         gr.Markdown(_INTRO)
         if warning:
             gr.Markdown(f"⚠️ **WARNING:** {warning}", elem_id="demo-warning")
-        result_state = gr.State(None)
-        selected_state = gr.State(0)
+        result_state = gr.State(None)  # the last RunResult of this user
+        selected_state = gr.State(0)  # the gallery item this user clicked
+        session_state = gr.State(EditSession)  # this user's edit cache (re-edits resume)
 
         with gr.Row(equal_height=False):
             # ------------------------------------------------------------------ inputs
@@ -124,13 +127,14 @@ def build_demo(
                         edit_class = gr.Dropdown(class_choices(names), value=0,
                                                  label="Target class", elem_id="edit-class")
                         edit_strength = gr.Slider(
-                            0, scales - 1, value=min(2, scales - 1), step=1,
+                            0, scales - 1, value=min(default_class_strength(scales), scales - 1),
+                            step=1,
                             label="Strength: scales kept",
                             info="Coarse scales copied from the original: more = closer to it")
                         class_edit_btn = gr.Button("Restyle", variant="primary",
                                                    elem_id="class-edit-button")
 
-                with gr.Group():
+                with gr.Column(variant="panel"):
                     quality = gr.Slider(
                         0, max(max_steps, 1), value=default_steps, step=1,
                         label="Speed ⟷ Quality", interactive=max_steps > 0,
@@ -143,7 +147,8 @@ def build_demo(
                         seed = gr.Number(42, precision=0, minimum=0, label="Seed",
                                          info="Same seed + settings = same picture",
                                          elem_id="seed", scale=4)
-                        dice = gr.Button("🎲", scale=1, min_width=60, elem_id="seed-dice")
+                        dice = gr.Button("🎲 Random", scale=1, min_width=90,
+                                         elem_id="seed-dice")
                         variants = gr.Slider(1, MAX_VARIANTS, value=2, step=1,
                                              label="Variants", scale=4)
                 with gr.Accordion("Mask options", open=False):
@@ -168,7 +173,7 @@ def build_demo(
                 preview = gr.Image(label="Live preview (sharpens scale by scale)", type="pil",
                                    format="png", interactive=False, height=280,
                                    elem_id="preview")
-                status = gr.Markdown("Ready.", elem_id="status")
+                status = gr.Markdown("Ready.", label="Status", elem_id="status")
                 stop_btn = gr.Button("⏹ Stop", variant="stop", elem_id="stop-button")
                 gallery = gr.Gallery(label="Results", format="png", columns=4, height="auto",
                                      object_fit="contain", elem_id="results",
@@ -195,13 +200,61 @@ def build_demo(
         run_events = [generate_btn.click(generate, [gen_class, *sampling], outputs,
                                          api_name="generate", **_model_event())]
 
-        editing_buttons = [inpaint_btn, outpaint_btn, class_edit_btn]
-        if not hasattr(pipeline, "inpaint"):
-            for button in editing_buttons:
-                button.interactive = False
-                button.value = f"{button.value} (editing engine not available yet)"
-        del inpaint_class, inpaint_strength, out_sides, out_extent, out_class, edit_class
-        del edit_strength, grow, feather, only_masked, padding
+        mask_controls = [grow, feather, only_masked, padding]
+
+        def controls(quality: float, cfg: float, top_k: float, top_p: float, seed: Any,
+                     variants: float, heatmap: bool, grow: float, feather: float,
+                     only_masked: bool, padding: float) -> handlers.EditControls:
+            return handlers.EditControls(quality, cfg, top_k, top_p, seed, variants, grow,
+                                         feather, only_masked, padding, heatmap)
+
+        def inpaint(session: EditSession, image: Any, class_id: Any, strength: float,
+                    quality: float, cfg: float, top_k: float, top_p: float, seed: Any,
+                    variants: float, heatmap: bool, grow: float, feather: float,
+                    only_masked: bool, padding: float,
+                    progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio API)
+                    ) -> Iterator[handlers.RunOutputs]:
+            """Regenerate the painted area of the picture (streams each scale)."""
+            yield from handlers.inpaint_events(
+                pipeline, session, image, class_id, strength,
+                controls(quality, cfg, top_k, top_p, seed, variants, heatmap, grow, feather,
+                         only_masked, padding), progress)
+
+        def outpaint(image: Any, sides: list[str], extent: float, class_id: Any,
+                     quality: float, cfg: float, top_k: float, top_p: float, seed: Any,
+                     variants: float, heatmap: bool, grow: float, feather: float,
+                     only_masked: bool, padding: float,
+                     progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio API)
+                     ) -> Iterator[handlers.RunOutputs]:
+            """Extend the picture towards the chosen sides (streams each scale)."""
+            yield from handlers.outpaint_events(
+                pipeline, image, sides, extent, class_id,
+                controls(quality, cfg, top_k, top_p, seed, variants, heatmap, grow, feather,
+                         only_masked, padding), progress)
+
+        def class_edit(session: EditSession, image: Any, class_id: Any, strength: float,
+                       quality: float, cfg: float, top_k: float, top_p: float, seed: Any,
+                       variants: float, heatmap: bool, grow: float, feather: float,
+                       only_masked: bool, padding: float,
+                       progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio API)
+                       ) -> Iterator[handlers.RunOutputs]:
+            """Restyle the picture (or the painted area) as the target class."""
+            yield from handlers.class_edit_events(
+                pipeline, session, image, class_id, strength,
+                controls(quality, cfg, top_k, top_p, seed, variants, heatmap, grow, feather,
+                         only_masked, padding), progress)
+
+        run_events += [
+            inpaint_btn.click(inpaint, [session_state, editor, inpaint_class, inpaint_strength,
+                                        *sampling, *mask_controls], outputs,
+                              api_name="inpaint", **_model_event()),
+            outpaint_btn.click(outpaint, [editor, out_sides, out_extent, out_class, *sampling,
+                                          *mask_controls], outputs,
+                               api_name="outpaint", **_model_event()),
+            class_edit_btn.click(class_edit, [session_state, editor, edit_class, edit_strength,
+                                              *sampling, *mask_controls], outputs,
+                                 api_name="class_edit", **_model_event()),
+        ]
 
         stop_btn.click(None, None, None, cancels=run_events, api_visibility="private")
         dice.click(handlers.randomize_seed, None, seed, api_name="random_seed",

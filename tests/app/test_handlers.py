@@ -20,7 +20,14 @@ from app.handlers import (
     randomize_seed,
     toggle_heatmap,
 )
-from app.imaging import confidence_overlay, heatmap_colors, preview_strip, to_pil_images
+from app.imaging import (
+    ConfidenceTile,
+    confidence_map,
+    confidence_overlay,
+    heatmap_colors,
+    preview_strip,
+    to_pil_images,
+)
 from app.params import (
     MAX_SEED,
     NO_CLASS,
@@ -228,15 +235,28 @@ def test_to_pil_and_preview_strip():
     assert minus_one.getpixel((1, 1)) == (0, 0, 0)
 
 
-def test_confidence_overlay():
+def test_confidence_overlay_whole_image():
     image = Image.new("RGB", (8, 8), (255, 255, 255))
-    confidence = np.array([[0.0, 1.0], [1.0, 0.0]])
-    overlay = np.asarray(confidence_overlay(image, confidence, alpha=1.0))
+    tile = ConfidenceTile(np.array([[0.0, 1.0], [1.0, 0.0]]), 0, 0, 8)
+    overlay = np.asarray(confidence_overlay(image, [tile], alpha=1.0))
     low, high = heatmap_colors(np.array([0.0, 1.0]))
     assert (overlay[0, 0] == low).all() and (overlay[0, 7] == high).all()
+    assert (overlay[3, 3] == low).all() and (overlay[4, 3] == high).all()  # token squares
     assert overlay.shape == (8, 8, 3)
     with pytest.raises(ValueError):
-        confidence_overlay(image, np.zeros(4))
+        confidence_overlay(image, [ConfidenceTile(np.zeros(4), 0, 0, 8)])
+
+
+def test_confidence_map_places_windows_and_leaves_the_rest():
+    # a 4×4 window at (left 2, top -1) on a 6-wide, 4-high image: rows -1..2, cols 2..5
+    tile = ConfidenceTile(np.full((2, 2), 0.25), left=2, top=-1, side=4)
+    values = confidence_map([tile], (6, 4))
+    assert values.shape == (4, 6)
+    assert np.isnan(values[:, :2]).all() and np.isnan(values[3]).all()
+    assert (values[:3, 2:] == 0.25).all()
+    image = Image.new("RGB", (6, 4), (10, 20, 30))
+    overlay = np.asarray(confidence_overlay(image, [tile]))
+    assert (overlay[0, 0] == (10, 20, 30)).all() and (overlay[0, 3] != (10, 20, 30)).any()
 
 
 # ---------------------------------------------------------------------------------- streaming
@@ -292,7 +312,8 @@ def test_run_generate_previews_every_scale(app_pipe):
     result = updates[-1].result
     assert result is not None and len(result.images) == 2 and result.seed == 3
     assert result.images[0].size == (app_pipe.image_size, app_pipe.image_size)
-    assert result.confidences[0].shape == (app_pipe.patch_nums[-1],) * 2
+    (tile,) = result.confidences[0]
+    assert tile.values.shape == (app_pipe.patch_nums[-1],) * 2 and tile.side == 16
     again = list(run_generate(app_pipe, 4, params))[-1].result
     assert np.array_equal(np.asarray(again.images[1]), np.asarray(result.images[1]))
 
@@ -316,7 +337,8 @@ def test_generate_handler_bad_input_is_a_friendly_error(app_pipe):
 
 def test_heatmap_toggle_and_edit_result():
     image = Image.new("RGB", (4, 4), (255, 255, 255))
-    result = RunResult("generate", (image,), (np.zeros((2, 2)),), 5, 0.1)
+    result = RunResult("generate", (image,), ((ConfidenceTile(np.zeros((2, 2)), 0, 0, 4),),), 5,
+                       0.1)
     plain = gallery_items(result, heatmap=False)[0][0]
     overlaid = toggle_heatmap(result, True)[0][0]
     assert plain is image and np.asarray(overlaid).mean() < 255
