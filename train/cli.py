@@ -1,0 +1,194 @@
+"""Command lines of the trainers: YAML files, presets and flags → frozen configs.
+
+This is the only place in ``train/`` that reads YAML or argv. A YAML file has the sections of
+the config dataclasses::
+
+    run: {data_path: data/emoji64, out_dir: runs/tok, batch_size: 64, steps: 6000, ...}
+    optim: {lr: 3.0e-4, schedule: cosine, ...}
+    tokenizer: {preset: emoji64, vocab_size: 2048}     # train.tokenizer
+    transformer: {preset: emoji-d8, depth: 6}          # train.hmar
+    stage: stage1                                      # other top-level fields
+
+Flags override the file: ``--data``, ``--out``, ``--steps``, ``--batch-size``,
+``--max-minutes``, ``--precision``, ``--seed``, ``--device``, ``--resume``, ``--preset``,
+(HMAR) ``--stage``, ``--tokenizer``, ``--init-from``, and any field by dotted path with
+``--set run.ckpt_interval=500 --set optim.lr=2e-4``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hmar_core.config import TokenizerConfig, TransformerConfig
+
+from .config import HMARTrainConfig, OptimConfig, RunConfig, TokenizerTrainConfig
+from .distributed import DistContext, setup_logging
+
+__all__ = [
+    "build_hmar_config",
+    "build_tokenizer_config",
+    "load_yaml",
+    "parse_hmar_args",
+    "parse_tokenizer_args",
+    "setup_entry_logging",
+]
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping (an empty file gives ``{}``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"cannot set {dotted}: {key} is not a section")
+    node[keys[-1]] = value
+
+
+def _build(cls: type, section: Any, where: str) -> Any:
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise ValueError(f"{where} must be a mapping, got {section!r}")
+    try:
+        return cls(**section)
+    except TypeError as err:
+        names = sorted(f.name for f in dataclasses.fields(cls) if f.init)
+        raise ValueError(f"{where}: {err} (known fields: {', '.join(names)})") from err
+
+
+def _tokenizer_model(section: Any) -> TokenizerConfig:
+    section = dict(section or {})
+    preset = section.pop("preset", None)
+    if preset is None:
+        return _build(TokenizerConfig, section, "tokenizer")
+    base = TokenizerConfig.from_name(preset)
+    try:
+        return dataclasses.replace(base, **section)
+    except TypeError as err:
+        raise ValueError(f"tokenizer: {err}") from err
+
+
+def _transformer_model(section: Any) -> TransformerConfig:
+    section = dict(section or {})
+    preset = section.pop("preset", None)
+    if preset is None:
+        return _build(TransformerConfig, section, "transformer")
+    try:
+        return TransformerConfig.from_name(preset, **section)
+    except TypeError as err:
+        raise ValueError(f"transformer: {err}") from err
+
+
+def build_tokenizer_config(data: dict[str, Any]) -> TokenizerTrainConfig:
+    """A :class:`TokenizerTrainConfig` from a nested mapping (YAML sections)."""
+    data = dict(data)
+    run = _build(RunConfig, data.pop("run", None), "run")
+    model = _tokenizer_model(data.pop("tokenizer", None))
+    kwargs: dict[str, Any] = {"run": run, "tokenizer": model}
+    if "optim" in data:
+        defaults = dataclasses.asdict(TokenizerTrainConfig(run=run).optim)
+        kwargs["optim"] = _build(OptimConfig, {**defaults, **(data.pop("optim") or {})}, "optim")
+    return _build(TokenizerTrainConfig, {**kwargs, **data}, "tokenizer training config")
+
+
+def build_hmar_config(data: dict[str, Any]) -> HMARTrainConfig:
+    """A :class:`HMARTrainConfig` from a nested mapping (YAML sections)."""
+    data = dict(data)
+    run = _build(RunConfig, data.pop("run", None), "run")
+    model = _transformer_model(data.pop("transformer", None))
+    optim = _build(OptimConfig, data.pop("optim", None), "optim")
+    return _build(HMARTrainConfig, {"run": run, "transformer": model, "optim": optim, **data},
+                  "HMAR training config")
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", type=Path, help="YAML file with the run's sections")
+    parser.add_argument("--data", help="run.data_path")
+    parser.add_argument("--out", help="run.out_dir")
+    parser.add_argument("--steps", type=int, help="run.steps")
+    parser.add_argument("--batch-size", type=int, help="run.batch_size (global)")
+    parser.add_argument("--max-minutes", type=float,
+                        help="run.max_minutes: stop, checkpoint and export when time is up")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="run.precision")
+    parser.add_argument("--seed", type=int, help="run.seed")
+    parser.add_argument("--device", help="run.device (cuda / cpu)")
+    parser.add_argument("--num-workers", type=int, help="run.num_workers")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest checkpoint in the output folder")
+    parser.add_argument("--preset", help="model preset name")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any field by dotted path (YAML value syntax)")
+    return parser
+
+
+_RUN_FLAGS = {"data": "data_path", "out": "out_dir", "steps": "steps",
+              "batch_size": "batch_size", "max_minutes": "max_minutes",
+              "precision": "precision", "seed": "seed", "device": "device",
+              "num_workers": "num_workers"}
+
+
+def _merge(args: argparse.Namespace, model_section: str, extra: dict[str, str]
+           ) -> dict[str, Any]:
+    data = load_yaml(args.config) if args.config else {}
+    for flag, key in _RUN_FLAGS.items():
+        if getattr(args, flag) is not None:
+            _set(data, f"run.{key}", getattr(args, flag))
+    if args.resume:
+        _set(data, "run.resume", True)
+    if args.preset is not None:
+        _set(data, f"{model_section}.preset", args.preset)
+    for flag, key in extra.items():
+        if getattr(args, flag, None) is not None:
+            _set(data, key, getattr(args, flag))
+    for item in args.set:
+        if "=" not in item:
+            raise SystemExit(f"--set needs KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        _set(data, key.strip(), yaml.safe_load(value))
+    return data
+
+
+def parse_tokenizer_args(argv: Sequence[str] | None = None) -> TokenizerTrainConfig:
+    """Parse ``python -m train.tokenizer`` arguments into a config."""
+    parser = _parser("python -m train.tokenizer", "Train a multi-scale VQ tokenizer.")
+    args = parser.parse_args(argv)
+    return build_tokenizer_config(_merge(args, "tokenizer", {}))
+
+
+def parse_hmar_args(argv: Sequence[str] | None = None) -> HMARTrainConfig:
+    """Parse ``python -m train.hmar`` arguments into a config."""
+    parser = _parser("python -m train.hmar", "Train an HMAR transformer (stage 1/2/joint).")
+    parser.add_argument("--stage", choices=("stage1", "stage2", "joint"), help="stage")
+    parser.add_argument("--tokenizer", help="tokenizer_path (a tokenizer export folder)")
+    parser.add_argument("--init-from", help="init_from (model folder or checkpoint)")
+    args = parser.parse_args(argv)
+    extra = {"stage": "stage", "tokenizer": "tokenizer_path", "init_from": "init_from"}
+    return build_hmar_config(_merge(args, "transformer", extra))
+
+
+def setup_entry_logging(ctx: DistContext, out_dir: str | os.PathLike) -> None:
+    """Entry-point logging: rank 0 to stderr and ``<out_dir>/train.log``."""
+    log_file = None
+    if ctx.is_main:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        log_file = Path(out_dir) / "train.log"
+    setup_logging(ctx, log_file)

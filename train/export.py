@@ -1,0 +1,149 @@
+"""What training hands on: a tokenizer folder, and full model folders for the pipeline.
+
+* Tokenizer folder: ``config.json`` (``{"format_version", "tokenizer": {...}}``) and
+  ``tokenizer.safetensors`` — the same two names a :class:`~hmar_core.pipeline.Pipeline` folder
+  uses, so :func:`load_tokenizer` also reads the tokenizer out of a full model folder.
+* Model folder: :meth:`Pipeline.save_pretrained`, which :meth:`Pipeline.from_pretrained` and the
+  app load.
+* :func:`load_transformer_weights` reads a transformer state dict from a model folder or from
+  a training checkpoint (to start stage 2 from stage 1, or to fine-tune).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from hmar_core import CheckpointError, Pipeline, SamplerConfig
+from hmar_core.checkpoint import load_into
+from hmar_core.config import TokenizerConfig, TransformerConfig
+from hmar_core.tokenizer import MultiScaleVQTokenizer
+from hmar_core.transformer import HMARTransformer
+
+__all__ = [
+    "export_pipeline",
+    "export_tokenizer",
+    "load_tokenizer",
+    "load_transformer_weights",
+]
+
+FORMAT_VERSION = 1
+
+
+def _cpu_tensors(module: torch.nn.Module, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+            .detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def export_tokenizer(tokenizer: MultiScaleVQTokenizer, folder: str | os.PathLike) -> Path:
+    """Write ``config.json`` + ``tokenizer.safetensors`` (float32) atomically into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".tokenizer.safetensors.tmp"
+    save_file(_cpu_tensors(tokenizer, None), str(tmp),
+              metadata={"format": "pt", "hmar_studio": "tokenizer"})
+    tmp.replace(folder / "tokenizer.safetensors")
+    config = {"format_version": FORMAT_VERSION, "tokenizer": tokenizer.cfg.to_dict()}
+    tmp = folder / ".config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    tmp.replace(folder / "config.json")
+    return folder
+
+
+def load_tokenizer(folder: str | os.PathLike, device: torch.device | str = "cpu"
+                   ) -> MultiScaleVQTokenizer:
+    """The tokenizer of a tokenizer folder or a full model folder, in eval mode.
+
+    Raises:
+        CheckpointError: missing files, bad config, or weights that do not fit.
+    """
+    folder = Path(folder)
+    config_path, weights_path = folder / "config.json", folder / "tokenizer.safetensors"
+    if not config_path.is_file() or not weights_path.is_file():
+        raise CheckpointError(f"{folder} is not a tokenizer folder (needs config.json and "
+                              "tokenizer.safetensors; train one with python -m train.tokenizer)")
+    try:
+        cfg = TokenizerConfig.from_dict(json.loads(config_path.read_text())["tokenizer"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{config_path}: invalid tokenizer config ({err})") from err
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"cannot read {weights_path}: {err}") from err
+    with torch.device("meta"):
+        tokenizer = MultiScaleVQTokenizer(cfg)
+    load_into(tokenizer, state, "tokenizer")
+    return tokenizer.to(device=device, dtype=torch.float32).eval()
+
+
+def load_transformer_weights(path: str | os.PathLike, cfg: TransformerConfig
+                             ) -> dict[str, torch.Tensor]:
+    """A transformer state dict from a model folder or an HMAR training checkpoint.
+
+    Args:
+        path: a folder written by :meth:`Pipeline.save_pretrained`, a run folder containing
+            ``model/``, or a ``ckpt-*.pt`` of ``python -m train.hmar``.
+        cfg: the expected configuration (must match the saved one).
+
+    Raises:
+        CheckpointError: nothing loadable there, or a different architecture.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "model" / "config.json").is_file():
+        path = path / "model"
+    if path.is_dir():
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            raise CheckpointError(f"{path} has no config.json (expected a model folder)")
+        saved = json.loads(config_path.read_text()).get("transformer")
+        try:
+            state = load_file(str(path / "transformer.safetensors"))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"cannot read {path / 'transformer.safetensors'}: {err}") from err
+    elif path.is_file():
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - report any unreadable file the same way
+            raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+        if not isinstance(ckpt, dict) or "model" not in ckpt or ckpt.get("kind") != "hmar":
+            raise CheckpointError(f"{path} is not an HMAR training checkpoint")
+        saved, state = ckpt["config"]["transformer"], ckpt["model"]
+    else:
+        raise CheckpointError(f"init_from path {path} does not exist")
+    if saved is not None and TransformerConfig.from_dict(saved) != cfg:
+        raise CheckpointError(f"{path}: saved transformer config {saved} differs from the "
+                              f"configured one {cfg.to_dict()}")
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def export_pipeline(
+    tokenizer: MultiScaleVQTokenizer,
+    transformer: HMARTransformer,
+    folder: str | os.PathLike,
+    *,
+    class_names: Sequence[str] | None,
+    sampler_config: SamplerConfig | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write a model folder that :meth:`Pipeline.from_pretrained` loads.
+
+    The modules are copied (the training ones keep their dtype, device and mode).
+    """
+    with torch.device("meta"):
+        tok_copy = MultiScaleVQTokenizer(tokenizer.cfg)
+        net_copy = HMARTransformer(transformer.cfg)
+    load_into(tok_copy, _cpu_tensors(tokenizer, None), "tokenizer")
+    load_into(net_copy, _cpu_tensors(transformer, None), "transformer")
+    names = list(class_names) if class_names is not None else None
+    if names is not None and len(names) != transformer.cfg.num_classes:
+        names = None
+    pipeline = Pipeline(tok_copy, net_copy, sampler_config, names)
+    folder = Path(folder)
+    pipeline.save_pretrained(folder, dtype=dtype)
+    return folder
