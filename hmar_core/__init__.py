@@ -7,6 +7,7 @@ from .editing_ops import EditPreview, EditResult
 from .editing_ops import edit as edit_image
 from .editing_outpaint import outpaint as outpaint_image
 from .editing_session import EditSession
+from .fast import FastPipeline, FastRunner
 from .model import TokenModel
 from .pipeline import GenerateOutput, Pipeline, load_official
 from .sampler import SampleOutput, ScaleConstraint, ScaleState, sample
@@ -21,6 +22,8 @@ __all__ = [
     "EditResult",
     "EditSession",
     "EditSpec",
+    "FastPipeline",
+    "FastRunner",
     "GenerateOutput",
     "HMARTransformer",
     "MultiScaleVQTokenizer",

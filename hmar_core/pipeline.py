@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -34,6 +34,9 @@ from .sampler import SampleOutput, ScaleConstraint, ScaleState, sample
 from .schedules import Schedule, default_schedule, schedule_from_steps, validate_schedule
 from .tokenizer import MultiScaleVQTokenizer
 from .transformer import HMARTransformer
+
+if TYPE_CHECKING:
+    from .fast import FastPipeline
 
 __all__ = ["GenerateOutput", "Pipeline", "load_official"]
 
@@ -240,6 +243,16 @@ class Pipeline(nn.Module):
         last = self.patch_nums[-1]
         confidence = out.confidence[-1].view(-1, last, last)
         return GenerateOutput(images, out.tokens, out.labels, confidence, seed)
+
+    def to_fast(self, **options: Any) -> FastPipeline:
+        """The fast inference engine over these weights (bf16, CUDA graphs, sync-free sampling).
+
+        ``options`` go to :class:`hmar_core.fast.FastPipeline` (``dtype``, ``cuda_graphs``, ...);
+        its ``generate`` / ``sample_tokens`` take the same arguments as this pipeline's.
+        """
+        from .fast import FastPipeline
+
+        return FastPipeline(self, **options)
 
     # ---------------------------------------------------------------------------- editing
     def edit(

@@ -1,0 +1,432 @@
+"""FastRunner: the transformer's inference pass in bf16, per-scale CUDA graphs, CFG inside.
+
+Shape legend: B = batch, R = rows the network runs (2B with both CFG halves, else B),
+n = tokens of one scale (pn²), L = tokens of the pyramid, C = width, Cvae = latent channels,
+V = vocab, H = heads, D = head dim.
+
+What differs from :meth:`HMARTransformer.forward_scale` (the float32 reference), and why:
+
+* Block weights and activations in ``dtype`` (bf16 by default on accelerators); the input
+  embedding, both heads (AdaLN + vocabulary projection) and the CFG combination stay float32.
+* The class-conditioned AdaLN modulations of every block and head depend only on the labels:
+  they are computed once per run (:meth:`FastRunner.begin`) into static buffers instead of at
+  every scale (saves re-reading the ``ada_lin`` weights, a third of a block's weights).
+* ``q``/``k`` normalisation computes the norms in float32 and writes the scaled result in one
+  kernel; residual adds and modulations are single ``addcmul`` kernels.
+* :meth:`FastRunner.guided` computes both CFG halves and their combination in one pass, so a
+  whole scale (embedding → blocks → heads → CFG) is one CUDA graph per (scale, branch, batch)
+  (:class:`~hmar_core.fast.graphs.GraphCache`); CPU runs the same code eagerly.
+* VAR models keep their keys/values in static per-run buffers (one slice per scale) instead of
+  a growing :class:`~hmar_core.transformer.KVCache`, so their scales are graphs too.
+* No label validation inside the pass (no host reads): :meth:`begin` validates once per run.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..pyramid import scale_slices
+from ..transformer import AdaLNBlock, AdaLNHead, Branch, HMARTransformer
+from .graphs import GraphCache
+
+__all__ = ["FastRunner", "default_dtype"]
+
+logger = logging.getLogger(__name__)
+
+_NORM_EPS = 1e-12  # F.normalize's eps
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 on accelerators, float32 on CPU (where bf16 matmuls are usually slower)."""
+    return torch.float32 if device.type == "cpu" else torch.bfloat16
+
+
+@dataclass
+class _Block:
+    """One block's weights in the run dtype (shared with the module when dtypes match)."""
+
+    qkv_w: torch.Tensor
+    qkv_b: torch.Tensor
+    proj_w: torch.Tensor
+    proj_b: torch.Tensor
+    fc1_w: torch.Tensor
+    fc1_b: torch.Tensor
+    fc2_w: torch.Tensor
+    fc2_b: torch.Tensor
+    ada_w: torch.Tensor
+    ada_b: torch.Tensor
+    scale_mul: torch.Tensor  # (1, H, 1, 1) float32, exp(clamped log temperature)
+
+    @classmethod
+    def from_module(cls, block: AdaLNBlock, dtype: torch.dtype) -> _Block:
+        attn = block.attn
+        qkv_b = torch.cat([attn.q_bias, torch.zeros_like(attn.q_bias), attn.v_bias])
+        scale_mul = attn.log_scale.detach().float().clamp_max(attn.max_scale_mul).exp()
+        return cls(
+            *(t.detach().to(dtype) for t in (
+                attn.qkv.weight, qkv_b, attn.proj.weight, attn.proj.bias,
+                block.ffn.fc1.weight, block.ffn.fc1.bias, block.ffn.fc2.weight,
+                block.ffn.fc2.bias, block.ada_lin.weight, block.ada_lin.bias)),
+            scale_mul=scale_mul,
+        )
+
+
+@dataclass
+class _Head:
+    """A head's weights in float32."""
+
+    ada_w: torch.Tensor
+    ada_b: torch.Tensor
+    out_w: torch.Tensor
+    out_b: torch.Tensor
+
+    @classmethod
+    def from_module(cls, head: AdaLNHead) -> _Head:
+        return cls(*(t.detach().float() for t in (
+            head.ada_lin.weight, head.ada_lin.bias, head.out.weight, head.out.bias)))
+
+
+@dataclass
+class _Rows:
+    """Per-run, per-row-count state in static buffers (written with ``copy_`` only).
+
+    Attributes:
+        cond: (R, C) float32 class embedding (scale 0's input).
+        ada: per block (R, 6, C) float32 (computed in the run dtype; the +1 in float32):
+            gamma1, gamma2, scale1+1, scale2+1, shift1, shift2.
+        head_ada: per branch (R, 2, C) float32: scale+1, shift.
+        keys, values: VAR only, per block (R, L, H, D).
+        labels: weak reference to the labels these buffers were computed for.
+    """
+
+    cond: torch.Tensor
+    ada: list[torch.Tensor]
+    head_ada: dict[str, torch.Tensor]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    labels: weakref.ref[torch.Tensor] | None = None
+    version: int = -1
+
+
+class FastRunner:
+    """The fast :class:`~hmar_core.sampler.ScaleModel` (and ``GuidedScaleModel``).
+
+    Args:
+        transformer: the (eval-mode) :class:`HMARTransformer`; it is not modified. Weights
+            already in ``dtype`` are shared, others are copied (see
+            :func:`~hmar_core.fast.engine.cast_blocks_` to avoid the copy).
+        dtype: block dtype; default :func:`default_dtype` of the transformer's device.
+        cuda_graphs: capture each (scale, branch, batch) as a CUDA graph on CUDA devices.
+    """
+
+    def __init__(
+        self,
+        transformer: HMARTransformer,
+        dtype: torch.dtype | None = None,
+        cuda_graphs: bool = True,
+        residual_dtype: torch.dtype | None = None,
+    ) -> None:
+        cfg = transformer.cfg
+        self.cfg = cfg
+        self.device = transformer.pos_start.device
+        self.dtype = dtype if dtype is not None else default_dtype(self.device)
+        self.residual_dtype = residual_dtype if residual_dtype is not None else self.dtype
+        self.stateful = cfg.kind == "var"
+        self.graphs = GraphCache(enabled=cuda_graphs)
+        self._class_embed = transformer.class_embed.weight.detach().float()
+        self._pos_start = transformer.pos_start.detach().float()
+        self._pos_embed = transformer.pos_embed.detach().float()
+        self._level_embed = transformer.level_embed.weight.detach().float()
+        self._word_w = transformer.word_embed.weight.detach().float()
+        self._word_b = transformer.word_embed_bias.detach().float()
+        base = [_Block.from_module(b, self.dtype) for b in transformer.base_blocks]
+        self._branches: dict[str, list[_Block]] = {
+            "ns": base + [_Block.from_module(b, self.dtype) for b in transformer.ns_blocks]}
+        self._heads: dict[str, _Head] = {"ns": _Head.from_module(transformer.ns_head)}
+        if cfg.has_mask_branch:
+            self._branches["mask"] = base + [
+                _Block.from_module(b, self.dtype) for b in transformer.mask_blocks]
+            self._heads["mask"] = _Head.from_module(transformer.mask_head)
+            self._mask_embed = transformer.mask_embed.detach().float()
+        # every distinct block once, in a fixed order (their AdaLN buffers are per block)
+        self._blocks: list[_Block] = list(base)
+        for name in ("ns", "mask"):
+            self._blocks += self._branches.get(name, [])[len(base):]
+        self._block_index = {id(b): i for i, b in enumerate(self._blocks)}
+        self._slices = scale_slices(cfg.patch_nums)
+        self._rows: dict[int, _Rows] = {}
+        self._cfg_a = torch.ones((), device=self.device)  # 1 + weight (float32)
+        self._cfg_b = torch.zeros((), device=self.device)  # weight
+        logger.info("FastRunner: %s blocks in %s, CUDA graphs %s", len(self._blocks), self.dtype,
+                    "on" if cuda_graphs and self.device.type == "cuda" else "off")
+
+    # --------------------------------------------------------------------------- per run
+    def begin(self, labels: torch.Tensor, null_class: int | None = None) -> None:
+        """Validate labels once and prepare the AdaLN buffers for a sampling run.
+
+        Args:
+            labels: (B,) int64 class ids of the conditional half.
+            null_class: the unconditional id; when given, the (2B,) CFG rows are prepared too.
+        """
+        if labels.dtype != torch.int64 or labels.dim() != 1:
+            raise ValueError(f"labels must be int64 (B,), got {labels.dtype} {tuple(labels.shape)}")
+        low, high = torch.aminmax(labels)
+        if int(low) < 0 or int(high) > self.cfg.num_classes:
+            raise ValueError(f"class ids must be in [0, {self.cfg.num_classes}]")
+        self._prepare(labels)
+        if null_class is not None:
+            self._prepare(self._both(labels, null_class))
+
+    def _both(self, labels: torch.Tensor, null_class: int) -> torch.Tensor:
+        """The (2B,) CFG labels, cached per labels tensor so buffers are not recomputed."""
+        cached = getattr(self, "_both_cache", None)
+        if cached is not None and cached[0]() is labels and cached[1] == labels._version \
+                and cached[2] == null_class:
+            return cached[3]
+        both = torch.cat([labels, torch.full_like(labels, null_class)])
+        self._both_cache = (weakref.ref(labels), labels._version, null_class, both)
+        return both
+
+    def _prepare(self, labels: torch.Tensor) -> _Rows:
+        """AdaLN modulations and class embeddings for these (R,) labels (cached)."""
+        rows = labels.shape[0]
+        state = self._rows.get(rows)
+        if state is not None and state.labels is not None and state.labels() is labels \
+                and state.version == labels._version:
+            return state
+        cond = F.embedding(labels, self._class_embed)  # (R, C) float32
+        silu = F.silu(cond)
+        silu_run = silu.to(self.dtype)
+        width = self.cfg.width
+        adas = []
+        for block in self._blocks:
+            ada = F.linear(silu_run, block.ada_w, block.ada_b).float().view(rows, 6, width)
+            adas.append(torch.cat([ada[:, :2], ada[:, 2:4] + 1, ada[:, 4:]], dim=1))
+        heads = {}
+        for name, head in self._heads.items():
+            ada = F.linear(silu, head.ada_w, head.ada_b).view(rows, 2, width)
+            heads[name] = torch.cat([ada[:, :1] + 1, ada[:, 1:]], dim=1)
+        if state is None:
+            keys, values = self._cache_buffers(rows)
+            state = _Rows(cond, adas, heads, keys, values)
+            self._rows[rows] = state
+        else:  # same storage: captured graphs read these buffers
+            state.cond.copy_(cond)
+            for buffer, ada in zip(state.ada, adas):
+                buffer.copy_(ada)
+            for name, ada in heads.items():
+                state.head_ada[name].copy_(ada)
+        state.labels, state.version = weakref.ref(labels), labels._version
+        return state
+
+    def _cache_buffers(self, rows: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        if not self.stateful:
+            return [], []
+        cfg = self.cfg
+        shape = (rows, cfg.seq_len, cfg.heads, cfg.head_dim)
+        count = len(self._branches["ns"])
+        make = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(2 * count)]
+        return make[:count], make[count:]
+
+    # ----------------------------------------------------------------------- ScaleModel
+    def __call__(
+        self,
+        labels: torch.Tensor,
+        scale: int,
+        x_ns: torch.Tensor | None,
+        *,
+        x_mask: torch.Tensor | None = None,
+        masked: torch.Tensor | None = None,
+        branch: Branch = "ns",
+    ) -> torch.Tensor:
+        """Logits (R, n, V) float32 of one scale for R rows of labels (no guidance).
+
+        The :class:`~hmar_core.sampler.ScaleModel` protocol, so the reference
+        :func:`~hmar_core.sampler.sample` can drive this runner too. VAR models must be called
+        scale by scale from 0 within a run, like the reference KV cache.
+        """
+        self._check(scale, branch)
+        state = self._prepare(labels)
+        key = ("plain", scale, branch, labels.shape[0])
+        inputs = (x_ns, x_mask, masked)
+        out = self.graphs.run(
+            key, lambda *t: self._logits(state, scale, branch, *t, False, False), inputs,
+            self.device)
+        return out.clone() if self.graphs.enabled and self.device.type == "cuda" else out
+
+    def guided(
+        self,
+        labels: torch.Tensor,
+        null_class: int,
+        scale: int,
+        weight: float,
+        x_ns: torch.Tensor | None,
+        *,
+        x_mask: torch.Tensor | None = None,
+        masked: torch.Tensor | None = None,
+        branch: Branch = "ns",
+    ) -> torch.Tensor:
+        """CFG logits ``(1 + t)·cond - t·uncond`` (B, n, V) float32, in one pass.
+
+        Equals :func:`~hmar_core.sampler.guided_logits` (only the conditional half runs when
+        ``weight == 0``, except for VAR models whose cache holds both halves). From a CUDA graph
+        the result is a static buffer: read it before the next call.
+        """
+        self._check(scale, branch)
+        batch = labels.shape[0]
+        if weight == 0.0 and not self.stateful:
+            state = self._prepare(labels)
+            key = ("cond", scale, branch, batch)
+            fn = lambda *t: self._logits(state, scale, branch, *t, False, False)  # noqa: E731
+        else:
+            state = self._prepare(self._both(labels, null_class))
+            self._cfg_a.fill_(1.0 + weight)
+            self._cfg_b.fill_(weight)
+            key = ("cfg", scale, branch, batch)
+            fn = lambda *t: self._logits(state, scale, branch, *t, True, True)  # noqa: E731
+        return self.graphs.run(key, fn, (x_ns, x_mask, masked), self.device)
+
+    def teacher_forced(
+        self,
+        labels: torch.Tensor,
+        x_ns: torch.Tensor,
+        x_mask: torch.Tensor | None = None,
+        masked: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Teacher-forced logits (B, L, V) float32, scale by scale (same inputs as
+        :meth:`HMARTransformer.forward`; equal to it for HMAR's block-diagonal attention and,
+        through the cache, VAR's block-causal one)."""
+        branch: Branch = "ns" if x_mask is None else "mask"
+        outs = [self(labels, 0, None, branch=branch)]
+        for si in range(1, self.cfg.num_scales):
+            part = slice(self._slices[si].start - 1, self._slices[si].stop - 1)
+            outs.append(self(
+                labels, si, x_ns[:, part],
+                x_mask=None if x_mask is None else x_mask[:, part],
+                masked=None if masked is None else masked[:, part], branch=branch))
+        return torch.cat(outs, dim=1)
+
+    def _check(self, scale: int, branch: str) -> None:
+        if not 0 <= scale < self.cfg.num_scales:
+            raise ValueError(f"scale must be in [0, {self.cfg.num_scales}), got {scale}")
+        if branch not in self._branches:
+            raise ValueError(f"unknown branch {branch!r} for this model "
+                             f"(has {sorted(self._branches)})")
+
+    # --------------------------------------------------------------------------- the pass
+    def _logits(
+        self,
+        state: _Rows,
+        scale: int,
+        branch: str,
+        x_ns: torch.Tensor | None,
+        x_mask: torch.Tensor | None,
+        masked: torch.Tensor | None,
+        duplicate: bool,
+        combine: bool,
+    ) -> torch.Tensor:
+        """One scale: embed → blocks → head (→ CFG). Graph-safe (no syncs, fixed shapes)."""
+        pos = self._slices[scale]
+        if scale == 0:
+            x_BnC = state.cond[:, None] + self._pos_start  # already all R rows
+        else:
+            if x_ns is None:
+                raise ValueError(f"scale {scale} needs its next-scale input x_ns")
+            x_BnC = self._word(x_ns, x_mask, masked)
+        x_BnC = x_BnC + self._level_embed[scale] + self._pos_embed[:, pos]
+        x_RnC = x_BnC.to(self.residual_dtype)
+        if duplicate and scale > 0:
+            x_RnC = torch.cat([x_RnC, x_RnC])  # both CFG halves see the same tokens
+        for block in self._branches[branch]:
+            x_RnC = self._block(x_RnC, block, state, pos)
+        logits = self._head(x_RnC, self._heads[branch], state.head_ada[branch])
+        if not combine:
+            return logits
+        cond, uncond = logits.chunk(2)
+        return cond * self._cfg_a - uncond * self._cfg_b
+
+    def _word(
+        self, x_ns: torch.Tensor, x_mask: torch.Tensor | None, masked: torch.Tensor | None
+    ) -> torch.Tensor:
+        """W·x_ns (+ mask_embed or W·x_mask) + bias in float32, (B, n, C)."""
+        tokens = F.linear(x_ns.float(), self._word_w)
+        if x_mask is not None:
+            second = F.linear(x_mask.float(), self._word_w)
+            if masked is not None:
+                second = torch.where(masked[..., None], self._mask_embed, second)
+            tokens = tokens + second
+        return tokens + self._word_b
+
+    def _block(self, x: torch.Tensor, block: _Block, state: _Rows, pos: slice) -> torch.Tensor:
+        index = self._block_index[id(block)]
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = state.ada[index][:, None].unbind(2)
+        width = x.shape[-1]
+        eps, run, residual = self.cfg.norm_eps, self.dtype, x.dtype
+        h = _addcmul(shift1, F.layer_norm(x, (width,), eps=eps), scale1, run)
+        x = _addcmul(x, self._attention(h, block, state, index, pos), gamma1, residual)
+        h = _addcmul(shift2, F.layer_norm(x, (width,), eps=eps), scale2, run)
+        hidden = F.gelu(F.linear(h, block.fc1_w, block.fc1_b), approximate="tanh")
+        return _addcmul(x, F.linear(hidden, block.fc2_w, block.fc2_b), gamma2, residual)
+
+    def _attention(
+        self, h: torch.Tensor, block: _Block, state: _Rows, index: int, pos: slice
+    ) -> torch.Tensor:
+        rows, n, width = h.shape
+        heads = self.cfg.heads
+        qkv = F.linear(h, block.qkv_w, block.qkv_b).view(rows, n, 3, heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (R, H, n, D) views
+        q = _scaled(q, block.scale_mul / _norm(q))
+        if self.stateful:  # VAR: this scale's slice of the static cache, attend to all so far
+            keys, values = state.keys[index], state.values[index]
+            _scaled(k, _norm(k).reciprocal(), out=keys[:, pos].transpose(1, 2))
+            values[:, pos].copy_(v.transpose(1, 2))
+            k = keys[:, : pos.stop].transpose(1, 2)
+            v = values[:, : pos.stop].transpose(1, 2)
+        else:
+            k = _scaled(k, _norm(k).reciprocal())
+        out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        out = out.transpose(1, 2).reshape(rows, n, width)  # (R, n, C)
+        return F.linear(out, block.proj_w, block.proj_b)
+
+    def _head(self, x: torch.Tensor, head: _Head, ada: torch.Tensor) -> torch.Tensor:
+        scale, shift = ada[:, None].unbind(2)  # (R, 1, C) float32 each
+        x = x.float()
+        h = torch.addcmul(shift, F.layer_norm(x, x.shape[-1:], eps=self.cfg.norm_eps), scale)
+        return F.linear(h, head.out_w, head.out_b)  # (R, n, V)
+
+
+def _addcmul(
+    base: torch.Tensor, x: torch.Tensor, factor: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """``base + x * factor`` (broadcast) computed in float32, written as ``dtype``, one kernel.
+
+    ``factor`` (and ``base`` when it is a modulation) are float32 (R, 1, C) rows, so the AdaLN
+    ``1 + scale`` is never rounded to bf16.
+    """
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    return torch.addcmul(base, x, factor, out=out)
+
+
+def _norm(x: torch.Tensor) -> torch.Tensor:
+    """Float32 L2 norm over the last dim, clamped like ``F.normalize`` (keepdim)."""
+    return torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).clamp_min(
+        _NORM_EPS)
+
+
+def _scaled(
+    x: torch.Tensor, factor: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x * factor`` computed in float32 and written in x's dtype in one kernel.
+
+    The result is laid out (R, n, H, D) in memory (viewed as (R, H, n, D)), the layout the
+    fused attention kernels read without a copy.
+    """
+    if out is None:
+        rows, heads, n, dim = x.shape
+        out = torch.empty((rows, n, heads, dim), dtype=x.dtype, device=x.device).transpose(1, 2)
+    return torch.mul(x, factor, out=out)
