@@ -83,3 +83,55 @@ def test_bad_input_is_an_error_not_a_crash(client: Client):
 def test_random_seed_endpoint(client: Client):
     seeds = {int(client.predict(api_name="/random_seed")) for _ in range(3)}
     assert len(seeds) > 1 and all(s >= 0 for s in seeds)
+
+
+def write_png(path: Path, array: np.ndarray) -> str:
+    Image.fromarray(array).save(path)
+    return str(path)
+
+
+def editor_value(tmp_path: Path, background: np.ndarray, box: tuple[slice, slice]) -> dict:
+    from gradio_client import handle_file
+
+    height, width = background.shape[:2]
+    layer = np.zeros((height, width, 4), np.uint8)
+    layer[box] = (255, 46, 136, 255)
+    return {"background": handle_file(write_png(tmp_path / "background.png", background)),
+            "layers": [handle_file(write_png(tmp_path / "layer.png", layer))],
+            "composite": None}
+
+
+# image, class_id, strength, quality, cfg, top_k, top_p, seed, variants, heatmap,
+# grow, feather, only_masked, padding
+def test_inpaint_keeps_unmasked_pixels(client: Client, tmp_path: Path):
+    source = (np.random.RandomState(2).rand(40, 56, 3) * 255).astype(np.uint8)
+    box = (slice(8, 24), slice(16, 40))
+    value = editor_value(tmp_path, source, box)
+    _, gallery, files, status, *_ = client.predict(
+        value, -1, 0, 1, 1.5, 0, 0.0, 11, 2, False, 1, 0, False, 32, api_name="/inpaint")
+    assert status.startswith("Done") and len(files) == 2
+    mask = np.zeros(source.shape[:2], bool)
+    mask[box] = True
+    for path in files:
+        result = pixels(path).astype(np.uint8)
+        assert result.shape == source.shape
+        assert np.array_equal(result[~mask], source[~mask])
+        assert (result[mask] != source[mask]).any()
+
+
+def test_edit_modes_bad_input_is_an_error(client: Client, tmp_path: Path):
+    empty = {"background": None, "layers": [], "composite": None}
+    with pytest.raises(AppError, match="Upload a picture"):
+        client.predict(empty, -1, 0, 1, 1.5, 0, 0.0, 1, 1, False, 1, 8, False, 32,
+                       api_name="/inpaint")
+    source = np.full((16, 16, 3), 128, np.uint8)
+    value = editor_value(tmp_path, source, (slice(0, 0), slice(0, 0)))  # nothing painted
+    with pytest.raises(AppError, match="Paint over the area"):
+        client.predict(value, -1, 0, 1, 1.5, 0, 0.0, 1, 1, False, 1, 8, False, 32,
+                       api_name="/inpaint")
+    with pytest.raises(AppError, match="Tick at least one direction"):
+        client.predict(value, [], 25, -1, 1, 1.5, 0, 0.0, 1, 1, False, 1, 8, False, 32,
+                       api_name="/outpaint")
+    outpainted = client.predict(value, ["Right"], 50, -1, 1, 1.5, 0, 0.0, 1, 1, False, 1, 8,
+                                False, 32, api_name="/outpaint")
+    assert Image.open(outpainted[2][0]).size == (24, 16)
