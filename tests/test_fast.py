@@ -1,0 +1,294 @@
+"""The fast inference path against the float32 reference (CPU; a CUDA-graph check on GPU).
+
+* the fused top-k/top-p filter keeps exactly the reference's set; ``draw`` is ``multinomial``;
+* teacher-forced logits of :class:`FastRunner` vs :meth:`HMARTransformer.forward` (float32:
+  ≥ 99 % top-1 and ~1e-7 relative error; bf16: reported, loose bounds);
+* generation through the fast path in float32 gives the reference's tokens for the same seed
+  (HMAR and VAR, plain and edited, resumed), because it makes the same random draws.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hmar_core import Pipeline, SamplerConfig, TransformerConfig, sample
+from hmar_core.config import PATCH_NUMS
+from hmar_core.fast import (
+    FastRunner,
+    GraphCache,
+    cast_blocks_,
+    draw,
+    fast_sample,
+    fused_top_k_top_p_filter,
+)
+from hmar_core.model import ScaleRunner
+from hmar_core.sampler import top_k_top_p_filter
+from hmar_core.schedules import default_schedule
+from hmar_core.transformer import HMARTransformer
+
+
+# --------------------------------------------------------------------------------- filter
+def _distinct_logits(rows: int, vocab: int, scale: float, seed: int) -> torch.Tensor:
+    """Random logits with distinct values in every row (no ties at any boundary)."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(rows, vocab, generator=gen, dtype=torch.float64) * scale
+    ranks = base.argsort(-1).argsort(-1).to(torch.float64)
+    return (base + ranks * 1e-5).float()  # strictly increasing with rank, even after rounding
+
+
+def test_fused_filter_hand_made():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 2.0, 0.5]])
+    # ties at the k-th value are kept (topk returns only one of them)
+    for top_p in (0.0, 0.999):
+        fused = fused_top_k_top_p_filter(logits, 2, top_p)
+        assert torch.equal(fused, top_k_top_p_filter(logits, 2, top_p))
+    assert torch.equal(torch.isfinite(fused[0]), torch.tensor([False, True, True, True, False]))
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    for top_k, top_p in ((3, 0.8), (3, 1e-6), (0, 0.8), (2, 0.0), (0, 0.0), (4, 0.5), (3, 1.0)):
+        assert torch.equal(fused_top_k_top_p_filter(probs.log(), top_k, top_p),
+                           top_k_top_p_filter(probs.log(), top_k, top_p)), (top_k, top_p)
+    # the largest entry survives any top_p; input unchanged
+    tiny = fused_top_k_top_p_filter(probs.log(), 3, 1e-6)
+    assert torch.isfinite(tiny[0, 0]) and torch.isinf(tiny[0, 1:]).all()
+    assert torch.equal(probs, torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+
+
+def test_fused_filter_ties_beyond_k_change_the_nucleus():
+    # three logits tie at the k-th value: the reference keeps all three, and their mass
+    # counts in its nucleus (ascending cumulative 0.039, 0.077, 0.116, 0.222, 1); the fused
+    # filter must count the two that topk left out (at top_p 0.8, ignoring them would also
+    # drop the 2.0).
+    logits = torch.tensor([[4.0, 2.0, 1.0, 1.0, 1.0, -1.0, -3.0, 0.0]])
+    for top_p in (0.8, 0.85, 0.97, 0.99, 0.999):
+        assert torch.equal(fused_top_k_top_p_filter(logits, 3, top_p),
+                           top_k_top_p_filter(logits, 3, top_p)), top_p
+    # where the nucleus boundary falls inside a tie group, the reference keeps an arbitrary
+    # part of it (its sort order); the fused filter keeps the whole group
+    fused, reference = (f(logits, 3, 0.9) for f in (fused_top_k_top_p_filter,
+                                                     top_k_top_p_filter))
+    assert torch.equal(torch.isfinite(fused[0]), logits[0] >= 1.0)
+    assert bool((torch.isfinite(reference) <= torch.isfinite(fused)).all())
+
+
+@pytest.mark.parametrize("scale", [0.5, 2.0, 6.0])
+@pytest.mark.parametrize("top_k,top_p", [(900, 0.96), (50, 0.5), (4000, 0.99), (900, 0.0)])
+def test_fused_filter_random_logits(scale, top_k, top_p):
+    logits = _distinct_logits(64, 4096, scale, seed=int(scale * 10) + top_k)
+    fused = fused_top_k_top_p_filter(logits, top_k, top_p)
+    reference = top_k_top_p_filter(logits, top_k, top_p)
+    assert torch.equal(torch.isfinite(fused), torch.isfinite(reference))
+    assert torch.equal(fused.softmax(-1), reference.softmax(-1))
+
+
+def test_draw_is_multinomial():
+    probs = torch.rand(37, 4096, generator=torch.Generator().manual_seed(0)) ** 8
+    probs = probs / probs.sum(-1, keepdim=True)
+    gen_a, gen_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    expected = torch.multinomial(probs, 1, replacement=True, generator=gen_a)[:, 0]
+    assert torch.equal(draw(probs, gen_b), expected)
+    assert torch.equal(gen_a.get_state(), gen_b.get_state())  # same draws consumed
+
+
+# ------------------------------------------------------------------------ teacher forcing
+def _filled(cfg: TransformerConfig, seed: int = 0) -> HMARTransformer:
+    """A transformer with N(0, 0.02) weights (the benchmark's fill)."""
+    model = HMARTransformer(cfg).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0, 0.02, generator=gen)
+    return model
+
+
+def _agreement(fast: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    rel = float((fast - ref).norm() / ref.norm())
+    top1 = float((fast.argmax(-1) == ref.argmax(-1)).float().mean())
+    return rel, top1
+
+
+@pytest.mark.parametrize("kind", ["hmar", "var"])
+def test_teacher_forced_logits(kind):
+    cfg = TransformerConfig(depth=4, width=256, heads=4, n_layers_train=2, kind=kind,
+                            num_classes=10, patch_nums=PATCH_NUMS["256"][:7])
+    model = _filled(cfg)
+    gen = torch.Generator().manual_seed(1)
+    x_ns = torch.randn(2, cfg.seq_len - 1, cfg.latent_channels, generator=gen)
+    labels = torch.tensor([3, 10])  # one conditional row, one null-class row
+    cases = [(None, None)]
+    if kind == "hmar":
+        x_mask = torch.randn(x_ns.shape, generator=gen)
+        cases.append((x_mask, torch.rand(x_ns.shape[:2], generator=gen) < 0.4))
+    with torch.no_grad():
+        for x_mask, masked in cases:
+            ref = model(labels, x_ns, x_mask, masked)
+            rel32, top32 = _agreement(
+                FastRunner(model, torch.float32).teacher_forced(labels, x_ns, x_mask, masked), ref)
+            assert rel32 < 1e-5 and top32 >= 0.99, (rel32, top32)
+            for residual in (torch.float32, torch.bfloat16):
+                runner = FastRunner(model, torch.bfloat16, residual_dtype=residual)
+                fast = runner.teacher_forced(labels, x_ns, x_mask, masked)
+                rel, top1 = _agreement(fast, ref)
+                print(f"{kind} bf16 (residual {residual}): rel {rel:.2e} top-1 {top1:.4f}")
+                assert fast.dtype == torch.float32 and rel < 3e-2 and top1 >= 0.9
+
+
+# ------------------------------------------------------------------------------ sampling
+def _same_tokens(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def var_pipe() -> Pipeline:
+    return Pipeline.random("tiny", TransformerConfig.from_name("tiny", kind="var"), seed=1)
+
+
+def test_fast_generate_float32_identical_tokens(tiny_pipe, var_pipe):
+    for pipe in (tiny_pipe, var_pipe):
+        fast = pipe.to_fast(dtype=torch.float32)
+        for seed in (0, 1, 7):
+            ref = pipe.generate(seed=seed, batch_size=3)
+            out = fast.generate(seed=seed, batch_size=3)
+            assert _same_tokens(out.tokens, ref.tokens)
+            assert torch.equal(out.labels, ref.labels)
+            assert (out.images - ref.images).abs().max() <= 1e-5
+            assert (out.confidence - ref.confidence).abs().max() <= 1e-6
+
+
+def test_fast_sample_matches_reference_loop(tiny_pipe):
+    """Same model callable: only the loop differs (fused filter, draw, one-shot keep check)."""
+    pipe = tiny_pipe
+    schedule = pipe.resolve_schedule(steps=3)
+    settings = SamplerConfig(cfg=2.0, top_k=20, top_p=0.9)
+    labels = torch.tensor([0, 5])
+    kwargs = dict(labels=labels, null_class=pipe.transformer.cfg.null_class, record_steps=True)
+    quant, patch_nums = pipe.tokenizer.quantize, pipe.patch_nums
+    with torch.no_grad():
+        ref = sample(ScaleRunner(pipe.transformer), quant, patch_nums, settings, schedule,
+                     generator=torch.Generator().manual_seed(3), **kwargs)
+        out = fast_sample(ScaleRunner(pipe.transformer), quant, patch_nums, settings, schedule,
+                          generator=torch.Generator().manual_seed(3), **kwargs)
+        plain = sample(FastRunner(pipe.transformer, torch.float32), quant, patch_nums, settings,
+                       schedule, generator=torch.Generator().manual_seed(3), **kwargs)
+    assert _same_tokens(out.tokens, ref.tokens) and _same_tokens(plain.tokens, ref.tokens)
+    for mine, theirs in zip(out.steps, ref.steps):
+        assert _same_tokens(mine, theirs)
+
+
+class _BoxConstraint:
+    """Keep the source tokens outside the top-left quarter; scale 0 and 1 kept entirely."""
+
+    def __init__(self, source: list[torch.Tensor], patch_nums: tuple[int, ...]) -> None:
+        self.source_tokens = source
+        self.masks = []
+        for si, pn in enumerate(patch_nums):
+            grid = torch.ones(pn, pn, dtype=torch.bool)
+            if si >= 2:
+                grid[: (pn + 1) // 2, : (pn + 1) // 2] = False
+            self.masks.append(grid.flatten()[None].expand(source[si].shape[0], -1))
+
+    def keep(self, scale: int) -> torch.Tensor:
+        return self.masks[scale]
+
+    def source(self, scale: int) -> torch.Tensor:
+        return self.source_tokens[scale]
+
+
+def test_fast_edit_and_resume_identical_tokens(tiny_pipe):
+    pipe = tiny_pipe
+    fast = pipe.to_fast(dtype=torch.float32)
+    settings = pipe.sampler_settings()
+    schedule = pipe.resolve_schedule(steps=2)
+    labels = torch.tensor([2, 2])
+    with torch.no_grad():
+        source = pipe.generate(seed=11, batch_size=2).tokens
+    constraint = _BoxConstraint(source, pipe.patch_nums)
+    states = []
+    with torch.no_grad():
+        ref = pipe.sample_tokens(labels, settings, schedule, torch.Generator().manual_seed(4),
+                                 constraint=constraint)
+        out = fast.sample_tokens(labels, settings, schedule, torch.Generator().manual_seed(4),
+                                 constraint=constraint, on_scale=states.append)
+        assert _same_tokens(out.tokens, ref.tokens)
+        for si in (0, 1):
+            assert torch.equal(out.tokens[si], source[si])
+        # resume after scale 1 with a fresh generator: both loops continue identically
+        resumed = [fast.sample_tokens(labels, settings, schedule, torch.Generator().manual_seed(9),
+                                      resume=states[1]),
+                   pipe.sample_tokens(labels, settings, schedule, torch.Generator().manual_seed(9),
+                                      resume=states[1])]
+    assert _same_tokens(resumed[0].tokens, resumed[1].tokens)
+
+
+def test_fast_encode_decode_float32(tiny_pipe):
+    fast = tiny_pipe.to_fast(dtype=torch.float32, decode_batch=2)
+    images = torch.rand(3, 3, tiny_pipe.image_size, tiny_pipe.image_size) * 2 - 1
+    with torch.no_grad():
+        tokens = tiny_pipe.tokenizer.encode(images)
+        assert _same_tokens(fast.encode(images), tokens)
+        f_hat = tiny_pipe.tokenizer.fhat_from_tokens(tokens)[-1]
+        decoded = fast.decode_fhat(f_hat)  # chunks of 2: convolution sums may round apart
+        assert (decoded - tiny_pipe.tokenizer.decode_fhat(f_hat)).abs().max() <= 1e-5
+
+
+def test_bf16_generation_runs_and_is_close(tiny_pipe):
+    fast = tiny_pipe.to_fast(dtype=torch.bfloat16)
+    with torch.no_grad():
+        out = fast.generate(seed=0, batch_size=2)
+        ref = tiny_pipe.generate(seed=0, batch_size=2)
+    assert out.images.dtype == torch.float32 and out.images.shape == ref.images.shape
+    assert 0 <= float(out.images.min()) and float(out.images.max()) <= 1
+    same = sum(int((a == b).sum()) for a, b in zip(out.tokens, ref.tokens))
+    print(f"bf16 vs float32 tokens equal: {same}/{sum(t.numel() for t in ref.tokens)}")
+
+
+def test_cast_blocks_shares_weights():
+    pipe = Pipeline.random(seed=2)
+    cast_blocks_(pipe.transformer, torch.bfloat16)
+    runner = FastRunner(pipe.transformer, torch.bfloat16)
+    block = pipe.transformer.base_blocks[0]
+    assert runner._blocks[0].fc1_w.data_ptr() == block.ffn.fc1.weight.data_ptr()
+    assert pipe.transformer.ns_head.out.weight.dtype == torch.float32  # heads untouched
+    with torch.no_grad():
+        out = pipe.to_fast(dtype=torch.bfloat16).generate(seed=1, batch_size=1)
+    assert out.images.shape[0] == 1
+
+
+def test_graph_cache_is_eager_off_cuda():
+    cache = GraphCache()
+    calls = []
+
+    def fn(x: torch.Tensor, y: None) -> torch.Tensor:
+        calls.append(x)
+        return x * 2
+
+    x = torch.ones(3)
+    assert torch.equal(cache.run("k", fn, (x, None), x.device), x * 2)
+    assert len(cache) == 0 and calls[0] is x
+
+
+def test_runner_validates_labels(tiny_pipe):
+    runner = FastRunner(tiny_pipe.transformer, torch.float32)
+    with pytest.raises(ValueError, match="class ids"):
+        runner.begin(torch.tensor([0, 99]))
+    with pytest.raises(ValueError, match="branch"):
+        FastRunner(Pipeline.random("tiny", TransformerConfig.from_name("tiny", kind="var"))
+                   .transformer, torch.float32)(torch.tensor([1]), 0, None, branch="mask")
+
+
+# --------------------------------------------------------------------------- GPU (graphs)
+@pytest.mark.gpu
+def test_cuda_graphs_match_eager():
+    pipe = Pipeline.random(seed=0).to("cuda")
+    eager = pipe.to_fast(dtype=torch.bfloat16, cuda_graphs=False)
+    graphs = pipe.to_fast(dtype=torch.bfloat16, cuda_graphs=True)
+    schedule = default_schedule(pipe.patch_nums)
+    labels = torch.tensor([1, 3, 5], device="cuda")
+    settings = pipe.sampler_settings()
+    with torch.no_grad():
+        for _ in range(2):  # capture, then replay
+            outs = [engine.sample_tokens(labels, settings, schedule,
+                                         torch.Generator("cuda").manual_seed(0))
+                    for engine in (eager, graphs)]
+            assert _same_tokens(outs[0].tokens, outs[1].tokens)
+    assert len(graphs.runner.graphs) > 0
