@@ -219,8 +219,12 @@ def sample(
     """
     codebook, phis = quantizer.codebook, quantizer.phis()
     num_scales, size = len(patch_nums), patch_nums[-1]
-    pair = bool(getattr(model_fn, "stateful", False)) and cfg.cfg > 0
+    stateful = bool(getattr(model_fn, "stateful", False))
+    pair = stateful and cfg.cfg > 0
     batch = labels.shape[0]
+    if resume is not None and stateful:
+        raise ValueError("resume is not supported for stateful (VAR) models: their KV cache is "
+                         "not part of ScaleState")
     if resume is None:
         f_hat = codebook.new_zeros(batch, codebook.shape[1], size, size)
         tokens: list[torch.Tensor] = []
@@ -238,7 +242,11 @@ def sample(
         pn = patch_nums[si]
         keep = constraint.keep(si) if constraint is not None else None
         if keep is not None and bool(keep.all()):
-            # Entirely kept (e.g. "strength" scales): no network pass, no random draws.
+            # Entirely kept (e.g. "strength" scales): no random draws, and no network pass
+            # unless the model is stateful (VAR), whose KV cache needs this scale.
+            if stateful:
+                guided_logits(model_fn, labels, null_class, si, cfg_weight(cfg.cfg, si, num_scales),
+                              x_ns, pair=pair)
             idx = constraint.source(si)  # type: ignore[union-attr]
             confidence = torch.ones(idx.shape, dtype=codebook.dtype, device=idx.device)
             scale_steps = [idx]

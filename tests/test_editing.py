@@ -14,9 +14,18 @@ from hmar_core.images import from_model_images
 RNG = np.random.default_rng(1)
 
 
+def _nudged(pipe: Pipeline) -> Pipeline:
+    """Official init zeroes AdaLN, so a random model ignores class and context: nudge it."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in pipe.transformer.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    return pipe
+
+
 @pytest.fixture(scope="module")
 def pipe() -> Pipeline:
-    return Pipeline.random(seed=0)
+    return _nudged(Pipeline.random(seed=0))
 
 
 def _image(height: int, width: int) -> np.ndarray:
@@ -107,7 +116,10 @@ def test_seeds_variants_and_class_edit(pipe):
     result = pipe.edit(image, None, EditOptions(class_id=2, seed=1, strength=2))
     assert result.labels.tolist() == [2] and result.image.size == (24, 24)
     assert all(k.all() for k in result.keep_masks[:2]) and not result.keep_masks[3].any()
-    assert pipe.edit_class(image, 9, mask, seed=0).size == (24, 24)
+    nine = [np.asarray(pipe.edit_class(image, 9, mask, seed=s, strength=0)) for s in range(4)]
+    one = [np.asarray(pipe.edit_class(image, 1, mask, seed=s, strength=0)) for s in range(4)]
+    assert nine[0].shape == (24, 24, 3)
+    assert not all(np.array_equal(a, b) for a, b in zip(nine, one))
 
 
 def test_previews_and_confidence(pipe):
@@ -179,3 +191,33 @@ def test_bad_inputs(pipe):
     for call in bad_calls:
         with pytest.raises(ValueError):
             call()
+
+
+def test_var_kept_scales_still_fill_the_kv_cache():
+    """A VAR edit's first sampled scale sees the kept scales exactly as teacher forcing does."""
+    from hmar_core import SamplerConfig, TransformerConfig, sample
+    from hmar_core.model import ScaleRunner
+    from hmar_core.schedules import schedule_from_steps
+
+    var = _nudged(Pipeline.random(transformer_cfg=TransformerConfig.from_name(
+        "tiny", kind="var", n_layers_train=0)))
+    images = torch.from_numpy(_image(16, 16)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    source = var.tokenizer.encode(images)
+    labels = torch.tensor([3])
+    regenerate = tuple(torch.ones_like(t, dtype=torch.bool) for t in source)
+    spec = EditSpec(tuple(source), regenerate, labels, strength=2)
+    runner, seen = ScaleRunner(var.transformer), {}
+
+    def model_fn(labels, scale, x_ns, **inputs):
+        seen[scale] = runner(labels, scale, x_ns, **inputs)
+        return seen[scale]
+
+    model_fn.stateful = True
+    out = sample(model_fn, var.tokenizer.quantize, var.patch_nums, SamplerConfig(cfg=0.0),
+                 schedule_from_steps(var.patch_nums, 0), labels=labels,
+                 null_class=var.transformer.cfg.null_class, generator=torch.Generator(),
+                 constraint=spec)
+    assert all(torch.equal(out.tokens[s], source[s]) for s in (0, 1))
+    with torch.no_grad():
+        teacher = var.model(labels, out.tokens)  # (1, L, V), block-causal teacher forcing
+    torch.testing.assert_close(seen[2], teacher[:, 5:14], rtol=1e-4, atol=1e-4)
