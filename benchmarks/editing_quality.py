@@ -1,0 +1,207 @@
+"""Editing quality on held-out images: seam score, class-edit success, CPU time per edit.
+
+Usage::
+
+    python benchmarks/editing_quality.py --model assets/hmar-emoji64 \\
+        --images data/emoji64.npz --classifier classifier.pt --num 100 --out editing.json
+
+* ``--images``: an ``.npz`` written by ``python -m train.data`` (keys ``images``, ``labels``,
+  ``splits``, ``split_names``; the ``val`` split is used when present) or a folder of images
+  (a parent folder named like one of the model's classes gives the label). Without it the
+  model generates its own (labelled) test images, which is only a smoke test.
+* ``--classifier``: a TorchScript file (``torch.jit.load``) or ``module:function`` returning a
+  callable; it gets (B, 3, H, W) float images in [0, 1] and returns (B, num_classes) logits or
+  (B,) class ids. Without it the class-edit metric is skipped.
+
+Metrics (one JSON report):
+
+* **seam score** = mean Sobel gradient magnitude on a 2-pixel band around the mask boundary
+  divided by the mean over the rest of the image; reported for the edits and for the originals
+  with the same masks (``seam_excess`` = edited / original: 1.0 means the boundary is as smooth
+  as natural content, above 1 a visible seam).
+* **class-edit success** = fraction of whole-image class edits (random target ≠ source label,
+  default strength) that the classifier assigns to the target class.
+* **seconds per edit** on this machine (``--device``, default CPU), mean and median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hmar_core import EditOptions, Pipeline  # noqa: E402
+from hmar_core.editing_ops import default_class_strength  # noqa: E402
+from hmar_core.images import to_rgb  # noqa: E402
+
+logger = logging.getLogger("editing_quality")
+Classifier = Callable[[torch.Tensor], torch.Tensor]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+def random_mask(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A random edit mask: a rectangle (half the time) or a thick brush stroke, bool (H, W)."""
+    mask = np.zeros((height, width), np.uint8)
+    if rng.random() < 0.5:
+        h = int(rng.integers(max(1, height // 8), max(2, height // 2)))
+        w = int(rng.integers(max(1, width // 8), max(2, width // 2)))
+        top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+        mask[top:top + h, left:left + w] = 1
+    else:
+        points = rng.integers(0, [width, height], size=(int(rng.integers(2, 6)), 2))
+        thickness = int(rng.integers(max(2, min(height, width) // 16),
+                                     max(3, min(height, width) // 6)))
+        cv2.polylines(mask, [points.astype(np.int32)], False, 1, thickness=thickness)
+    return mask.astype(bool)
+
+
+def seam_ratio(rgb: np.ndarray, mask: np.ndarray, band: int = 2) -> float:
+    """Mean gradient magnitude on the mask boundary band / mean elsewhere."""
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    magnitude = np.hypot(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
+    kernel = np.ones((2 * band + 1, 2 * band + 1), np.uint8)
+    ring = (cv2.dilate(mask.astype(np.uint8), kernel) > 0) & (
+        cv2.erode(mask.astype(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE) == 0)
+    if not ring.any() or ring.all():
+        return float("nan")
+    return float(magnitude[ring].mean() / max(float(magnitude[~ring].mean()), 1e-6))
+
+
+def load_classifier(spec: str, device: torch.device) -> Classifier:
+    """A TorchScript file, or ``module:function`` (called once, returning the classifier)."""
+    if Path(spec).is_file():
+        model = torch.jit.load(spec, map_location=device).eval()
+        return lambda images: model(images)
+    module_name, _, function = spec.partition(":")
+    if not function:
+        raise ValueError(f"--classifier {spec!r}: not a file and not module:function")
+    return getattr(importlib.import_module(module_name), function)()
+
+
+def predict(classifier: Classifier, images: list[Image.Image], device: torch.device) -> list[int]:
+    batch = torch.stack([torch.from_numpy(np.array(i.convert("RGB"))).permute(2, 0, 1)
+                         for i in images]).to(device=device, dtype=torch.float32) / 255.0
+    with torch.no_grad():
+        out = classifier(batch)
+    return (out.argmax(-1) if out.dim() == 2 else out).flatten().tolist()
+
+
+def load_images(source: str | None, pipe: Pipeline, num: int, seed: int
+                ) -> tuple[list[np.ndarray], list[int | None]]:
+    """Held-out images and their labels (``None`` where unknown)."""
+    if source is None:
+        logger.warning("no --images: using images the model generates itself (smoke test only)")
+        classes = [i % pipe.num_classes for i in range(num)]
+        images = []
+        for start in range(0, num, 16):
+            out = pipe.generate(classes[start:start + 16], seed=seed + start)
+            images += list((out.images.clamp(0, 1) * 255).round().byte()
+                           .permute(0, 2, 3, 1).cpu().numpy())
+        return images, list(classes)
+    path = Path(source)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            keep = np.ones(len(data["images"]), bool)
+            if "split_names" in data and "val" in [str(s) for s in data["split_names"]]:
+                keep = data["splits"] == [str(s) for s in data["split_names"]].index("val")
+            images, labels = data["images"][keep], data["labels"][keep].astype(int)
+        order = np.random.default_rng(seed).permutation(len(images))[:num]
+        return [images[i] for i in order], [int(labels[i]) for i in order]
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    order = np.random.default_rng(seed).permutation(len(files))[:num]
+    names = {name: i for i, name in enumerate(pipe.class_names)}
+    return ([to_rgb(Image.open(files[i])) for i in order],
+            [names.get(files[i].parent.name) for i in order])
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    if args.model:
+        from hmar_core.cli import load_pipeline
+
+        pipe = load_pipeline(args.model, device=args.device)
+    else:
+        logger.warning("no --model: a tiny random pipeline (numbers are meaningless)")
+        pipe = Pipeline.random().to(device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    images, labels = load_images(args.images, pipe, args.num, args.seed)
+    if len(images) < args.num:
+        logger.warning("only %d images available (asked for %d)", len(images), args.num)
+    rng = np.random.default_rng(args.seed)
+    seams, seams_original, seconds = [], [], []
+    for index, rgb in enumerate(images):
+        mask = random_mask(rng, *rgb.shape[:2])
+        start = time.perf_counter()
+        edited = pipe.inpaint(rgb, mask, seed=args.seed + index, steps=args.steps,
+                              feather=args.feather)
+        seconds.append(time.perf_counter() - start)
+        seams.append(seam_ratio(np.asarray(edited), mask))
+        seams_original.append(seam_ratio(rgb, mask))
+    report: dict = {"model": args.model or "random-tiny", "images": len(images),
+                    "device": str(device), "steps": args.steps, "feather": args.feather}
+    seam, original = float(np.nanmean(seams)), float(np.nanmean(seams_original))
+    report.update(seam_score=seam, seam_score_original=original, seam_excess=seam / original,
+                  seconds_per_edit_mean=statistics.fmean(seconds),
+                  seconds_per_edit_median=statistics.median(seconds))
+    if args.classifier:
+        classifier = load_classifier(args.classifier, device)
+        hits, total, class_seconds = 0, 0, []
+        for index, (rgb, label) in enumerate(zip(images, labels)):
+            choices = [c for c in range(pipe.num_classes) if c != label]
+            target = int(rng.choice(choices))
+            start = time.perf_counter()
+            result = pipe.edit(rgb, None, EditOptions(
+                class_id=target, seed=args.seed + index, steps=args.steps,
+                strength=args.class_strength if args.class_strength is not None
+                else default_class_strength(len(pipe.patch_nums))))
+            class_seconds.append(time.perf_counter() - start)
+            hits += predict(classifier, [result.image], device)[0] == target
+            total += 1
+        report.update(class_edit_success=hits / max(total, 1), class_edits=total,
+                      seconds_per_class_edit_mean=statistics.fmean(class_seconds))
+    else:
+        logger.info("no --classifier: class-edit success skipped")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="model folder (default: a tiny random pipeline)")
+    parser.add_argument("--images", help="held-out .npz or image folder")
+    parser.add_argument("--classifier", help="TorchScript file or module:function")
+    parser.add_argument("--num", type=int, default=100, help="number of images (>= 100)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=None, help="refinement steps")
+    parser.add_argument("--feather", type=int, default=8)
+    parser.add_argument("--class-strength", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", help="write the JSON report here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    report = run(args)
+    text = json.dumps(report, indent=2)
+    logger.info("report:\n%s", text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
