@@ -39,6 +39,7 @@ from .params import (
     sampling_params,
 )
 from .runs import RunResult, RunUpdate, run_edit, run_generate
+from .streaming import StopSignal
 
 __all__ = [
     "MAX_PIXELS",
@@ -57,6 +58,7 @@ __all__ = [
     "quality_label",
     "randomize_seed",
     "remember_selection",
+    "request_stop",
     "toggle_heatmap",
 ]
 
@@ -102,6 +104,12 @@ def toggle_heatmap(result: RunResult | None, heatmap: bool) -> list[tuple[Image.
     return gallery_items(result, heatmap)
 
 
+def request_stop(stop: StopSignal | None) -> None:
+    """The Stop button: ask this user's running work to end at its next scale."""
+    if stop is not None:
+        stop.set()
+
+
 def remember_selection(event: gr.SelectData) -> int:
     """Gallery ``select``: remember which result the user clicked."""
     return int(event.index) if isinstance(event.index, int) else 0
@@ -140,6 +148,7 @@ def stream_outputs(
     """
     with tempfile.TemporaryDirectory(prefix="hmar-studio-") as folder:
         try:
+            finished = False
             for update in updates:
                 if progress is not None:
                     progress(update.fraction, desc=update.message)
@@ -147,9 +156,12 @@ def stream_outputs(
                 if update.result is None:
                     yield preview, gr.skip(), gr.skip(), update.message, gr.skip()
                 else:
+                    finished = True
                     files = _save_pngs(update.result, Path(folder))
                     yield (preview, gallery_items(update.result, heatmap), files, update.message,
                            update.result)
+            if not finished:
+                yield gr.skip(), gr.skip(), gr.skip(), "Stopped.", gr.skip()
         except gr.Error:
             raise
         except Exception as err:
@@ -168,6 +180,7 @@ def generate_events(
     variants: float,
     heatmap: bool,
     progress: gr.Progress | None = None,
+    stop: StopSignal | None = None,
 ) -> Iterator[RunOutputs]:
     """Generate mode: validate the controls, then stream previews and the final gallery."""
     try:
@@ -176,7 +189,9 @@ def generate_events(
                                  _max_steps(pipeline))
     except Exception as err:
         raise gr.Error(friendly_message(err), print_exception=False) from None
-    yield from stream_outputs(run_generate(pipeline, class_id, params), heatmap, progress)
+    if stop is not None:
+        stop.clear()
+    yield from stream_outputs(run_generate(pipeline, class_id, params, stop), heatmap, progress)
 
 
 def _max_steps(pipeline: Pipeline) -> int:
@@ -232,13 +247,17 @@ def _edit_events(
     controls: EditControls,
     session: EditSession | None,
     progress: gr.Progress | None,
+    stop: StopSignal | None,
 ) -> Iterator[RunOutputs]:
     """Validate via ``prepare() -> (image, mask, options, extents)``, then stream the edit."""
     try:
         image, mask, options, extents = prepare()
     except Exception as err:
         raise gr.Error(friendly_message(err), print_exception=False) from None
-    updates = run_edit(pipeline, mode, image, mask, options, extents=extents, session=session)
+    if stop is not None:
+        stop.clear()
+    updates = run_edit(pipeline, mode, image, mask, options, extents=extents, session=session,
+                       stop=stop)
     yield from stream_outputs(updates, controls.heatmap, progress)
 
 
@@ -250,6 +269,7 @@ def inpaint_events(
     strength: float,
     controls: EditControls,
     progress: gr.Progress | None = None,
+    stop: StopSignal | None = None,
 ) -> Iterator[RunOutputs]:
     """Inpaint mode: regenerate the painted area (optionally guided by a class)."""
 
@@ -258,7 +278,7 @@ def inpaint_events(
         options = _options(pipeline, controls, class_choice, strength)
         return image, mask, options, None
 
-    yield from _edit_events(pipeline, "inpaint", prepare, controls, session, progress)
+    yield from _edit_events(pipeline, "inpaint", prepare, controls, session, progress, stop)
 
 
 def outpaint_events(
@@ -269,6 +289,7 @@ def outpaint_events(
     class_choice: Any,
     controls: EditControls,
     progress: gr.Progress | None = None,
+    stop: StopSignal | None = None,
 ) -> Iterator[RunOutputs]:
     """Outpaint mode: extend the picture towards the ticked sides and fill the new area."""
 
@@ -278,7 +299,7 @@ def outpaint_events(
         options = _options(pipeline, controls, class_choice, 0)
         return image, None, options, extents
 
-    yield from _edit_events(pipeline, "outpaint", prepare, controls, None, progress)
+    yield from _edit_events(pipeline, "outpaint", prepare, controls, None, progress, stop)
 
 
 def class_edit_events(
@@ -289,6 +310,7 @@ def class_edit_events(
     strength: float,
     controls: EditControls,
     progress: gr.Progress | None = None,
+    stop: StopSignal | None = None,
 ) -> Iterator[RunOutputs]:
     """Class edit / restyle: regenerate the picture (or the painted area) as another class."""
 
@@ -299,7 +321,7 @@ def class_edit_events(
         options = _options(pipeline, controls, class_choice, strength)
         return image, mask, options, None
 
-    yield from _edit_events(pipeline, "class edit", prepare, controls, session, progress)
+    yield from _edit_events(pipeline, "class edit", prepare, controls, session, progress, stop)
 
 
 def _options(pipeline: Pipeline, controls: EditControls, class_choice: Any,

@@ -23,7 +23,7 @@ from hmar_core.editing_session import EditSession
 
 from .imaging import ConfidenceTile, preview_strip, to_pil_images
 from .params import SamplingParams, Timing, max_quality_steps, refinement_passes
-from .streaming import Finished, stream_work
+from .streaming import Finished, StopSignal, stream_work
 
 __all__ = ["EDIT_MODES", "RunResult", "RunUpdate", "calibrate", "run_edit", "run_generate"]
 
@@ -83,7 +83,8 @@ def _preview_from_state(pipeline: Pipeline, state: ScaleState) -> _ScalePreview:
 
 
 def run_generate(
-    pipeline: Pipeline, class_id: int | None, params: SamplingParams
+    pipeline: Pipeline, class_id: int | None, params: SamplingParams,
+    stop: StopSignal | None = None,
 ) -> Iterator[RunUpdate]:
     """Generate ``params.variants`` images of one class, previewing every scale.
 
@@ -91,6 +92,7 @@ def run_generate(
         pipeline: the loaded model.
         class_id: the class, or ``None`` for a random class per image.
         params: validated sampling controls.
+        stop: the user's Stop flag (the run ends at the next scale once it is set).
 
     Yields:
         One :class:`RunUpdate` per scale, then one with the :class:`RunResult`.
@@ -110,7 +112,7 @@ def run_generate(
         )
 
     yield RunUpdate(0.0, f"Starting: {params.variants} image(s), seed {params.seed}…")
-    for event in stream_work(work):
+    for event in stream_work(work, stop):
         if isinstance(event, Finished):
             output = event.value
             images = tuple(to_pil_images(output.images))
@@ -157,6 +159,7 @@ def run_edit(
     *,
     extents: dict[str, int] | None = None,
     session: EditSession | None = None,
+    stop: StopSignal | None = None,
 ) -> Iterator[RunUpdate]:
     """Inpaint, outpaint or class-edit one picture, previewing every scale of every window.
 
@@ -168,6 +171,7 @@ def run_edit(
         options: engine options (class, seed, steps, strength, grow, feather, fit, ...).
         extents: outpaint only, pixels per side ``{"left", "right", "top", "bottom"}``.
         session: the user's :class:`EditSession` (re-edits resume unchanged coarse scales).
+        stop: the user's Stop flag (the run ends at the next scale once it is set).
 
     Yields:
         One :class:`RunUpdate` per scale (and window), then one with the :class:`RunResult`.
@@ -190,7 +194,7 @@ def run_edit(
         return pipeline.edit(image, mask, options, session=session, on_preview=on_preview)
 
     yield RunUpdate(0.0, f"Starting {mode}: {options.num_variants} variant(s)…")
-    for event in stream_work(work):
+    for event in stream_work(work, stop):
         if isinstance(event, Finished):
             result = event.value
             seconds = time.perf_counter() - started

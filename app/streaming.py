@@ -32,6 +32,36 @@ class RunCancelledError(Exception):
     """Raised inside the worker when the consumer went away (Stop button)."""
 
 
+class StopSignal:
+    """A per-user "stop" flag kept in ``gr.State`` and set by the Stop button.
+
+    Gradio closes a cancelled generator only after its next yield; this flag lets the worker
+    stop at the very next scale instead. ``gr.State`` deep-copies its initial value for every
+    user, which gives each user a fresh, unset flag.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def __deepcopy__(self, memo: dict[int, object]) -> StopSignal:
+        return type(self)()
+
+    def __repr__(self) -> str:
+        return f"StopSignal(set={self.is_set()})"
+
+    def set(self) -> None:
+        """Ask the running work to stop."""
+        self._event.set()
+
+    def clear(self) -> None:
+        """Forget an earlier stop request (a new run starts)."""
+        self._event.clear()
+
+    def is_set(self) -> bool:
+        """Whether a stop was requested."""
+        return self._event.is_set()
+
+
 @dataclass(frozen=True)
 class Reported(Generic[Item]):
     """Something the worker reported (e.g. a preview of one scale)."""
@@ -48,12 +78,15 @@ class Finished(Generic[Result]):
 
 def stream_work(
     work: Callable[[Callable[[Item], None]], Result],
+    stop: StopSignal | None = None,
 ) -> Iterator[Reported[Item] | Finished[Result]]:
     """Run ``work(report)`` in a thread and yield its reports, then its result.
 
     Args:
         work: called once with ``report``; whatever it passes to ``report`` is yielded as
             :class:`Reported`, and its return value as :class:`Finished`.
+        stop: the user's Stop flag; once set, the next ``report`` ends the work and the
+            stream ends without a :class:`Finished`.
 
     Raises:
         Whatever ``work`` raised (re-raised in the consumer's thread).
@@ -62,7 +95,7 @@ def stream_work(
     cancel = threading.Event()
 
     def report(item: Item) -> None:
-        if cancel.is_set():
+        if cancel.is_set() or (stop is not None and stop.is_set()):
             raise RunCancelledError("the run was stopped")
         events.put(("item", item))
 

@@ -21,6 +21,7 @@ from hmar_core.editing_session import EditSession
 
 from . import handlers
 from .params import MAX_VARIANTS, NO_CLASS, Timing, class_choices, max_quality_steps
+from .streaming import StopSignal
 
 __all__ = ["MAX_FILE_SIZE", "QUEUE_SIZE", "build_demo"]
 
@@ -77,6 +78,7 @@ def build_demo(
         result_state = gr.State(None)  # the last RunResult of this user
         selected_state = gr.State(0)  # the gallery item this user clicked
         session_state = gr.State(EditSession)  # this user's edit cache (re-edits resume)
+        stop_state = gr.State(StopSignal())  # this user's Stop flag (a fresh one per user)
 
         with gr.Row(equal_height=False):
             # ------------------------------------------------------------------ inputs
@@ -186,77 +188,72 @@ def build_demo(
                 to_editor_btn = gr.Button("✏️ Edit this result", elem_id="to-editor")
 
         # ---------------------------------------------------------------------- events
+        # Gradio names API parameters after the handler's parameters, so the closures below
+        # spell them out; each forwards to a handler in app.handlers.
         sampling = [quality, cfg, top_k, top_p, seed, variants, heatmap]
+        masking = [grow, feather, only_masked, padding]
         outputs = [preview, gallery, downloads, status, result_state]
 
-        def generate(class_id: Any, quality: float, cfg: float, top_k: float, top_p: float,
-                     seed: Any, variants: float, heatmap: bool,
+        def generate(stop: StopSignal, class_id: Any, quality: float, cfg: float,
+                     top_k: float, top_p: float, seed: Any, variants: float, heatmap: bool,
                      progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio API)
                      ) -> Iterator[handlers.RunOutputs]:
             """Generate images of one class (streams each scale)."""
             yield from handlers.generate_events(pipeline, class_id, quality, cfg, top_k, top_p,
-                                                seed, variants, heatmap, progress)
+                                                seed, variants, heatmap, progress, stop)
 
-        run_events = [generate_btn.click(generate, [gen_class, *sampling], outputs,
-                                         api_name="generate", **_model_event())]
-
-        mask_controls = [grow, feather, only_masked, padding]
-
-        def controls(quality: float, cfg: float, top_k: float, top_p: float, seed: Any,
-                     variants: float, heatmap: bool, grow: float, feather: float,
-                     only_masked: bool, padding: float) -> handlers.EditControls:
-            return handlers.EditControls(quality, cfg, top_k, top_p, seed, variants, grow,
-                                         feather, only_masked, padding, heatmap)
-
-        def inpaint(session: EditSession, image: Any, class_id: Any, strength: float,
-                    quality: float, cfg: float, top_k: float, top_p: float, seed: Any,
-                    variants: float, heatmap: bool, grow: float, feather: float,
+        def inpaint(stop: StopSignal, session: EditSession, image: Any, class_id: Any,
+                    strength: float, quality: float, cfg: float, top_k: float, top_p: float,
+                    seed: Any, variants: float, heatmap: bool, grow: float, feather: float,
                     only_masked: bool, padding: float,
                     progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio API)
                     ) -> Iterator[handlers.RunOutputs]:
             """Regenerate the painted area of the picture (streams each scale)."""
             yield from handlers.inpaint_events(
                 pipeline, session, image, class_id, strength,
-                controls(quality, cfg, top_k, top_p, seed, variants, heatmap, grow, feather,
-                         only_masked, padding), progress)
+                handlers.EditControls(quality, cfg, top_k, top_p, seed, variants, grow,
+                                      feather, only_masked, padding, heatmap), progress, stop)
 
-        def outpaint(image: Any, sides: list[str], extent: float, class_id: Any,
-                     quality: float, cfg: float, top_k: float, top_p: float, seed: Any,
-                     variants: float, heatmap: bool, grow: float, feather: float,
+        def outpaint(stop: StopSignal, image: Any, sides: list[str], extent: float,
+                     class_id: Any, quality: float, cfg: float, top_k: float, top_p: float,
+                     seed: Any, variants: float, heatmap: bool, grow: float, feather: float,
                      only_masked: bool, padding: float,
                      progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio API)
                      ) -> Iterator[handlers.RunOutputs]:
             """Extend the picture towards the chosen sides (streams each scale)."""
             yield from handlers.outpaint_events(
                 pipeline, image, sides, extent, class_id,
-                controls(quality, cfg, top_k, top_p, seed, variants, heatmap, grow, feather,
-                         only_masked, padding), progress)
+                handlers.EditControls(quality, cfg, top_k, top_p, seed, variants, grow,
+                                      feather, only_masked, padding, heatmap), progress, stop)
 
-        def class_edit(session: EditSession, image: Any, class_id: Any, strength: float,
-                       quality: float, cfg: float, top_k: float, top_p: float, seed: Any,
-                       variants: float, heatmap: bool, grow: float, feather: float,
-                       only_masked: bool, padding: float,
+        def class_edit(stop: StopSignal, session: EditSession, image: Any, class_id: Any,
+                       strength: float, quality: float, cfg: float, top_k: float,
+                       top_p: float, seed: Any, variants: float, heatmap: bool, grow: float,
+                       feather: float, only_masked: bool, padding: float,
                        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio API)
                        ) -> Iterator[handlers.RunOutputs]:
             """Restyle the picture (or the painted area) as the target class."""
             yield from handlers.class_edit_events(
                 pipeline, session, image, class_id, strength,
-                controls(quality, cfg, top_k, top_p, seed, variants, heatmap, grow, feather,
-                         only_masked, padding), progress)
+                handlers.EditControls(quality, cfg, top_k, top_p, seed, variants, grow,
+                                      feather, only_masked, padding, heatmap), progress, stop)
 
-        run_events += [
-            inpaint_btn.click(inpaint, [session_state, editor, inpaint_class, inpaint_strength,
-                                        *sampling, *mask_controls], outputs,
+        per_user = [stop_state, session_state]
+        run_events = [
+            generate_btn.click(generate, [stop_state, gen_class, *sampling], outputs,
+                               api_name="generate", **_model_event()),
+            inpaint_btn.click(inpaint, [*per_user, editor, inpaint_class, inpaint_strength,
+                                        *sampling, *masking], outputs,
                               api_name="inpaint", **_model_event()),
-            outpaint_btn.click(outpaint, [editor, out_sides, out_extent, out_class, *sampling,
-                                          *mask_controls], outputs,
+            outpaint_btn.click(outpaint, [stop_state, editor, out_sides, out_extent, out_class,
+                                          *sampling, *masking], outputs,
                                api_name="outpaint", **_model_event()),
-            class_edit_btn.click(class_edit, [session_state, editor, edit_class, edit_strength,
-                                              *sampling, *mask_controls], outputs,
+            class_edit_btn.click(class_edit, [*per_user, editor, edit_class, edit_strength,
+                                              *sampling, *masking], outputs,
                                  api_name="class_edit", **_model_event()),
         ]
-
-        stop_btn.click(None, None, None, cancels=run_events, api_visibility="private")
+        stop_btn.click(handlers.request_stop, stop_state, None, cancels=run_events,
+                       api_visibility="private", show_progress="hidden")
         dice.click(handlers.randomize_seed, None, seed, api_name="random_seed",
                    show_progress="hidden")
         label_fn = partial(handlers.quality_label, pipeline, timing=timing)

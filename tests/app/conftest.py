@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
 
 import socket  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -40,15 +40,38 @@ def gradio_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture()
-def served_app(app_pipe, gradio_temp_dir: Path) -> Iterator[str]:
-    """The app launched in-process on a free port; yields its URL."""
+def launch_app(gradio_temp_dir: Path) -> Iterator[Callable[..., str]]:
+    """``launch_app(pipeline, **build_kwargs) -> url``: serve the app in-process on a free port.
+
+    Every app launched this way is closed when the test ends.
+    """
     import app
 
-    demo = app.build_demo(app_pipe, warning="tiny random test model")
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(),
-                            prevent_thread_lock=True, quiet=True,
-                            max_file_size=app.MAX_FILE_SIZE)
+    demos = []
+
+    def launch(pipeline: object, **build_kwargs: object) -> str:
+        demo = app.build_demo(pipeline, **build_kwargs)
+        demos.append(demo)
+        _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(),
+                                prevent_thread_lock=True, quiet=True,
+                                max_file_size=app.MAX_FILE_SIZE)
+        return url
+
     try:
-        yield url
+        yield launch
     finally:
-        demo.close()
+        for demo in demos:
+            demo.close()
+
+
+@pytest.fixture()
+def served_app(app_pipe, launch_app: Callable[..., str]) -> str:
+    """The app on the tiny random model; its URL."""
+    return launch_app(app_pipe, warning="tiny random test model")
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """``tests/_artifacts/`` (git-ignored): screenshots and other test outputs."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS

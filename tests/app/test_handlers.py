@@ -347,3 +347,22 @@ def test_heatmap_toggle_and_edit_result():
     assert value["background"].shape == (4, 4, 4) and value["layers"] == []
     with pytest.raises(gr.Error):
         edit_result(None, 0)
+
+
+# ------------------------------------------------------------------------------------- stop
+def test_stop_signal_is_fresh_per_user_and_ends_a_run(app_pipe):
+    import copy
+
+    from app.handlers import request_stop, stream_outputs
+    from app.streaming import StopSignal
+
+    stop = StopSignal()
+    request_stop(stop)
+    assert stop.is_set() and not copy.deepcopy(stop).is_set()  # gr.State copies per user
+    params = SamplingParams(steps=0, cfg=1.5, top_k=0, top_p=0.0, seed=1, variants=1)
+    outputs = list(stream_outputs(run_generate(app_pipe, 1, params, stop), heatmap=False))
+    assert outputs[-1][3] == "Stopped."
+    assert all(not isinstance(out[4], RunResult) for out in outputs)
+    # a new run forgets an old stop request
+    finished = list(generate_events(app_pipe, 1, 0, 1.5, 0, 0.0, 1, 1, False, stop=stop))
+    assert isinstance(finished[-1][4], RunResult) and not stop.is_set()
