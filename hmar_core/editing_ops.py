@@ -34,8 +34,8 @@ from .schedules import Schedule
 if TYPE_CHECKING:
     from .pipeline import Pipeline
 
-__all__ = ["EditPreview", "EditResult", "PreviewCallback", "default_class_strength", "edit",
-           "edit_window"]
+__all__ = ["EditJob", "EditPreview", "EditResult", "PreviewCallback", "default_class_strength",
+           "edit", "edit_window", "make_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def default_class_strength(num_scales: int) -> int:
 
 
 @dataclass
-class _Job:
+class EditJob:
     """The per-call constants of an edit shared by all of its windows."""
 
     pipe: Pipeline
@@ -136,14 +136,14 @@ def make_job(
     options: EditOptions,
     session: EditSession | None = None,
     on_preview: PreviewCallback | None = None,
-) -> _Job:
+) -> EditJob:
     """Validate the options against the pipeline and fix the seed and labels."""
     if options.strength > len(pipe.patch_nums):
         raise ValueError(f"strength must be in [0, {len(pipe.patch_nums)}], got {options.strength}")
     if options.fine_from is not None and options.fine_from >= len(pipe.patch_nums):
         raise ValueError(f"fine_from must be < {len(pipe.patch_nums)}, got {options.fine_from}")
     _, seed = pipe.make_generator(options.seed)
-    return _Job(pipe, options, _labels(pipe, options), seed, session, on_preview)
+    return EditJob(pipe, options, _labels(pipe, options), seed, session, on_preview)
 
 
 def _schedule(pipe: Pipeline, options: EditOptions, spec: EditSpec) -> Schedule:
@@ -161,7 +161,7 @@ def unchanged(rgb: np.ndarray, options: EditOptions) -> EditResult:
 
 
 def edit_window(
-    job: _Job,
+    job: EditJob,
     canvases: list[np.ndarray],
     mask: np.ndarray,
     window: im.Window,
