@@ -19,15 +19,21 @@ What changed:
 * One 1-D grid of (item, batch·head) programs, items fastest so that the programs of one head
   share its K/V in L2, and the longest items first.
 * The dQ kernel also computes ``delta`` for its rows, so the backward is two launches.
-* fp16, bf16 and fp32 inputs (fp32 uses IEEE dot products, for the CPU interpreter tests).
-* Tile sizes, warps and pipeline depth are tuned by ``triton.autotune`` per (L, D, pyramid and
-  pattern, dtype), with the result cached in-process and on disk (Triton's cache directory).
+* At head dim 64 the exponentials cost about as much as the matrix products, so for fp16/bf16
+  the forward and dK/dV kernels take them two at a time in fp16 (``ex2.approx.f16x2``; the
+  probabilities are rounded to 16 bits for the next product anyway), and the softmax scale is
+  folded into one FMA per score.
+* fp16, bf16 and fp32 inputs (fp32 uses IEEE dot products and fp32 exponentials, for the CPU
+  interpreter tests).
+* Tile sizes, warps and pipeline depth are tuned by ``triton.autotune`` per (L, D, pyramid,
+  pattern, power-of-two class of B·H, dtype), with the result cached in-process and on disk
+  (Triton's cache directory); no environment variable is needed.
   Under ``TRITON_INTERPRET=1`` one small fixed config per kernel is used instead.
 
 Limits: D ∈ {64, 128}; q, k, v contiguous (B, H, L, D) of one dtype on one CUDA device (or CPU
-under the interpreter); no dropout, no extra bias; every row must see at least one key (true
-for both patterns). The Triton interpreter mis-computes bf16 dot products, so bf16 is only
-correct on the GPU.
+under the interpreter); softmax scale > 0; no dropout, no extra bias; every row must see at
+least one key (true for both patterns). The Triton interpreter mis-computes bf16 dot products,
+so bf16 is only correct on the GPU.
 
 Hardware tested: NVIDIA H200 (torch 2.11, triton 3.6); CPU interpreter (torch 2.13, triton 3.6).
 """
@@ -162,13 +168,27 @@ def _load_item(SCHEDULE, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _exp2(x, FAST_EXP: tl.constexpr):
+    """2^x for x <= 0. FAST_EXP: two per instruction in fp16 (``ex2.approx.f16x2``), returned
+    as fp16; the probabilities are rounded to 16 bits for the next product anyway, and at head
+    dim 64 the exponentials cost about as much as the matrix products. Else fp32 ``exp2``."""
+    if FAST_EXP:
+        return tl.inline_asm_elementwise(
+            "ex2.approx.f16x2 $0, $1;", "=r,r", [x.to(tl.float16)],
+            dtype=tl.float16, is_pure=True, pack=2,
+        )
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
 def _fwd_tile(
     acc, l_i, m_i, q,
     # this key tile: pointers (BLOCK_N, D), key indices (BLOCK_N,), end of the item's keys
     K_TILE, V_TILE, cols, k_end,
     # each query row's allowed key range (BLOCK_M,), and scale·log2(e)
     allowed_lo, allowed_hi, qk_scale,
-    MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr, FAST_EXP: tl.constexpr,
 ):
     """One online-softmax step over one key tile; returns the new (acc, l_i, m_i)."""
     if MASKED:
@@ -178,18 +198,18 @@ def _fwd_tile(
     else:
         k = tl.load(K_TILE)
         v = tl.load(V_TILE)
-    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # unscaled
     if MASKED:
         allowed = (cols[None, :] >= allowed_lo[:, None]) & (cols[None, :] < allowed_hi[:, None])
         scores = tl.where(allowed, scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        m_new = tl.maximum(m_i, tl.max(scores, 1) * qk_scale)  # qk_scale > 0
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw nothing yet
     else:
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        m_new = tl.maximum(m_i, tl.max(scores, 1) * qk_scale)
         m_ref = m_new
-    p = tl.exp2(scores - m_ref[:, None])
+    p = _exp2(tl.fma(scores, qk_scale, -m_ref[:, None]), FAST_EXP)
     alpha = tl.exp2(m_i - m_ref)
-    l_i = l_i * alpha + tl.sum(p, 1)
+    l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
     return acc, l_i, m_new
 
@@ -205,7 +225,7 @@ def _attn_fwd(
     seq_len, qk_scale, tune_key,
     # meta-parameters
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, WHILE_LOOPS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    FAST_EXP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     bh, q_start, q_end, k_start, k_end, k_full_end = _load_item(SCHEDULE, BLOCK_M)
     base = bh * seq_len * HEAD_DIM
@@ -233,13 +253,13 @@ def _attn_fwd(
             acc, l_i, m_i = _fwd_tile(
                 acc, l_i, m_i, q, K_TILES + tile * STEP, V_TILES + tile * STEP,
                 k_start + tile * BLOCK_N + offs_n, k_end, allowed_lo, allowed_hi, qk_scale,
-                False, DOT_PRECISION)
+                False, DOT_PRECISION, FAST_EXP)
             tile += 1
         while tile < n_tiles:  # phase 2
             acc, l_i, m_i = _fwd_tile(
                 acc, l_i, m_i, q, K_TILES + tile * STEP, V_TILES + tile * STEP,
                 k_start + tile * BLOCK_N + offs_n, k_end, allowed_lo, allowed_hi, qk_scale,
-                True, DOT_PRECISION)
+                True, DOT_PRECISION, FAST_EXP)
             tile += 1
     else:
         # Phase 1: key tiles that every row of the item sees whole; no mask.
@@ -247,13 +267,13 @@ def _attn_fwd(
             acc, l_i, m_i = _fwd_tile(
                 acc, l_i, m_i, q, K_TILES + tile * STEP, V_TILES + tile * STEP,
                 k_start + tile * BLOCK_N + offs_n, k_end, allowed_lo, allowed_hi, qk_scale,
-                False, DOT_PRECISION)
+                False, DOT_PRECISION, FAST_EXP)
         # Phase 2: boundary tiles; each row keeps only the keys inside its own range.
         for tile in range(n_full, n_tiles):
             acc, l_i, m_i = _fwd_tile(
                 acc, l_i, m_i, q, K_TILES + tile * STEP, V_TILES + tile * STEP,
                 k_start + tile * BLOCK_N + offs_n, k_end, allowed_lo, allowed_hi, qk_scale,
-                True, DOT_PRECISION)
+                True, DOT_PRECISION, FAST_EXP)
 
     # Epilogue: normalise; store O and the base-2 log-sum-exp.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -280,11 +300,11 @@ def _dq_tile(
     else:
         k = tl.load(K_TILE)
         v = tl.load(V_TILE)
-    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # unscaled
     if MASKED:
         allowed = (cols[None, :] >= allowed_lo[:, None]) & (cols[None, :] < allowed_hi[:, None])
         scores = tl.where(allowed, scores, float("-inf"))
-    p = tl.exp2(scores - lse[:, None])
+    p = tl.exp2(tl.fma(scores, qk_scale, -lse[:, None]))
     dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
     ds = p * (dp - delta[:, None])
     return tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
@@ -299,9 +319,9 @@ def _attn_bwd_dq(
     ROW_START, ROW_END, SCHEDULE,
     # sizes and scalars
     seq_len, qk_scale, sm_scale, tune_key,
-    # meta-parameters
+    # meta-parameters (FAST_EXP is unused here: dS needs the probabilities in fp32)
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, WHILE_LOOPS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    FAST_EXP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     bh, q_start, q_end, k_start, k_end, k_full_end = _load_item(SCHEDULE, BLOCK_M)
     base = bh * seq_len * HEAD_DIM
@@ -362,7 +382,7 @@ def _dkdv_tile(
     Q_TILE, DO_TILE, LSE_TILE, DELTA_TILE, rows, q_end,
     # each query row's allowed key range (L,) int32, this program's key indices (BLOCK_N,)
     ROW_START, ROW_END, keys, qk_scale,
-    MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr, FAST_EXP: tl.constexpr,
 ):
     """dV += Pᵀ·dO and dK += dSᵀ·Q over one query tile; returns (dk, dv)."""
     if MASKED:
@@ -376,16 +396,16 @@ def _dkdv_tile(
         do = tl.load(DO_TILE)
         lse = tl.load(LSE_TILE)
         delta = tl.load(DELTA_TILE)
-    scores_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (N, M)
+    scores_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # (N, M), unscaled
     if MASKED:
         allowed_lo = tl.load(ROW_START + rows, mask=row_valid, other=0)
         allowed_hi = tl.load(ROW_END + rows, mask=row_valid, other=0)
         allowed = (keys[:, None] >= allowed_lo[None, :]) & (keys[:, None] < allowed_hi[None, :])
         scores_t = tl.where(allowed, scores_t, float("-inf"))
-    p_t = tl.exp2(scores_t - lse[None, :])
+    p_t = _exp2(tl.fma(scores_t, qk_scale, -lse[None, :]), FAST_EXP)
     dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
     dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-    ds_t = p_t * (dp_t - delta[None, :])
+    ds_t = p_t.to(tl.float32) * (dp_t - delta[None, :])
     dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
     return dk, dv
 
@@ -401,7 +421,7 @@ def _attn_bwd_dkdv(
     seq_len, qk_scale, sm_scale, tune_key,
     # meta-parameters: BLOCK_N keys per program, BLOCK_M queries per loop step
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, WHILE_LOOPS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    FAST_EXP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     bh, k_start, k_end, q_start, q_end, q_full_end = _load_item(SCHEDULE, BLOCK_N)
     base = bh * seq_len * HEAD_DIM
@@ -430,14 +450,14 @@ def _attn_bwd_dkdv(
                 dk, dv, k, v, Q_TILES + tile * STEP, DO_TILES + tile * STEP,
                 LSE_TILES + tile * BLOCK_M, DELTA_TILES + tile * BLOCK_M,
                 q_start + tile * BLOCK_M + offs_m, q_end, ROW_START, ROW_END, keys, qk_scale,
-                False, DOT_PRECISION)
+                False, DOT_PRECISION, FAST_EXP)
             tile += 1
         while tile < n_tiles:  # phase 2
             dk, dv = _dkdv_tile(
                 dk, dv, k, v, Q_TILES + tile * STEP, DO_TILES + tile * STEP,
                 LSE_TILES + tile * BLOCK_M, DELTA_TILES + tile * BLOCK_M,
                 q_start + tile * BLOCK_M + offs_m, q_end, ROW_START, ROW_END, keys, qk_scale,
-                True, DOT_PRECISION)
+                True, DOT_PRECISION, FAST_EXP)
             tile += 1
     else:
         # Phase 1: query tiles whose rows all see every key of this program.
@@ -446,14 +466,14 @@ def _attn_bwd_dkdv(
                 dk, dv, k, v, Q_TILES + tile * STEP, DO_TILES + tile * STEP,
                 LSE_TILES + tile * BLOCK_M, DELTA_TILES + tile * BLOCK_M,
                 q_start + tile * BLOCK_M + offs_m, q_end, ROW_START, ROW_END, keys, qk_scale,
-                False, DOT_PRECISION)
+                False, DOT_PRECISION, FAST_EXP)
         # Phase 2: boundary query tiles, masked by each query row's allowed key range.
         for tile in range(n_full, n_tiles):
             dk, dv = _dkdv_tile(
                 dk, dv, k, v, Q_TILES + tile * STEP, DO_TILES + tile * STEP,
                 LSE_TILES + tile * BLOCK_M, DELTA_TILES + tile * BLOCK_M,
                 q_start + tile * BLOCK_M + offs_m, q_end, ROW_START, ROW_END, keys, qk_scale,
-                True, DOT_PRECISION)
+                True, DOT_PRECISION, FAST_EXP)
 
     tl.store(DK + base + key_offsets, (dk * sm_scale).to(DK.dtype.element_ty),
              mask=key_valid[:, None])
@@ -497,6 +517,8 @@ class _Launch:
             "HEAD_DIM": q.shape[-1],
             "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
             "WHILE_LOOPS": _BUILT_FOR_INTERPRETER,
+            # fp16 exponentials in the forward and dK/dV kernels (PTX: not in the interpreter)
+            "FAST_EXP": q.dtype != torch.float32 and not _BUILT_FOR_INTERPRETER,
         }
 
     def grid(self, counts: dict[int, int], row_block: str) -> Callable[[dict], tuple[int]]:
@@ -643,8 +665,8 @@ def _validate(
             f"sequence length {q.shape[2]} does not match the mask's pyramid {mask.patch_nums} "
             f"(L = {mask.length})"
         )
-    if not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite float, got {scale!r}")
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a finite positive float, got {scale!r}")
 
 
 def triton_attention(
