@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .masks import token_masks
 from .schedules import Schedule
 
 __all__ = ["DEFAULT_EDIT_STEPS", "FIT_MODES", "EditOptions", "EditSpec", "edit_schedule"]
@@ -155,6 +156,31 @@ class EditSpec:
         return cls(tuple(torch.zeros(s, dtype=torch.int64, device=labels.device) for s in shapes),
                    tuple(torch.ones(s, dtype=torch.bool, device=labels.device) for s in shapes),
                    labels)
+
+    @classmethod
+    def from_pixel_mask(
+        cls,
+        source_tokens: Sequence[torch.Tensor],
+        pixel_mask_BSS: torch.Tensor,
+        labels: torch.Tensor,
+        patch_nums: Sequence[int],
+        *,
+        strength: int = 0,
+        grow: int = 1,
+        coarse_threshold: float = 0.5,
+    ) -> EditSpec:
+        """The spec of one pixel mask at model resolution (rule: :mod:`hmar_core.masks`).
+
+        Args:
+            source_tokens: per scale (B, n) int64, e.g. ``pipe.tokenizer.encode(images)``.
+            pixel_mask_BSS: (B, S, S) bool, True = regenerate.
+            labels: (B,) int64 class ids.
+            patch_nums: the pyramid.
+            strength, grow, coarse_threshold: see :class:`EditOptions`.
+        """
+        regenerate = token_masks(pixel_mask_BSS, patch_nums, grow=grow,
+                                 coarse_threshold=coarse_threshold)
+        return cls(tuple(source_tokens), tuple(regenerate), labels, strength)
 
     @property
     def num_scales(self) -> int:

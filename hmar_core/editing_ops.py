@@ -27,7 +27,7 @@ from PIL import Image
 from . import images as im
 from .editing import DEFAULT_EDIT_STEPS, EditOptions, EditSpec, edit_schedule
 from .editing_session import EditSession, SpecRun, run_spec
-from .masks import composite, feather_weights, token_masks
+from .masks import composite, feather_weights
 from .sampler import ScaleState
 from .schedules import Schedule
 
@@ -193,9 +193,9 @@ def edit_window(
     with torch.no_grad():
         source = (job.session.encode(pipe, images) if job.session is not None
                   else pipe.tokenizer.encode(images))
-    regenerate = token_masks(masks_BSS, pipe.patch_nums, grow=options.grow,
-                             coarse_threshold=options.coarse_threshold)
-    spec = EditSpec(tuple(source), tuple(regenerate), job.labels, options.strength)
+    spec = EditSpec.from_pixel_mask(source, masks_BSS, job.labels, pipe.patch_nums,
+                                    strength=options.strength, grow=options.grow,
+                                    coarse_threshold=options.coarse_threshold)
     schedule = _schedule(pipe, options, spec)
     settings = pipe.sampler_settings(cfg=options.cfg, top_k=options.top_k, top_p=options.top_p,
                                      mask_cfg_ratio=options.mask_cfg_ratio)
