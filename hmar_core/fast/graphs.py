@@ -48,6 +48,7 @@ class GraphCache:
         self.warmup = warmup
         self._graphs: dict[Hashable, _Captured] = {}
         self._pool: object | None = None
+        self.error: str | None = None  # why capture was abandoned, if it was
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -79,7 +80,14 @@ class GraphCache:
             return fn(*inputs)
         captured = self._graphs.get(key)
         if captured is None:
-            captured = self._capture(fn, inputs, device)
+            try:
+                captured = self._capture(fn, inputs, device)
+            except RuntimeError as err:  # e.g. an op that cannot be captured on this build
+                logger.warning("CUDA graph capture failed (%s); running eagerly from now on",
+                               err)
+                self.enabled, self.error = False, str(err)
+                torch.cuda.synchronize(device)
+                return fn(*inputs)
             self._graphs[key] = captured
         else:
             for buffer, value in zip(captured.inputs, inputs):
