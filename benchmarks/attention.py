@@ -112,11 +112,12 @@ def _compile_one(job: tuple[str, int, str, int]) -> float:
         "_attn_bwd_dq": [dtype] * 5 + [fp32, dtype, fp32] + [int32] * 3,
         "_attn_bwd_dkdv": [dtype] * 4 + [fp32, fp32, dtype, dtype] + [int32] * 3,
     }[name]
-    scalars = [680, 0.18] + ([0.125] if name != "_attn_fwd" else []) + [12345]
+    schedule_ints = [18, 118, 318, 818, 5, 5, 5, 5]  # offsets and item counts per tile size
+    scalars = schedule_ints + [680, 0.18] + ([0.125] if name != "_attn_fwd" else []) + [12345]
     start = time.perf_counter()
     tuner.fn.warmup(
         *tensors, *scalars, grid=(1,), HEAD_DIM=head_dim, DOT_PRECISION="tf32",
-        WHILE_LOOPS=False, FAST_EXP=dtype != torch.float32, **config.all_kwargs(),
+        WHILE_LOOPS=False, **config.all_kwargs(),
     )
     return time.perf_counter() - start
 
@@ -291,7 +292,7 @@ def _breakdown_case(device: torch.device, shape: dict, pattern: str) -> dict:
     mask = ScaleMask(shape["patch_nums"], pattern)
     size = (shape["batch"], shape["heads"], mask.length, HEAD_DIM)
     q, k, v, grad_out = (torch.randn(size, device=device, dtype=torch.float16) for _ in range(4))
-    launch = tb._Launch(q, mask, HEAD_DIM**-0.5)
+    launch = tb._Launch.of(q, mask, HEAD_DIM**-0.5)
     out, lse = tb._forward(q, k, v, launch)
     dq, delta = tb._backward_dq(q, k, v, out, lse, grad_out, launch)
     tb._backward_dkdv(q, k, v, lse, delta, grad_out, launch)

@@ -28,7 +28,7 @@ import bisect
 import functools
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -36,6 +36,7 @@ from .mask import ScaleMask
 
 __all__ = [
     "SCHEDULE_BLOCKS",
+    "PackedSchedule",
     "TileSchedule",
     "column_bounds",
     "dense_tile_count",
@@ -158,29 +159,34 @@ def key_schedule(mask: ScaleMask, block: int) -> TileSchedule:
     return _schedule(col_start, col_end, row_groups(mask.scale_sizes, block), block)
 
 
+class PackedSchedule(NamedTuple):
+    """All row-tile sizes of one schedule: the int32 table on the device, and per tile size the
+    offset (in ints) of its first item in the table and its number of items."""
+
+    table: torch.Tensor
+    counts: dict[int, int]
+    offsets: dict[int, int]
+
+
 @functools.lru_cache(maxsize=64)
-def packed_schedule(
-    mask: ScaleMask, kind: ScheduleKind, device: torch.device
-) -> tuple[torch.Tensor, dict[int, int]]:
+def packed_schedule(mask: ScaleMask, kind: ScheduleKind, device: torch.device) -> PackedSchedule:
     """All row-tile sizes of one schedule in one int32 tensor on ``device``.
 
     Layout: ``HEADER_INTS`` ints, where slot ``block // 16`` holds (offset of the block's first
-    item in ints, number of items), then the items, ``ITEM_FIELDS`` ints each.
-
-    Returns:
-        (the tensor, {block: number of items}).
+    item in ints, number of items), then the items, ``ITEM_FIELDS`` ints each. The kernels get
+    the offset and count of their tile size as scalar arguments (no dependent load).
     """
     build = query_schedule if kind == "query" else key_schedule
     header = [0] * HEADER_INTS
     body: list[int] = []
     counts: dict[int, int] = {}
+    offsets: dict[int, int] = {}
     for block in SCHEDULE_BLOCKS:
         schedule = build(mask, block)
         slot = block // 16
-        header[2 * slot] = HEADER_INTS + len(body)
-        header[2 * slot + 1] = len(schedule.items)
-        counts[block] = len(schedule.items)
+        offsets[block] = header[2 * slot] = HEADER_INTS + len(body)
+        counts[block] = header[2 * slot + 1] = len(schedule.items)
         for item in schedule.items:
             body.extend(item)
     table = torch.tensor(header + body, dtype=torch.int32).to(device)
-    return table, counts
+    return PackedSchedule(table, counts, offsets)

@@ -19,21 +19,16 @@ What changed:
 * One 1-D grid of (item, batch·head) programs, items fastest so that the programs of one head
   share its K/V in L2, and the longest items first.
 * The dQ kernel also computes ``delta`` for its rows, so the backward is two launches.
-* At head dim 64 the exponentials cost about as much as the matrix products, so for fp16/bf16
-  the forward and dK/dV kernels take them two at a time in fp16 (``ex2.approx.f16x2``; the
-  probabilities are rounded to 16 bits for the next product anyway), and the softmax scale is
-  folded into one FMA per score.
-* fp16, bf16 and fp32 inputs (fp32 uses IEEE dot products and fp32 exponentials, for the CPU
-  interpreter tests).
+* fp16, bf16 and fp32 inputs (fp32 uses IEEE dot products, for the CPU interpreter tests).
 * Tile sizes, warps and pipeline depth are tuned by ``triton.autotune`` per (L, D, pyramid,
   pattern, power-of-two class of B·H, dtype), with the result cached in-process and on disk
   (Triton's cache directory); no environment variable is needed.
   Under ``TRITON_INTERPRET=1`` one small fixed config per kernel is used instead.
 
 Limits: D ∈ {64, 128}; q, k, v contiguous (B, H, L, D) of one dtype on one CUDA device (or CPU
-under the interpreter); softmax scale > 0; no dropout, no extra bias; every row must see at
-least one key (true for both patterns). The Triton interpreter mis-computes bf16 dot products,
-so bf16 is only correct on the GPU.
+under the interpreter); no dropout, no extra bias; every row must see at least one key (true
+for both patterns). The Triton interpreter mis-computes bf16 dot products, so bf16 is only
+correct on the GPU.
 
 Hardware tested: NVIDIA H200 (torch 2.11, triton 3.6); CPU interpreter (torch 2.13, triton 3.6).
 """
@@ -58,7 +53,7 @@ import triton.language as tl
 import triton.testing
 
 from .mask import ScaleMask
-from .schedule import packed_schedule
+from .schedule import SCHEDULE_BLOCKS, PackedSchedule, packed_schedule
 
 __all__ = ["BlockSparseAttention", "is_available", "triton_attention"]
 
@@ -67,6 +62,11 @@ logger = logging.getLogger(__name__)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _HEAD_DIMS = (64, 128)
 _LOG2_E = 1.4426950408889634
+# int arguments that change with the mask or shape; not specialised, so no recompilation
+_RUNTIME_INTS = [
+    "seq_len", "tune_key", "offset_16", "offset_32", "offset_64", "offset_128",
+    "count_16", "count_32", "count_64", "count_128",
+]
 _BUILT_FOR_INTERPRETER = bool(triton.knobs.runtime.interpret)
 
 
@@ -93,15 +93,18 @@ def _configs(rows: str, cols: str, table: list[tuple[int, int, int, int]]) -> li
 
 
 _FWD_CONFIGS = {
-    64: [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3)],
+    64: [(128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 3), (64, 64, 4, 2),
+         (64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3)],
     128: [(128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3)],
 }
 _DQ_CONFIGS = {
-    64: [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3)],
+    64: [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2),
+         (64, 32, 4, 3), (64, 32, 4, 4)],
     128: [(128, 32, 8, 2), (64, 32, 4, 3), (64, 64, 4, 2)],
 }
 _DKDV_CONFIGS = {
-    64: [(128, 32, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3)],
+    64: [(128, 32, 8, 3), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2),
+         (64, 32, 4, 3), (64, 32, 4, 4)],
     128: [(128, 32, 8, 2), (128, 32, 8, 3), (64, 32, 4, 3)],
 }
 # One config per kernel under the interpreter: small tiles, so that small test pyramids still
@@ -152,11 +155,25 @@ def _autotune(
 # --------------------------------------------------------------------------------------------
 
 @triton.jit
-def _load_item(SCHEDULE, BLOCK: tl.constexpr):
-    """This program's batch·head and item fields, from the packed schedule of row tile BLOCK."""
+def _load_item(
+    SCHEDULE, offset_16, offset_32, offset_64, offset_128, count_16, count_32, count_64,
+    count_128, BLOCK: tl.constexpr,
+):
+    """This program's batch·head and item fields, from the packed schedule of row tile BLOCK
+    (offsets and counts per tile size come as scalar arguments, so no dependent load)."""
+    if BLOCK == 16:
+        offset = offset_16
+        n_items = count_16
+    elif BLOCK == 32:
+        offset = offset_32
+        n_items = count_32
+    elif BLOCK == 64:
+        offset = offset_64
+        n_items = count_64
+    else:
+        offset = offset_128
+        n_items = count_128
     pid = tl.program_id(0)
-    offset = tl.load(SCHEDULE + 2 * (BLOCK // 16))
-    n_items = tl.load(SCHEDULE + 2 * (BLOCK // 16) + 1)
     bh = pid // n_items
     entry = SCHEDULE + offset + (pid % n_items) * 5
     row_start = tl.load(entry)
@@ -168,27 +185,13 @@ def _load_item(SCHEDULE, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _exp2(x, FAST_EXP: tl.constexpr):
-    """2^x for x <= 0. FAST_EXP: two per instruction in fp16 (``ex2.approx.f16x2``), returned
-    as fp16; the probabilities are rounded to 16 bits for the next product anyway, and at head
-    dim 64 the exponentials cost about as much as the matrix products. Else fp32 ``exp2``."""
-    if FAST_EXP:
-        return tl.inline_asm_elementwise(
-            "ex2.approx.f16x2 $0, $1;", "=r,r", [x.to(tl.float16)],
-            dtype=tl.float16, is_pure=True, pack=2,
-        )
-    else:
-        return tl.exp2(x)
-
-
-@triton.jit
 def _fwd_tile(
     acc, l_i, m_i, q,
     # this key tile: pointers (BLOCK_N, D), key indices (BLOCK_N,), end of the item's keys
     K_TILE, V_TILE, cols, k_end,
     # each query row's allowed key range (BLOCK_M,), and scale·log2(e)
     allowed_lo, allowed_hi, qk_scale,
-    MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr, FAST_EXP: tl.constexpr,
+    MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One online-softmax step over one key tile; returns the new (acc, l_i, m_i)."""
     if MASKED:
@@ -198,36 +201,40 @@ def _fwd_tile(
     else:
         k = tl.load(K_TILE)
         v = tl.load(V_TILE)
-    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # unscaled
+    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
     if MASKED:
         allowed = (cols[None, :] >= allowed_lo[:, None]) & (cols[None, :] < allowed_hi[:, None])
         scores = tl.where(allowed, scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 1) * qk_scale)  # qk_scale > 0
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw nothing yet
     else:
-        m_new = tl.maximum(m_i, tl.max(scores, 1) * qk_scale)
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
         m_ref = m_new
-    p = _exp2(tl.fma(scores, qk_scale, -m_ref[:, None]), FAST_EXP)
+    p = tl.exp2(scores - m_ref[:, None])
     alpha = tl.exp2(m_i - m_ref)
-    l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
+    l_i = l_i * alpha + tl.sum(p, 1)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
     return acc, l_i, m_new
 
 
 @_autotune("BLOCK_M", "BLOCK_N", _FWD_CONFIGS)
-@triton.jit(do_not_specialize=["seq_len", "tune_key"])
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _attn_fwd(
     # inputs (BH, L, D); outputs OUT (BH, L, D) and LSE (BH, L), the base-2 log-sum-exp, fp32
     Q, K, V, OUT, LSE,
-    # mask: each row's allowed key range (L,) int32, and the packed query schedule
-    ROW_START, ROW_END, SCHEDULE,
+    # mask: each row's allowed key range (L,) int32; the packed query schedule, and the offset
+    # and item count of each row-tile size in it
+    ROW_START, ROW_END, SCHEDULE, offset_16, offset_32, offset_64, offset_128,
+    count_16, count_32, count_64, count_128,
     # sizes and scalars
     seq_len, qk_scale, tune_key,
     # meta-parameters
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, WHILE_LOOPS: tl.constexpr,
-    FAST_EXP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    bh, q_start, q_end, k_start, k_end, k_full_end = _load_item(SCHEDULE, BLOCK_M)
+    bh, q_start, q_end, k_start, k_end, k_full_end = _load_item(
+        SCHEDULE, offset_16, offset_32, offset_64, offset_128, count_16, count_32, count_64,
+        count_128, BLOCK_M)
     base = bh * seq_len * HEAD_DIM
     offs_m = q_start + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -253,13 +260,13 @@ def _attn_fwd(
             acc, l_i, m_i = _fwd_tile(
                 acc, l_i, m_i, q, K_TILES + tile * STEP, V_TILES + tile * STEP,
                 k_start + tile * BLOCK_N + offs_n, k_end, allowed_lo, allowed_hi, qk_scale,
-                False, DOT_PRECISION, FAST_EXP)
+                False, DOT_PRECISION)
             tile += 1
         while tile < n_tiles:  # phase 2
             acc, l_i, m_i = _fwd_tile(
                 acc, l_i, m_i, q, K_TILES + tile * STEP, V_TILES + tile * STEP,
                 k_start + tile * BLOCK_N + offs_n, k_end, allowed_lo, allowed_hi, qk_scale,
-                True, DOT_PRECISION, FAST_EXP)
+                True, DOT_PRECISION)
             tile += 1
     else:
         # Phase 1: key tiles that every row of the item sees whole; no mask.
@@ -267,13 +274,13 @@ def _attn_fwd(
             acc, l_i, m_i = _fwd_tile(
                 acc, l_i, m_i, q, K_TILES + tile * STEP, V_TILES + tile * STEP,
                 k_start + tile * BLOCK_N + offs_n, k_end, allowed_lo, allowed_hi, qk_scale,
-                False, DOT_PRECISION, FAST_EXP)
+                False, DOT_PRECISION)
         # Phase 2: boundary tiles; each row keeps only the keys inside its own range.
         for tile in range(n_full, n_tiles):
             acc, l_i, m_i = _fwd_tile(
                 acc, l_i, m_i, q, K_TILES + tile * STEP, V_TILES + tile * STEP,
                 k_start + tile * BLOCK_N + offs_n, k_end, allowed_lo, allowed_hi, qk_scale,
-                True, DOT_PRECISION, FAST_EXP)
+                True, DOT_PRECISION)
 
     # Epilogue: normalise; store O and the base-2 log-sum-exp.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -300,30 +307,34 @@ def _dq_tile(
     else:
         k = tl.load(K_TILE)
         v = tl.load(V_TILE)
-    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # unscaled
+    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
     if MASKED:
         allowed = (cols[None, :] >= allowed_lo[:, None]) & (cols[None, :] < allowed_hi[:, None])
         scores = tl.where(allowed, scores, float("-inf"))
-    p = tl.exp2(tl.fma(scores, qk_scale, -lse[:, None]))
+    p = tl.exp2(scores - lse[:, None])
     dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
     ds = p * (dp - delta[:, None])
     return tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
 
 
 @_autotune("BLOCK_M", "BLOCK_N", _DQ_CONFIGS)
-@triton.jit(do_not_specialize=["seq_len", "tune_key"])
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _attn_bwd_dq(
     # inputs (BH, L, D) and LSE (BH, L); outputs DQ (BH, L, D) and DELTA (BH, L) fp32
     Q, K, V, OUT, DO, LSE, DQ, DELTA,
-    # mask: each row's allowed key range (L,) int32, and the packed query schedule
-    ROW_START, ROW_END, SCHEDULE,
+    # mask: each row's allowed key range (L,) int32; the packed query schedule, and the offset
+    # and item count of each row-tile size in it
+    ROW_START, ROW_END, SCHEDULE, offset_16, offset_32, offset_64, offset_128,
+    count_16, count_32, count_64, count_128,
     # sizes and scalars
     seq_len, qk_scale, sm_scale, tune_key,
-    # meta-parameters (FAST_EXP is unused here: dS needs the probabilities in fp32)
+    # meta-parameters
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, WHILE_LOOPS: tl.constexpr,
-    FAST_EXP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    bh, q_start, q_end, k_start, k_end, k_full_end = _load_item(SCHEDULE, BLOCK_M)
+    bh, q_start, q_end, k_start, k_end, k_full_end = _load_item(
+        SCHEDULE, offset_16, offset_32, offset_64, offset_128, count_16, count_32, count_64,
+        count_128, BLOCK_M)
     base = bh * seq_len * HEAD_DIM
     offs_m = q_start + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -382,7 +393,7 @@ def _dkdv_tile(
     Q_TILE, DO_TILE, LSE_TILE, DELTA_TILE, rows, q_end,
     # each query row's allowed key range (L,) int32, this program's key indices (BLOCK_N,)
     ROW_START, ROW_END, keys, qk_scale,
-    MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr, FAST_EXP: tl.constexpr,
+    MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """dV += Pᵀ·dO and dK += dSᵀ·Q over one query tile; returns (dk, dv)."""
     if MASKED:
@@ -396,34 +407,38 @@ def _dkdv_tile(
         do = tl.load(DO_TILE)
         lse = tl.load(LSE_TILE)
         delta = tl.load(DELTA_TILE)
-    scores_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # (N, M), unscaled
+    scores_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (N, M)
     if MASKED:
         allowed_lo = tl.load(ROW_START + rows, mask=row_valid, other=0)
         allowed_hi = tl.load(ROW_END + rows, mask=row_valid, other=0)
         allowed = (keys[:, None] >= allowed_lo[None, :]) & (keys[:, None] < allowed_hi[None, :])
         scores_t = tl.where(allowed, scores_t, float("-inf"))
-    p_t = _exp2(tl.fma(scores_t, qk_scale, -lse[None, :]), FAST_EXP)
+    p_t = tl.exp2(scores_t - lse[None, :])
     dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
     dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-    ds_t = p_t.to(tl.float32) * (dp_t - delta[None, :])
+    ds_t = p_t * (dp_t - delta[None, :])
     dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
     return dk, dv
 
 
 @_autotune("BLOCK_N", "BLOCK_M", _DKDV_CONFIGS)
-@triton.jit(do_not_specialize=["seq_len", "tune_key"])
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _attn_bwd_dkdv(
     # inputs (BH, L, D), LSE and DELTA (BH, L) fp32; outputs DK, DV (BH, L, D)
     Q, K, V, DO, LSE, DELTA, DK, DV,
-    # mask: each row's allowed key range (L,) int32, and the packed key schedule
-    ROW_START, ROW_END, SCHEDULE,
+    # mask: each row's allowed key range (L,) int32; the packed key schedule, and the offset
+    # and item count of each row-tile size in it
+    ROW_START, ROW_END, SCHEDULE, offset_16, offset_32, offset_64, offset_128,
+    count_16, count_32, count_64, count_128,
     # sizes and scalars
     seq_len, qk_scale, sm_scale, tune_key,
     # meta-parameters: BLOCK_N keys per program, BLOCK_M queries per loop step
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, WHILE_LOOPS: tl.constexpr,
-    FAST_EXP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    bh, k_start, k_end, q_start, q_end, q_full_end = _load_item(SCHEDULE, BLOCK_N)
+    bh, k_start, k_end, q_start, q_end, q_full_end = _load_item(
+        SCHEDULE, offset_16, offset_32, offset_64, offset_128, count_16, count_32, count_64,
+        count_128, BLOCK_N)
     base = bh * seq_len * HEAD_DIM
     keys = k_start + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
@@ -450,14 +465,14 @@ def _attn_bwd_dkdv(
                 dk, dv, k, v, Q_TILES + tile * STEP, DO_TILES + tile * STEP,
                 LSE_TILES + tile * BLOCK_M, DELTA_TILES + tile * BLOCK_M,
                 q_start + tile * BLOCK_M + offs_m, q_end, ROW_START, ROW_END, keys, qk_scale,
-                False, DOT_PRECISION, FAST_EXP)
+                False, DOT_PRECISION)
             tile += 1
         while tile < n_tiles:  # phase 2
             dk, dv = _dkdv_tile(
                 dk, dv, k, v, Q_TILES + tile * STEP, DO_TILES + tile * STEP,
                 LSE_TILES + tile * BLOCK_M, DELTA_TILES + tile * BLOCK_M,
                 q_start + tile * BLOCK_M + offs_m, q_end, ROW_START, ROW_END, keys, qk_scale,
-                True, DOT_PRECISION, FAST_EXP)
+                True, DOT_PRECISION)
             tile += 1
     else:
         # Phase 1: query tiles whose rows all see every key of this program.
@@ -466,14 +481,14 @@ def _attn_bwd_dkdv(
                 dk, dv, k, v, Q_TILES + tile * STEP, DO_TILES + tile * STEP,
                 LSE_TILES + tile * BLOCK_M, DELTA_TILES + tile * BLOCK_M,
                 q_start + tile * BLOCK_M + offs_m, q_end, ROW_START, ROW_END, keys, qk_scale,
-                False, DOT_PRECISION, FAST_EXP)
+                False, DOT_PRECISION)
         # Phase 2: boundary query tiles, masked by each query row's allowed key range.
         for tile in range(n_full, n_tiles):
             dk, dv = _dkdv_tile(
                 dk, dv, k, v, Q_TILES + tile * STEP, DO_TILES + tile * STEP,
                 LSE_TILES + tile * BLOCK_M, DELTA_TILES + tile * BLOCK_M,
                 q_start + tile * BLOCK_M + offs_m, q_end, ROW_START, ROW_END, keys, qk_scale,
-                True, DOT_PRECISION, FAST_EXP)
+                True, DOT_PRECISION)
 
     tl.store(DK + base + key_offsets, (dk * sm_scale).to(DK.dtype.element_ty),
              mask=key_valid[:, None])
@@ -504,31 +519,58 @@ def _tune_key(mask: ScaleMask, batch_heads: int) -> int:
 class _Launch:
     """What every kernel launch of one call shares: mask tables, sizes and scalars."""
 
-    def __init__(self, q: torch.Tensor, mask: ScaleMask, scale: float) -> None:
-        self.batch_heads = q.shape[0] * q.shape[1]
-        self.seq_len = q.shape[2]
-        self.row_start, self.row_end = _row_bounds(mask, q.device)
-        self.query_table, self.query_counts = packed_schedule(mask, "query", q.device)
-        self.key_table, self.key_counts = packed_schedule(mask, "key", q.device)
+    def __init__(
+        self,
+        mask: ScaleMask,
+        device: torch.device,
+        batch_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        scale: float,
+    ) -> None:
+        self.batch_heads = batch_heads
+        self.seq_len = mask.length
+        self.row_start, self.row_end = mask.row_bounds(device)
+        self.query = packed_schedule(mask, "query", device)
+        self.key = packed_schedule(mask, "key", device)
         self.qk_scale = scale * _LOG2_E
         self.sm_scale = scale
-        self.tune_key = _tune_key(mask, self.batch_heads)
+        self.tune_key = _tune_key(mask, batch_heads)
         self.meta = {
-            "HEAD_DIM": q.shape[-1],
-            "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
+            "HEAD_DIM": head_dim,
+            "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32",
             "WHILE_LOOPS": _BUILT_FOR_INTERPRETER,
-            # fp16 exponentials in the forward and dK/dV kernels (PTX: not in the interpreter)
-            "FAST_EXP": q.dtype != torch.float32 and not _BUILT_FOR_INTERPRETER,
         }
 
-    def grid(self, counts: dict[int, int], row_block: str) -> Callable[[dict], tuple[int]]:
+    @classmethod
+    def of(cls, q: torch.Tensor, mask: ScaleMask, scale: float) -> _Launch:
+        """The (cached) launch data for q of shape (B, H, L, D)."""
+        batch, heads, _, head_dim = q.shape
+        return _cached_launch(mask, q.device, batch * heads, head_dim, q.dtype, scale)
+
+    def grid(self, schedule: PackedSchedule, row_block: str) -> Callable[[dict], tuple[int]]:
         """1-D grid of (item, batch·head) programs for the row tile the autotuner picked."""
-        return lambda meta: (counts[meta[row_block]] * self.batch_heads,)
+        return lambda meta: (schedule.counts[meta[row_block]] * self.batch_heads,)
+
+    @staticmethod
+    def schedule_args(schedule: PackedSchedule) -> tuple:
+        """The table, then its offset and item count per row-tile size (16, 32, 64, 128)."""
+        blocks = SCHEDULE_BLOCKS
+        return (schedule.table, *(schedule.offsets[b] for b in blocks),
+                *(schedule.counts[b] for b in blocks))
 
 
 @functools.lru_cache(maxsize=64)
-def _row_bounds(mask: ScaleMask, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return mask.row_bounds(device)
+def _cached_launch(
+    mask: ScaleMask,
+    device: torch.device,
+    batch_heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    scale: float,
+) -> _Launch:
+    """Per (mask, device, B·H, D, dtype, scale): keeps the Python work per call small."""
+    return _Launch(mask, device, batch_heads, head_dim, dtype, scale)
 
 
 def _forward(
@@ -538,9 +580,9 @@ def _forward(
     out = torch.empty_like(q)
     lse = torch.empty(launch.batch_heads, launch.seq_len, device=q.device, dtype=torch.float32)
     with _on_device(q):
-        _attn_fwd[launch.grid(launch.query_counts, "BLOCK_M")](
+        _attn_fwd[launch.grid(launch.query, "BLOCK_M")](
             q, k, v, out, lse,
-            launch.row_start, launch.row_end, launch.query_table,
+            launch.row_start, launch.row_end, *launch.schedule_args(launch.query),
             launch.seq_len, launch.qk_scale, launch.tune_key,
             **launch.meta,
         )
@@ -560,9 +602,9 @@ def _backward_dq(
     dq = torch.empty_like(q)
     delta = torch.empty_like(lse)
     with _on_device(q):
-        _attn_bwd_dq[launch.grid(launch.query_counts, "BLOCK_M")](
+        _attn_bwd_dq[launch.grid(launch.query, "BLOCK_M")](
             q, k, v, out, grad_out, lse, dq, delta,
-            launch.row_start, launch.row_end, launch.query_table,
+            launch.row_start, launch.row_end, *launch.schedule_args(launch.query),
             launch.seq_len, launch.qk_scale, launch.sm_scale, launch.tune_key,
             **launch.meta,
         )
@@ -582,9 +624,9 @@ def _backward_dkdv(
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     with _on_device(q):
-        _attn_bwd_dkdv[launch.grid(launch.key_counts, "BLOCK_N")](
+        _attn_bwd_dkdv[launch.grid(launch.key, "BLOCK_N")](
             q, k, v, grad_out, lse, delta, dk, dv,
-            launch.row_start, launch.row_end, launch.key_table,
+            launch.row_start, launch.row_end, *launch.schedule_args(launch.key),
             launch.seq_len, launch.qk_scale, launch.sm_scale, launch.tune_key,
             **launch.meta,
         )
@@ -606,7 +648,7 @@ class BlockSparseAttention(torch.autograd.Function):
         mask: ScaleMask,
         scale: float,
     ) -> torch.Tensor:
-        launch = _Launch(q, mask, scale)
+        launch = _Launch.of(q, mask, scale)
         out, lse = _forward(q, k, v, launch)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.launch = launch
@@ -665,8 +707,8 @@ def _validate(
             f"sequence length {q.shape[2]} does not match the mask's pyramid {mask.patch_nums} "
             f"(L = {mask.length})"
         )
-    if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale must be a finite positive float, got {scale!r}")
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite float, got {scale!r}")
 
 
 def triton_attention(

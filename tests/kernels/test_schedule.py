@@ -130,10 +130,11 @@ def test_tiles_outside_the_pattern_are_skipped(patch_nums, pattern, max_fraction
 
 def test_packed_schedule_layout():
     mask = ScaleMask((1, 2, 3, 4, 5), "block_causal")
-    table, counts = packed_schedule(mask, "query", torch.device("cpu"))
+    table, counts, offsets = packed_schedule(mask, "query", torch.device("cpu"))
     assert table.dtype == torch.int32
     for block in SCHEDULE_BLOCKS:
         offset, count = table[2 * (block // 16)].item(), table[2 * (block // 16) + 1].item()
+        assert offset == offsets[block]
         assert count == counts[block] == len(query_schedule(mask, block).items)
         items = table[offset : offset + 5 * count].view(count, 5).tolist()
         assert [tuple(item) for item in items] == list(query_schedule(mask, block).items)
