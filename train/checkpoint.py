@@ -25,6 +25,7 @@ import torch
 
 __all__ = [
     "CheckpointManager",
+    "WriteHook",
     "atomic_save",
     "capture_rng_state",
     "restore_rng_state",
@@ -51,7 +52,7 @@ def atomic_save(
     obj: Any,
     path: str | os.PathLike,
     *,
-    chunk_bytes: int = 1 << 20,
+    chunk_bytes: int = 1 << 18,
     write_hook: WriteHook | None = None,
 ) -> None:
     """``torch.save(obj)`` to ``path`` atomically (temp file + fsync + ``os.replace``).

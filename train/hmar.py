@@ -18,6 +18,7 @@ import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from hmar_core.tokenizer import MultiScaleVQTokenizer
 from hmar_core.transformer import HMARTransformer
 
 from .batches import StepBatchSampler, open_datasets
-from .checkpoint import CheckpointManager
+from .checkpoint import CheckpointManager, WriteHook
 from .config import HMARTrainConfig
 from .distributed import DistContext
 from .ema import EMA
@@ -102,8 +103,17 @@ def check_fit(cfg: HMARTrainConfig, tokenizer: TokenizerConfig, num_classes: int
                          + "; ".join(problems))
 
 
-def main(cfg: HMARTrainConfig, ctx: DistContext | None = None) -> HMARTrainResult:
+def main(cfg: HMARTrainConfig, ctx: DistContext | None = None, *,
+         checkpoint_write_hook: WriteHook | None = None) -> HMARTrainResult:
     """Train as configured; resume, checkpoint, evaluate, preview and export.
+
+    Args:
+        cfg: the run configuration.
+        ctx: the process context (default: from the ``torchrun`` environment).
+        checkpoint_write_hook: called while checkpoints are written (tests kill runs there).
+
+    Returns:
+        :class:`HMARTrainResult`.
 
     Raises:
         ValueError: the data, tokenizer and configuration do not fit (before any step).
@@ -112,7 +122,7 @@ def main(cfg: HMARTrainConfig, ctx: DistContext | None = None) -> HMARTrainResul
     own_ctx = ctx is None
     ctx = DistContext.from_env(cfg.run.device) if ctx is None else ctx
     try:
-        return _train(cfg, ctx)
+        return _train(cfg, ctx, checkpoint_write_hook)
     finally:
         if own_ctx:
             ctx.close()
@@ -137,7 +147,8 @@ def _build_transformer(cfg: HMARTrainConfig, device: torch.device) -> HMARTransf
     return transformer.to(device)
 
 
-def _train(cfg: HMARTrainConfig, ctx: DistContext) -> HMARTrainResult:
+def _train(cfg: HMARTrainConfig, ctx: DistContext, write_hook: WriteHook | None
+           ) -> HMARTrainResult:
     run, device = cfg.run, ctx.device
     configure_backends(ctx)
     check_precision(run.precision, device)
@@ -165,7 +176,7 @@ def _train(cfg: HMARTrainConfig, ctx: DistContext) -> HMARTrainResult:
                 sum(p.numel() for p in transformer.parameters()) / 1e6,
                 sum(p.numel() for p in trainable) / 1e6, cfg.stage)
 
-    manager = CheckpointManager(out / "checkpoints")
+    manager = CheckpointManager(out / "checkpoints", write_hook=write_hook)
     seed_process(ctx, run.seed)
     start, total = 0, run.steps
     result = HMARTrainResult(step=0, export_dir=None)
@@ -310,8 +321,7 @@ def _export_weights(transformer: HMARTransformer, ema: EMA | None) -> HMARTransf
     """The weights to sample/export: an EMA copy when enabled, else the live network."""
     if ema is None:
         return transformer
-    copy = HMARTransformer(transformer.cfg).to(transformer.pos_start.device)
-    copy.load_state_dict(transformer.state_dict())
+    copy = deepcopy(transformer)  # no module construction: the global RNG stays untouched
     ema.copy_to(copy)
     return copy
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from hmar_core.init import init_tokenizer_
 from hmar_core.tokenizer import MultiScaleVQTokenizer
 
 from .batches import StepBatchSampler, image_batches, open_datasets
-from .checkpoint import CheckpointManager
+from .checkpoint import CheckpointManager, WriteHook
 from .config import TokenizerTrainConfig
 from .discriminator import PatchDiscriminator, discriminator_hinge_loss, generator_hinge_loss
 from .distributed import DistContext
@@ -124,12 +125,14 @@ def _config_record(cfg: TokenizerTrainConfig) -> dict[str, Any]:
     return {"tokenizer": cfg.tokenizer.to_dict(), "train": dataclasses.asdict(cfg)}
 
 
-def main(cfg: TokenizerTrainConfig, ctx: DistContext | None = None) -> TokenizerTrainResult:
+def main(cfg: TokenizerTrainConfig, ctx: DistContext | None = None, *,
+         checkpoint_write_hook: WriteHook | None = None) -> TokenizerTrainResult:
     """Train a tokenizer as configured; resume, checkpoint, evaluate and export.
 
     Args:
         cfg: the run configuration.
         ctx: the process context (default: from the ``torchrun`` environment).
+        checkpoint_write_hook: called while checkpoints are written (tests kill runs there).
 
     Returns:
         :class:`TokenizerTrainResult`.
@@ -140,13 +143,14 @@ def main(cfg: TokenizerTrainConfig, ctx: DistContext | None = None) -> Tokenizer
     own_ctx = ctx is None
     ctx = DistContext.from_env(cfg.run.device) if ctx is None else ctx
     try:
-        return _train(cfg, ctx)
+        return _train(cfg, ctx, checkpoint_write_hook)
     finally:
         if own_ctx:
             ctx.close()
 
 
-def _train(cfg: TokenizerTrainConfig, ctx: DistContext) -> TokenizerTrainResult:
+def _train(cfg: TokenizerTrainConfig, ctx: DistContext, write_hook: WriteHook | None
+           ) -> TokenizerTrainResult:
     run, device = cfg.run, ctx.device
     configure_backends(ctx)
     check_precision(run.precision, device)
@@ -187,7 +191,7 @@ def _train(cfg: TokenizerTrainConfig, ctx: DistContext) -> TokenizerTrainResult:
     state = RunState(model=tokenizer, optimizer=optimizer, scaler=scaler, ema=ema,
                      extra={k: v for k, v in extra.items() if v is not None})
 
-    manager = CheckpointManager(out / "checkpoints")
+    manager = CheckpointManager(out / "checkpoints", write_hook=write_hook)
     seed_process(ctx, run.seed)
     start, total = 0, run.steps
     result = TokenizerTrainResult(step=0, export_dir=None)
@@ -300,8 +304,7 @@ def _ema_weights(tokenizer: MultiScaleVQTokenizer, ema: EMA | None) -> MultiScal
     """The weights to evaluate/export: the EMA copy when enabled, else the live model."""
     if ema is None:
         return tokenizer
-    copy = MultiScaleVQTokenizer(tokenizer.cfg).to(next(tokenizer.parameters()).device)
-    copy.load_state_dict(tokenizer.state_dict())
+    copy = deepcopy(tokenizer)  # no module construction: the global RNG stays untouched
     ema.copy_to(copy)
     return copy.eval()
 
