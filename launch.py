@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="HMAR Studio: generate and edit images in the browser.")
     model = parser.add_argument_group("model (default: the bundled demo model)")
-    default_folder = DEFAULT_CHECKPOINT.relative_to(REPO_ROOT)
+    default_folder = os.path.relpath(DEFAULT_CHECKPOINT, REPO_ROOT)
     model.add_argument("--checkpoint", type=Path, default=None,
                        help=f"our model folder (default: {default_folder} if present)")
     model.add_argument("--vae", type=Path, default=None,

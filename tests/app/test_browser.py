@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,13 +94,17 @@ def test_inpaint_in_a_real_browser(page, tmp_path: Path, artifacts_dir: Path):
     Image.fromarray(source).save(upload)
     editor = page.locator("#editor")
 
-    # 1. upload through the editor's file chooser
+    # 1. upload through the editor's file chooser, then wait until the editor has resized its
+    #    canvas to the picture: its zoom read-out leaves the value of the empty 512×512 canvas
+    zoom = editor.get_by_text(re.compile(r"^\d+%$"))
+    empty_zoom = zoom.inner_text()
     with page.expect_file_chooser() as chooser:
         editor.get_by_label("Click to upload or drop files").click()
     chooser.value.set_files(str(upload))
     canvas = editor.locator("canvas").first
     expect(canvas).to_be_visible()
-    page.wait_for_timeout(1000)  # let the editor fit the picture to the canvas
+    expect(zoom).not_to_have_text(empty_zoom, timeout=TIMEOUT_MS)
+    page.wait_for_timeout(300)
 
     # 2. Inpaint mode, then one brush stroke through the middle of the picture
     page.get_by_role("tab", name="Inpaint").click()

@@ -1,0 +1,36 @@
+"""The Blocks wiring: queue bounds, shared model concurrency, Stop, API names, PNG formats."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+import app
+
+
+def test_model_events_share_one_limited_queue(app_pipe):
+    demo = app.build_demo(app_pipe)
+    assert demo._queue.max_size == app.QUEUE_SIZE
+    model = {fn.api_name: fn for fn in demo.fns.values() if fn.concurrency_id == "model"}
+    assert set(model) == {"generate", "inpaint", "outpaint", "class_edit"}
+    assert all(fn.concurrency_limit == 1 for fn in model.values())
+    stop = [fn for fn in demo.fns.values() if fn.cancels]
+    assert len(stop) == 1
+    assert {demo.fns[i].api_name for i in stop[0].cancels} == set(model)
+
+
+def test_images_are_png_and_editor_keeps_alpha(app_pipe):
+    demo = app.build_demo(app_pipe)
+    blocks = demo.blocks.values()
+    editor = next(b for b in blocks if isinstance(b, gr.ImageEditor))
+    assert editor.image_mode == "RGBA" and editor.format == "png" and editor.interactive
+    images = [b for b in blocks if isinstance(b, gr.Image | gr.Gallery)]
+    assert images and all(b.format == "png" for b in images)
+
+
+def test_warning_banner_and_class_names(app_pipe):
+    demo = app.build_demo(app_pipe, warning="the demo model is not bundled yet")
+    texts = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown)]
+    assert any("WARNING" in t and "not bundled" in t for t in texts)
+    dropdowns = [b for b in demo.blocks.values() if isinstance(b, gr.Dropdown)]
+    labels = {label for d in dropdowns for label, _ in d.choices}
+    assert f"{app_pipe.class_names[3]} (3)" in labels
