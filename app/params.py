@@ -125,8 +125,8 @@ def expected_time_label(
     if timing is None:
         return f"{detail}."
     seconds = (timing.base_seconds + extra * timing.seconds_per_pass) * max(1, variants)
-    shown = f"{seconds:.1f} s" if seconds >= 0.1 else "< 0.1 s"
-    return f"Expected time ≈ {shown} for {max(1, variants)} image(s) · {detail}."
+    shown = f"≈ {seconds:.1f} s" if seconds >= 0.1 else "< 0.1 s"
+    return f"Expected time {shown} for {max(1, variants)} image(s) · {detail}."
 
 
 # ------------------------------------------------------------------------------------- seed

@@ -64,7 +64,9 @@ def page(tmp_path: Path, browser_pipe, launch_app) -> Iterator[object]:
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     warning = (None if os.environ.get("HMAR_APP_CHECKPOINT")
                else "tiny random test model: its pictures are noise.")
-    url = launch_app(browser_pipe, warning=warning)
+    import app
+
+    url = launch_app(browser_pipe, warning=warning, timing=app.calibrate(browser_pipe))
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
@@ -142,3 +144,11 @@ def test_inpaint_in_a_real_browser(page, tmp_path: Path, artifacts_dir: Path):
     assert np.abs(result[middle] - original[middle]).mean() > 2
     corner = (slice(0, 40), slice(0, 40))  # far from the stroke (and its feather)
     assert np.array_equal(result[corner], original[corner])
+
+    # 6. the heatmap toggle redraws the gallery from the stored result (no model run)
+    plain_src = result_image.get_attribute("src")
+    page.locator("#heatmap input").check()
+    expect(result_image).not_to_have_attribute("src", plain_src, timeout=TIMEOUT_MS)
+    overlay = fetch_image(page, result_image.get_attribute("src"))
+    assert overlay.shape == result.shape and not np.array_equal(overlay, result)
+    page.screenshot(path=str(artifacts_dir / "browser-heatmap.png"), full_page=True)
