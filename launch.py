@@ -16,13 +16,17 @@ from __future__ import annotations
 import os
 
 # Before Gradio is imported: no usage analytics, no phoning home (also offline-friendly).
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import torch  # noqa: E402
+
+if TYPE_CHECKING:
+    from hmar_core import Pipeline
 
 logger = logging.getLogger("launch")
 
@@ -73,7 +77,7 @@ def pick_device(requested: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_pipeline(args: argparse.Namespace, device: torch.device) -> tuple[object, str | None]:
+def load_pipeline(args: argparse.Namespace, device: torch.device) -> tuple[Pipeline, str | None]:
     """Load the model once; returns ``(pipeline, warning banner or None)``."""
     import hmar_core
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from hmar_core import Pipeline
+from hmar_core.editing import EditOptions
 from hmar_core.editing_session import EditSession
 
 from .editor import background_image, editor_value, mask_from_layers
@@ -66,6 +67,8 @@ logger = logging.getLogger(__name__)
 
 #: (preview, gallery, download files, status, result state): what every model handler yields.
 RunOutputs = tuple[Any, Any, Any, str, Any]
+#: What an editing mode validates before running: (picture, mask, options, outpaint extents).
+Prepared = tuple[Image.Image, np.ndarray | None, EditOptions, dict[str, int] | None]
 #: Pictures above this many pixels are refused (the browser canvas struggles long before).
 MAX_PIXELS = 40_000_000
 
@@ -243,7 +246,7 @@ def _picture(value: Any, need_mask: bool) -> tuple[Image.Image, np.ndarray | Non
 def _edit_events(
     pipeline: Pipeline,
     mode: str,
-    prepare: Any,
+    prepare: Callable[[], Prepared],
     controls: EditControls,
     session: EditSession | None,
     progress: gr.Progress | None,
@@ -273,7 +276,7 @@ def inpaint_events(
 ) -> Iterator[RunOutputs]:
     """Inpaint mode: regenerate the painted area (optionally guided by a class)."""
 
-    def prepare() -> tuple[Image.Image, np.ndarray | None, Any, None]:
+    def prepare() -> Prepared:
         image, mask = _picture(editor, need_mask=True)
         options = _options(pipeline, controls, class_choice, strength)
         return image, mask, options, None
@@ -293,7 +296,7 @@ def outpaint_events(
 ) -> Iterator[RunOutputs]:
     """Outpaint mode: extend the picture towards the ticked sides and fill the new area."""
 
-    def prepare() -> tuple[Image.Image, None, Any, dict[str, int]]:
+    def prepare() -> Prepared:
         image, _ = _picture(editor, need_mask=False)
         extents = outpaint_extents(sides, extent, image.size)
         options = _options(pipeline, controls, class_choice, 0)
@@ -314,7 +317,7 @@ def class_edit_events(
 ) -> Iterator[RunOutputs]:
     """Class edit / restyle: regenerate the picture (or the painted area) as another class."""
 
-    def prepare() -> tuple[Image.Image, np.ndarray | None, Any, None]:
+    def prepare() -> Prepared:
         image, mask = _picture(editor, need_mask=False)
         if class_id_from_choice(class_choice, pipeline.num_classes) is None:
             raise InputError("Pick the target class.")
@@ -325,7 +328,8 @@ def class_edit_events(
 
 
 def _options(pipeline: Pipeline, controls: EditControls, class_choice: Any,
-             strength: float) -> Any:
+             strength: float) -> EditOptions:
+    """The engine options of an edit from the shared controls and the mode's own ones."""
     return edit_options(
         controls.sampling(pipeline),
         class_id=class_id_from_choice(class_choice, pipeline.num_classes),

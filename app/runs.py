@@ -189,7 +189,10 @@ def run_edit(
             report(preview)
 
         if mode == "outpaint":
-            return outpaint(pipeline, image, **(extents or {}), options=options,
+            sides = extents or {}
+            return outpaint(pipeline, image, left=sides.get("left", 0),
+                            right=sides.get("right", 0), top=sides.get("top", 0),
+                            bottom=sides.get("bottom", 0), options=options,
                             on_preview=on_preview)
         return pipeline.edit(image, mask, options, session=session, on_preview=on_preview)
 

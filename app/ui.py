@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 MAX_FILE_SIZE = "20mb"
 #: Runs that may wait in the queue before new ones are turned away.
 QUEUE_SIZE = 16
+#: Images per run when the page opens.
+DEFAULT_VARIANTS = 2
 #: All model work shares this concurrency id (limit 1): one run at a time on the model.
 MODEL_CONCURRENCY = "model"
 
@@ -77,7 +79,7 @@ def build_demo(
             gr.Markdown(f"⚠️ **WARNING:** {warning}", elem_id="demo-warning")
         result_state = gr.State(None)  # the last RunResult of this user
         selected_state = gr.State(0)  # the gallery item this user clicked
-        session_state = gr.State(EditSession)  # this user's edit cache (re-edits resume)
+        session_state = gr.State(EditSession())  # this user's edit cache (deep-copied per user)
         stop_state = gr.State(StopSignal())  # this user's Stop flag (a fresh one per user)
 
         with gr.Row(equal_height=False):
@@ -143,7 +145,8 @@ def build_demo(
                         info="Masked refinement steps per coarse scale (0 = fastest)",
                         elem_id="quality")
                     quality_text = gr.Markdown(
-                        handlers.quality_label(pipeline, default_steps, 1, timing),
+                        handlers.quality_label(pipeline, default_steps, DEFAULT_VARIANTS,
+                                               timing),
                         elem_id="quality-time")
                     with gr.Row():
                         seed = gr.Number(42, precision=0, minimum=0, label="Seed",
@@ -151,7 +154,7 @@ def build_demo(
                                          elem_id="seed", scale=4)
                         dice = gr.Button("🎲 Random", scale=1, min_width=90,
                                          elem_id="seed-dice")
-                        variants = gr.Slider(1, MAX_VARIANTS, value=2, step=1,
+                        variants = gr.Slider(1, MAX_VARIANTS, value=DEFAULT_VARIANTS, step=1,
                                              label="Variants", scale=4)
                 with gr.Accordion("Mask options", open=False):
                     grow = gr.Slider(0, 4, value=1, step=1, label="Grow mask (tokens)",
@@ -239,7 +242,7 @@ def build_demo(
                                       feather, only_masked, padding, heatmap), progress, stop)
 
         per_user = [stop_state, session_state]
-        run_events = [
+        run_events: list[Any] = [
             generate_btn.click(generate, [stop_state, gen_class, *sampling], outputs,
                                api_name="generate", **_model_event()),
             inpaint_btn.click(inpaint, [*per_user, editor, inpaint_class, inpaint_strength,

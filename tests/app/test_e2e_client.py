@@ -117,6 +117,11 @@ def test_inpaint_keeps_unmasked_pixels(client: Client, tmp_path: Path):
         assert result.shape == source.shape
         assert np.array_equal(result[~mask], source[~mask])
         assert (result[mask] != source[mask]).any()
+    # the same edit again: this user's EditSession (gr.State) resumes the cached scales
+    again = client.predict(value, -1, 0, 1, 1.5, 0, 0.0, 11, 2, False, 1, 0, False, 32,
+                           api_name="/inpaint")
+    assert "cached" in again[3]
+    assert np.array_equal(pixels(again[2][0]), pixels(files[0]))
 
 
 def test_edit_modes_bad_input_is_an_error(client: Client, tmp_path: Path):
