@@ -76,8 +76,9 @@ class SelfAttention(nn.Module):
         qkv = F.linear(x_BLC, self.qkv.weight, bias).view(batch, length, 3, self.heads, -1)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D)
         scale_mul = self.log_scale.clamp_max(self.max_scale_mul).exp()
-        q = F.normalize(q, dim=-1).mul(scale_mul)
-        k = F.normalize(k, dim=-1)
+        # under autocast the norms run in float32: bring q, k back to v's (compute) dtype
+        q = F.normalize(q, dim=-1).mul(scale_mul).to(v.dtype)
+        k = F.normalize(k, dim=-1).to(v.dtype)
         if cache is not None:
             k, v = cache.extend(block_index, k, v)
             out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
