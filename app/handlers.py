@@ -107,10 +107,15 @@ def toggle_heatmap(result: RunResult | None, heatmap: bool) -> list[tuple[Image.
     return gallery_items(result, heatmap)
 
 
-def request_stop(stop: StopSignal | None) -> None:
-    """The Stop button: ask this user's running work to end at its next scale."""
+def request_stop(stop: StopSignal | None) -> str:
+    """The Stop button: ask this user's running work to end at its next scale.
+
+    Returns:
+        The new status line.
+    """
     if stop is not None:
         stop.set()
+    return "Stopped."
 
 
 def remember_selection(event: gr.SelectData) -> int:

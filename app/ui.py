@@ -255,7 +255,7 @@ def build_demo(
                                               *sampling, *masking], outputs,
                                  api_name="class_edit", **_model_event()),
         ]
-        stop_btn.click(handlers.request_stop, stop_state, None, cancels=run_events,
+        stop_btn.click(handlers.request_stop, stop_state, status, cancels=run_events,
                        api_visibility="private", show_progress="hidden")
         dice.click(handlers.randomize_seed, None, seed, api_name="random_seed",
                    show_progress="hidden")

@@ -152,3 +152,46 @@ def test_inpaint_in_a_real_browser(page, tmp_path: Path, artifacts_dir: Path):
     overlay = fetch_image(page, result_image.get_attribute("src"))
     assert overlay.shape == result.shape and not np.array_equal(overlay, result)
     page.screenshot(path=str(artifacts_dir / "browser-heatmap.png"), full_page=True)
+
+
+def test_stop_button_ends_the_run(tmp_path: Path, launch_app):
+    """Stop during a (deliberately slow) run: the model stops at the next scale."""
+    import time
+
+    import app
+    from hmar_core import Pipeline
+
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no chromium at {CHROMIUM}: run `bash .ci/install-browser.sh`")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    pipeline = Pipeline.random(seed=0)
+    decode, decode_calls = pipeline.tokenizer.decode_fhat, []
+
+    def slow_decode(f_hat):  # every scale's preview takes 0.8 s
+        decode_calls.append(time.monotonic())
+        time.sleep(0.8)
+        return decode(f_hat)
+
+    pipeline.tokenizer.decode_fhat = slow_decode
+    url = launch_app(pipeline, timing=app.Timing(3.2, 0.0))
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
+            args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 1200})
+        try:
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url)
+            status = page.locator("#status")
+            page.locator("#generate-button").click()
+            sync_api.expect(status).to_contain_text("Scale 1/", timeout=TIMEOUT_MS)
+            stopped_at = time.monotonic()
+            page.locator("#stop-button").click()
+            sync_api.expect(status).to_have_text("Stopped.")
+            page.wait_for_timeout(2500)  # longer than the rest of the run would take
+            assert page.locator("#results img").count() == 0
+            late = [t for t in decode_calls if t > stopped_at + 1.5]
+            assert not late, "the model kept working after Stop"
+            assert len(decode_calls) < len(pipeline.patch_nums)
+        finally:
+            context.close()

@@ -357,7 +357,7 @@ def test_stop_signal_is_fresh_per_user_and_ends_a_run(app_pipe):
     from app.streaming import StopSignal
 
     stop = StopSignal()
-    request_stop(stop)
+    assert request_stop(stop) == "Stopped."
     assert stop.is_set() and not copy.deepcopy(stop).is_set()  # gr.State copies per user
     params = SamplingParams(steps=0, cfg=1.5, top_k=0, top_p=0.0, seed=1, variants=1)
     outputs = list(stream_outputs(run_generate(app_pipe, 1, params, stop), heatmap=False))
