@@ -56,28 +56,34 @@ def browser_pipe(app_pipe):
 
 
 @pytest.fixture()
-def page(tmp_path: Path, browser_pipe, launch_app) -> Iterator[object]:
-    """A chromium page (fresh profile) on the app, launched in-process on a free port."""
+def browser(tmp_path: Path) -> Iterator[object]:
+    """A headless chromium context with a fresh profile (skips without chromium)."""
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no chromium at {CHROMIUM}: run `bash .ci/install-browser.sh` "
                     "(Debian's chromium) or set HMAR_CHROMIUM")
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    warning = (None if os.environ.get("HMAR_APP_CHECKPOINT")
-               else "tiny random test model: its pictures are noise.")
-    import app
-
-    url = launch_app(browser_pipe, warning=warning, timing=app.calibrate(browser_pipe))
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
             args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 1200})
+        context.set_default_timeout(TIMEOUT_MS)
         try:
-            browser_page = context.new_page()
-            browser_page.set_default_timeout(TIMEOUT_MS)
-            browser_page.goto(url)
-            yield browser_page
+            yield context
         finally:
             context.close()
+
+
+@pytest.fixture()
+def page(browser, browser_pipe, launch_app) -> object:
+    """A page on the app (tiny random model unless HMAR_APP_CHECKPOINT is set)."""
+    import app
+
+    warning = (None if os.environ.get("HMAR_APP_CHECKPOINT")
+               else "tiny random test model: its pictures are noise.")
+    url = launch_app(browser_pipe, warning=warning, timing=app.calibrate(browser_pipe))
+    browser_page = browser.new_page()
+    browser_page.goto(url)
+    return browser_page
 
 
 def fetch_image(page: object, src: str) -> np.ndarray:
@@ -154,16 +160,15 @@ def test_inpaint_in_a_real_browser(page, tmp_path: Path, artifacts_dir: Path):
     page.screenshot(path=str(artifacts_dir / "browser-heatmap.png"), full_page=True)
 
 
-def test_stop_button_ends_the_run(tmp_path: Path, launch_app):
+def test_stop_button_ends_the_run(browser, launch_app):
     """Stop during a (deliberately slow) run: the model stops at the next scale."""
     import time
+
+    from playwright.sync_api import expect
 
     import app
     from hmar_core import Pipeline
 
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no chromium at {CHROMIUM}: run `bash .ci/install-browser.sh`")
-    sync_api = pytest.importorskip("playwright.sync_api")
     pipeline = Pipeline.random(seed=0)
     decode, decode_calls = pipeline.tokenizer.decode_fhat, []
 
@@ -173,25 +178,16 @@ def test_stop_button_ends_the_run(tmp_path: Path, launch_app):
         return decode(f_hat)
 
     pipeline.tokenizer.decode_fhat = slow_decode
-    url = launch_app(pipeline, timing=app.Timing(3.2, 0.0))
-    with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 1200})
-        try:
-            page = context.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(url)
-            status = page.locator("#status")
-            page.locator("#generate-button").click()
-            sync_api.expect(status).to_contain_text("Scale 1/", timeout=TIMEOUT_MS)
-            stopped_at = time.monotonic()
-            page.locator("#stop-button").click()
-            sync_api.expect(status).to_have_text("Stopped.")
-            page.wait_for_timeout(2500)  # longer than the rest of the run would take
-            assert page.locator("#results img").count() == 0
-            late = [t for t in decode_calls if t > stopped_at + 1.5]
-            assert not late, "the model kept working after Stop"
-            assert len(decode_calls) < len(pipeline.patch_nums)
-        finally:
-            context.close()
+    page = browser.new_page()
+    page.goto(launch_app(pipeline, timing=app.Timing(3.2, 0.0)))
+    status = page.locator("#status")
+    page.locator("#generate-button").click()
+    expect(status).to_contain_text("Scale 1/", timeout=TIMEOUT_MS)
+    stopped_at = time.monotonic()
+    page.locator("#stop-button").click()
+    expect(status).to_have_text("Stopped.")
+    page.wait_for_timeout(2500)  # longer than the rest of the run would take
+    assert page.locator("#results img").count() == 0
+    late = [t for t in decode_calls if t > stopped_at + 1.5]
+    assert not late, "the model kept working after Stop"
+    assert len(decode_calls) < len(pipeline.patch_nums)  # a full run decodes once per scale
