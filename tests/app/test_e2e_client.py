@@ -140,3 +140,23 @@ def test_edit_modes_bad_input_is_an_error(client: Client, tmp_path: Path):
     outpainted = client.predict(value, ["Right"], 50, -1, 1, 1.5, 0, 0.0, 1, 1, False, 1, 8,
                                 False, 32, api_name="/outpaint")
     assert Image.open(outpainted[2][0]).size == (24, 16)
+
+
+def test_uploads_of_any_mode_and_shape(client: Client, tmp_path: Path):
+    from gradio_client import handle_file
+
+    gray = (np.arange(90 * 300) % 251).reshape(90, 300).astype(np.uint8)
+    paths = {"L": tmp_path / "gray.png", "P": tmp_path / "palette.png",
+             "RGBA": tmp_path / "transparent.png"}
+    Image.fromarray(gray).save(paths["L"])
+    Image.fromarray(gray).convert("P").save(paths["P"])
+    rgba = np.zeros((50, 20, 4), np.uint8)
+    rgba[10:40, 5:15] = (200, 30, 30, 255)  # a red bar on a transparent background
+    Image.fromarray(rgba).save(paths["RGBA"])
+    for mode, path in paths.items():
+        value = {"background": handle_file(str(path)), "layers": [], "composite": None}
+        out = client.predict(value, 1, 1, 1, 1.5, 0, 0.0, 3, 1, False, 1, 8, False, 32,
+                             api_name="/class_edit")
+        with Image.open(path) as original, Image.open(out[2][0]) as result:
+            assert result.size == original.size, mode
+            assert result.mode == "RGB"
