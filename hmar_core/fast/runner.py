@@ -60,19 +60,20 @@ class _Block:
     fc2_b: torch.Tensor
     ada_w: torch.Tensor
     ada_b: torch.Tensor
-    scale_mul: torch.Tensor  # (1, H, 1, 1) float32, exp(clamped log temperature)
+    qk_mult: torch.Tensor  # (1, 1, 2, H, 1) float32: q's temperature exp(clamped log), k's 1
 
     @classmethod
     def from_module(cls, block: AdaLNBlock, dtype: torch.dtype) -> _Block:
         attn = block.attn
         qkv_b = torch.cat([attn.q_bias, torch.zeros_like(attn.q_bias), attn.v_bias])
         scale_mul = attn.log_scale.detach().float().clamp_max(attn.max_scale_mul).exp()
+        qk_mult = torch.stack([scale_mul.view(-1), torch.ones_like(scale_mul.view(-1))])
         return cls(
             *(t.detach().to(dtype) for t in (
                 attn.qkv.weight, qkv_b, attn.proj.weight, attn.proj.bias,
                 block.ffn.fc1.weight, block.ffn.fc1.bias, block.ffn.fc2.weight,
                 block.ffn.fc2.bias, block.ada_lin.weight, block.ada_lin.bias)),
-            scale_mul=scale_mul,
+            qk_mult=qk_mult.view(1, 1, 2, -1, 1),
         )
 
 
@@ -160,6 +161,7 @@ class FastRunner:
         self._block_index = {id(b): i for i, b in enumerate(self._blocks)}
         self._slices = scale_slices(cfg.patch_nums)
         self._rows: dict[int, _Rows] = {}
+        self.fused_gelu = self.device.type == "cuda" and _fused_gelu_works(self._blocks[0])
         self._cfg_a = torch.ones((), device=self.device)  # 1 + weight (float32)
         self._cfg_b = torch.zeros((), device=self.device)  # weight
         logger.info("FastRunner: %s blocks in %s, CUDA graphs %s", len(self._blocks), self.dtype,
@@ -370,7 +372,7 @@ class FastRunner:
         h = _addcmul(shift1, F.layer_norm(x, (width,), eps=eps), scale1, run)
         x = _addcmul(x, self._attention(h, block, state, index, pos), gamma1, residual)
         h = _addcmul(shift2, F.layer_norm(x, (width,), eps=eps), scale2, run)
-        hidden = F.gelu(F.linear(h, block.fc1_w, block.fc1_b), approximate="tanh")
+        hidden = self._fc1_gelu(h, block)
         return _addcmul(x, F.linear(hidden, block.fc2_w, block.fc2_b), gamma2, residual)
 
     def _attention(
@@ -379,25 +381,61 @@ class FastRunner:
         rows, n, width = h.shape
         heads = self.cfg.heads
         qkv = F.linear(h, block.qkv_w, block.qkv_b).view(rows, n, 3, heads, -1)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (R, H, n, D) views
-        q = _scaled(q, block.scale_mul / _norm(q))
+        # q and k L2-normalised (norms in float32), q times its temperature: one pass for both
+        qk = qkv[:, :, :2]  # (R, n, 2, H, D)
+        factor = block.qk_mult / torch.linalg.vector_norm(
+            qk, dim=-1, keepdim=True, dtype=torch.float32).clamp_min(_NORM_EPS)
+        qk = torch.mul(qk, factor, out=torch.empty(qk.shape, dtype=qk.dtype, device=qk.device))
+        q, k = qk.unbind(2)  # (R, n, H, D) each
+        v = qkv[:, :, 2]
         if self.stateful:  # VAR: this scale's slice of the static cache, attend to all so far
             keys, values = state.keys[index], state.values[index]
-            _scaled(k, _norm(k).reciprocal(), out=keys[:, pos].transpose(1, 2))
-            values[:, pos].copy_(v.transpose(1, 2))
-            k = keys[:, : pos.stop].transpose(1, 2)
-            v = values[:, : pos.stop].transpose(1, 2)
-        else:
-            k = _scaled(k, _norm(k).reciprocal())
+            keys[:, pos].copy_(k)
+            values[:, pos].copy_(v)
+            k, v = keys[:, : pos.stop], values[:, : pos.stop]
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (R, H, ·, D) views
         out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
         out = out.transpose(1, 2).reshape(rows, n, width)  # (R, n, C)
         return F.linear(out, block.proj_w, block.proj_b)
+
+    def _fc1_gelu(self, h: torch.Tensor, block: _Block) -> torch.Tensor:
+        """``gelu_tanh(h·W1ᵀ + b1)``: on CUDA in the GEMM epilogue (cuBLASLt), else two ops."""
+        if not self.fused_gelu:
+            return F.gelu(F.linear(h, block.fc1_w, block.fc1_b), approximate="tanh")
+        out = torch._addmm_activation(block.fc1_b, h.reshape(-1, h.shape[-1]), block.fc1_w.t(),
+                                      use_gelu=True)
+        return out.view(*h.shape[:-1], -1)
 
     def _head(self, x: torch.Tensor, head: _Head, ada: torch.Tensor) -> torch.Tensor:
         scale, shift = ada[:, None].unbind(2)  # (R, 1, C) float32 each
         x = x.float()
         h = torch.addcmul(shift, F.layer_norm(x, x.shape[-1:], eps=self.cfg.norm_eps), scale)
         return F.linear(h, head.out_w, head.out_b)  # (R, n, V)
+
+
+def _fused_gelu_works(block: _Block, rows: int = 256) -> bool:
+    """Does ``torch._addmm_activation(use_gelu=True)`` compute tanh-GELU here? (checked once).
+
+    On CUDA it runs the bias + GELU in the cuBLASLt epilogue, saving a read and a write of the
+    (tokens, 4C) hidden activations per block. It is a private op, so it is compared with the
+    two-op form on this device and these weights before use, and skipped if it disagrees.
+    """
+    try:
+        gen = torch.Generator(device=block.fc1_w.device).manual_seed(0)
+        h = torch.randn(rows, block.fc1_w.shape[1], generator=gen, device=block.fc1_w.device,
+                        dtype=block.fc1_w.dtype)
+        fused = torch._addmm_activation(block.fc1_b, h, block.fc1_w.t(), use_gelu=True).float()
+        plain = F.gelu(F.linear(h, block.fc1_w, block.fc1_b).float(), approximate="tanh")
+        error = float((fused - plain).norm() / plain.norm().clamp_min(1e-30))
+    except (RuntimeError, AttributeError) as err:
+        logger.info("fused GELU epilogue unavailable (%s)", err)
+        return False
+    tolerance = 1e-5 if block.fc1_w.dtype == torch.float32 else 2e-2
+    if not error < tolerance:
+        logger.warning("fused GELU epilogue disagrees with gelu(tanh) (rel. error %.2e); "
+                       "using two ops", error)
+        return False
+    return True
 
 
 def _addcmul(
@@ -410,23 +448,3 @@ def _addcmul(
     """
     out = torch.empty(x.shape, dtype=dtype, device=x.device)
     return torch.addcmul(base, x, factor, out=out)
-
-
-def _norm(x: torch.Tensor) -> torch.Tensor:
-    """Float32 L2 norm over the last dim, clamped like ``F.normalize`` (keepdim)."""
-    return torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).clamp_min(
-        _NORM_EPS)
-
-
-def _scaled(
-    x: torch.Tensor, factor: torch.Tensor, out: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``x * factor`` computed in float32 and written in x's dtype in one kernel.
-
-    The result is laid out (R, n, H, D) in memory (viewed as (R, H, n, D)), the layout the
-    fused attention kernels read without a copy.
-    """
-    if out is None:
-        rows, heads, n, dim = x.shape
-        out = torch.empty((rows, n, heads, dim), dtype=x.dtype, device=x.device).transpose(1, 2)
-    return torch.mul(x, factor, out=out)
