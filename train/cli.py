@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,32 @@ __all__ = [
 ]
 
 
+class _Loader(yaml.SafeLoader):
+    """Safe YAML loader that also reads ``1e-4`` as a float (YAML 1.1 needs ``1.0e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text with :class:`_Loader`."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML mapping (an empty file gives ``{}``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = parse_yaml(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the top level must be a mapping of sections")
     return data
@@ -163,7 +184,7 @@ def _merge(args: argparse.Namespace, model_section: str, extra: dict[str, str]
         if "=" not in item:
             raise SystemExit(f"--set needs KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        _set(data, key.strip(), yaml.safe_load(value))
+        _set(data, key.strip(), parse_yaml(value))
     return data
 
 

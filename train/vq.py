@@ -48,7 +48,8 @@ class VQTrainOutput:
         commitment: scalar commitment loss (before ``beta``).
         codebook: scalar codebook loss.
         tokens: per scale (B, pn²) int64 indices (identical to inference).
-        residuals: (N, C) the vectors that were quantised at every scale (detached), the
+        residuals: (B·L, C) the vectors that were quantised at every scale (detached),
+            sample-major (so that gathering ranks gives the global batch's order), the
             candidates for dead-code restarts.
     """
 
@@ -99,7 +100,7 @@ def quantize_for_training(
         commitment = commitment + F.mse_loss(f_hat.detach(), f_BCHW)
         codebook_loss = codebook_loss + F.mse_loss(f_hat, f_target)
         tokens.append(idx_Bl)
-        residuals.append(z_BChw.permute(0, 2, 3, 1).reshape(-1, z_BChw.shape[1]))  # (B·pn², C)
+        residuals.append(z_BChw.flatten(2).transpose(1, 2))  # (B, pn², C)
     f_hat_st = f_BCHW + (f_hat.detach() - f_target)
     return VQTrainOutput(
         f_hat_st=f_hat_st,
@@ -107,7 +108,7 @@ def quantize_for_training(
         commitment=commitment / num_scales,
         codebook=codebook_loss / num_scales,
         tokens=tokens,
-        residuals=torch.cat(residuals, dim=0),
+        residuals=torch.cat(residuals, dim=1).flatten(0, 1),  # sample-major (B·L, C)
     )
 
 

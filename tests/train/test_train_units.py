@@ -197,7 +197,7 @@ def test_shipped_yaml_configs_parse():
     assert hmar.transformer.patch_nums == tok.tokenizer.patch_nums
     cfg = parse_hmar_args(["--config", str(REPO / "train/configs/emoji64-hmar.yaml"),
                            "--stage", "stage2", "--init-from", "runs/x/model", "--steps", "7",
-                           "--set", "optim.lr=0.01", "--max-minutes", "3"])
+                           "--set", "optim.lr=1e-2", "--max-minutes", "3"])
     assert (cfg.stage, cfg.init_from, cfg.run.steps, cfg.optim.lr, cfg.run.max_minutes) == (
         "stage2", "runs/x/model", 7, 0.01, 3.0)
 

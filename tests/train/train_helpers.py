@@ -96,7 +96,7 @@ def build_image_root(root: Path) -> Path:
 
 def tokenizer_config(data: Path, out: Path, **run: object) -> TokenizerTrainConfig:
     """A small tokenizer run on the test images (``run`` overrides RunConfig fields)."""
-    settings = {"data_path": str(data), "out_dir": str(out), "batch_size": 32, "steps": 200,
+    settings = {"data_path": str(data), "out_dir": str(out), "batch_size": 32, "steps": 150,
                 "log_interval": 50, "ckpt_interval": 0, "progress_bar": False,
                 "tensorboard": False, **run}
     return TokenizerTrainConfig(run=RunConfig(**settings), tokenizer=TEST_TOKENIZER, val_samples=32,
@@ -116,8 +116,9 @@ def hmar_config(data: Path, out: Path, tokenizer: Path, stage: str = "stage1",
                 "log_interval": 50, "ckpt_interval": 0, "progress_bar": False,
                 "tensorboard": False, **run}
     model = TransformerConfig.from_name("tiny", **{"num_classes": 4, **(transformer or {})})
+    defaults = {"optim": OptimConfig(lr=2e-3), "token_cache_crops": 2, "val_samples": 32,
+                "preview_classes": 4}
     return HMARTrainConfig(
         run=RunConfig(**settings), tokenizer_path=str(tokenizer), transformer=model,
-        optim=OptimConfig(lr=2e-3), stage=stage,
-        init_from=None if init_from is None else str(init_from),
-        **{"token_cache_crops": 2, "val_samples": 32, "preview_classes": 4, **(fields or {})})
+        stage=stage, init_from=None if init_from is None else str(init_from),
+        **{**defaults, **(fields or {})})
