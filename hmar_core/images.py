@@ -20,7 +20,8 @@ Conversion rules (documented once here, used by every editing entry point):
   refused with a ``ValueError`` before any pixel is decoded or converted (a PIL image opened
   from a file is checked from its header), so a huge or decompression-bomb input cannot
   exhaust memory. Downscale such pictures first. A file that cannot be decoded (truncated,
-  corrupt) is a ``ValueError`` too.
+  corrupt) is a ``ValueError`` too, and so is a model window wider than
+  :data:`MAX_WINDOW_SIDE` (16384 px; see :func:`crop_window`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from PIL import Image
 
 __all__ = [
     "MAX_INPUT_PIXELS",
+    "MAX_WINDOW_SIDE",
     "ImageLike",
     "Window",
     "crop_window",
@@ -54,6 +56,9 @@ ImageLike = Image.Image | np.ndarray
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 #: Largest image or mask accepted, in pixels (8192 × 8192 = 64 MP; see the module docstring).
 MAX_INPUT_PIXELS = 8192 * 8192
+#: Largest window :func:`crop_window` cuts (side, px): a "masked" fit with a huge padding or
+#: the "whole" square of a very elongated picture would otherwise allocate side² pixels.
+MAX_WINDOW_SIDE = 16384
 # What PIL raises while decoding a damaged file (SyntaxError: broken PNG chunks).
 _DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, IndexError)
 
@@ -277,7 +282,15 @@ def _shift_inside(start: int, side: int, limit: int) -> int:
 
 
 def crop_window(array: np.ndarray, window: Window) -> np.ndarray:
-    """Crop a window; outside the image: edge replication for (H, W, 3), zeros for (H, W)."""
+    """Crop a window; outside the image: edge replication for (H, W, 3), zeros for (H, W).
+
+    Raises:
+        ValueError: the window is wider than :data:`MAX_WINDOW_SIDE`.
+    """
+    if window.side > MAX_WINDOW_SIDE:
+        raise ValueError(f"the model window would be {window.side} px wide, above the "
+                         f"{MAX_WINDOW_SIDE} px limit (MAX_WINDOW_SIDE): use less padding or a "
+                         "less elongated picture")
     height, width = array.shape[:2]
     pad_top, pad_left = max(-window.top, 0), max(-window.left, 0)
     pad_bottom = max(window.top + window.side - height, 0)

@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hypothesis import HealthCheck, settings
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "_artifacts"
@@ -57,6 +59,24 @@ def record(section: str, **values: Any) -> None:
     """Store measured figures under ``section``."""
     with _LOCK:
         REPORT.setdefault(section, {}).update(values)
+
+
+# ------------------------------------------------------------------------------ test images
+MODES = ("1", "L", "LA", "P", "P+transparency", "RGB", "RGBA", "I;16", "I", "F", "CMYK",
+         "YCbCr")
+
+
+def make_image(mode: str, width: int, height: int, seed: int) -> Image.Image:
+    """A PIL image of ``mode`` with random content."""
+    rng = np.random.default_rng(seed)
+    rgb = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    if mode == "I;16":
+        return Image.fromarray(rng.integers(0, 65536, (height, width), dtype=np.uint16))
+    if mode == "P+transparency":
+        image = rgb.convert("P")
+        image.info["transparency"] = int(rng.integers(0, 256))
+        return image
+    return rgb.convert(mode)
 
 
 # ------------------------------------------------------------------------------ memory probes

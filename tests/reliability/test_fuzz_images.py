@@ -16,26 +16,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
-from reliability_support import PeakRss, count_case, fuzz_settings, record
+from reliability_support import MODES, PeakRss, count_case, fuzz_settings, make_image, record
 
 from hmar_core import images as im
 
-MODES = ("1", "L", "LA", "P", "P+transparency", "RGB", "RGBA", "I;16", "I", "F", "CMYK",
-         "YCbCr")
 SIDES = st.one_of(st.integers(1, 40), st.sampled_from([1, 2, 3, 255, 513]))
-
-
-def make_image(mode: str, width: int, height: int, seed: int) -> Image.Image:
-    """A PIL image of ``mode`` with random content."""
-    rng = np.random.default_rng(seed)
-    rgb = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-    if mode == "I;16":
-        return Image.fromarray(rng.integers(0, 65536, (height, width), dtype=np.uint16))
-    if mode == "P+transparency":
-        image = rgb.convert("P")
-        image.info["transparency"] = int(rng.integers(0, 256))
-        return image
-    return rgb.convert(mode)
 
 
 def _check_rgb(rgb: np.ndarray, height: int, width: int) -> None:
