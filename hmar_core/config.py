@@ -147,6 +147,9 @@ class TransformerConfig(_Serializable):
     norm_eps: float = 1e-6
     drop_path_rate: float = -1.0
     max_scale_mul: float = math.log(100.0)
+    #: kernels.attention backend of the teacher-forced (masked) passes; "auto" picks Triton for
+    #: bf16/fp16 on CUDA. Benchmarks set "reference"/"triton" to compare (not a model property).
+    attention_backend: Literal["auto", "reference", "flex", "triton"] = "auto"
     head_dim: int = field(init=False)
     seq_len: int = field(init=False)
     num_scales: int = field(init=False)
@@ -171,6 +174,9 @@ class TransformerConfig(_Serializable):
             raise ValueError(f"n_layers_train must be in [1, depth={self.depth}], "
                              f"got {self.n_layers_train}")
         _check_patch_nums(self.patch_nums)
+        if self.attention_backend not in ("auto", "reference", "flex", "triton"):
+            raise ValueError(f"attention_backend must be auto, reference, flex or triton, "
+                             f"got {self.attention_backend!r}")
         object.__setattr__(self, "head_dim", self.width // self.heads)
         object.__setattr__(self, "seq_len", sum(p * p for p in self.patch_nums))
         object.__setattr__(self, "num_scales", len(self.patch_nums))

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import ScaleMask, attention
+from kernels import Backend, ScaleMask, attention
 
 from .config import TransformerConfig
 from .pyramid import scale_ids, scale_slices
@@ -55,9 +55,10 @@ class KVCache:
 class SelfAttention(nn.Module):
     """Multi-head attention with L2-normalised q/k and a learnt per-head temperature."""
 
-    def __init__(self, width: int, heads: int, max_scale_mul: float) -> None:
+    def __init__(self, width: int, heads: int, max_scale_mul: float,
+                 backend: Backend = "auto") -> None:
         super().__init__()
-        self.heads, self.max_scale_mul = heads, max_scale_mul
+        self.heads, self.max_scale_mul, self.backend = heads, max_scale_mul, backend
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(width))
         self.v_bias = nn.Parameter(torch.zeros(width))
@@ -83,7 +84,7 @@ class SelfAttention(nn.Module):
             k, v = cache.extend(block_index, k, v)
             out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
         else:
-            out = attention(q, k, v, mask, scale=1.0)
+            out = attention(q, k, v, mask, scale=1.0, backend=self.backend)
         out = out.transpose(1, 2).reshape(batch, length, width)  # (B, L, C)
         return self.proj(out)
 
@@ -105,7 +106,7 @@ class AdaLNBlock(nn.Module):
         super().__init__()
         width = cfg.width
         self.eps, self.drop_path = cfg.norm_eps, drop_path
-        self.attn = SelfAttention(width, cfg.heads, cfg.max_scale_mul)
+        self.attn = SelfAttention(width, cfg.heads, cfg.max_scale_mul, cfg.attention_backend)
         self.ffn = FeedForward(width, round(width * cfg.mlp_ratio))
         self.ada_lin = nn.Linear(width, 6 * width)
 
