@@ -224,3 +224,20 @@ def test_init_is_reproducible():
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), name
     assert math.isfinite(float(a.pos_embed.detach().sum()))
+
+
+def test_train_step_benchmark_runs_on_cpu(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_step_benchmark",
+                                                  REPO / "benchmarks" / "train_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    markdown = tmp_path / "BENCHMARKS.md"
+    assert module.main(["--device", "cpu", "--preset", "tiny", "--batch-size", "2",
+                        "--steps", "2", "--warmup", "1", "--precision", "fp32",
+                        "--backends", "reference", "triton", "--markdown",
+                        str(markdown)]) == 0
+    text = markdown.read_text()
+    assert "| reference | network |" in text and "not available" in text
+    assert "163.4" in text and "≤ 95" in text
