@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "setup_logging"]
+__all__ = ["DistContext", "check_replicas", "parameter_checksum", "setup_logging"]
 
 logger = logging.getLogger(__name__)
 
@@ -175,3 +175,34 @@ def setup_logging(ctx: DistContext, log_file: str | os.PathLike | None = None,
         root.setLevel(logging.WARNING)
         handler.setFormatter(logging.Formatter(f"[rank {ctx.rank}] {fmt}", "%H:%M:%S"))
         root.addHandler(handler)
+
+
+def parameter_checksum(module: torch.nn.Module) -> str:
+    """SHA-256 of every parameter's bytes, in name order (bitwise identity of replicas)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, param in sorted(module.named_parameters()):
+        digest.update(name.encode())
+        digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_replicas(module: torch.nn.Module, ctx: DistContext, step: int) -> str:
+    """Assert that every rank holds bitwise-identical parameters (DDP lockstep).
+
+    Returns:
+        The common checksum.
+
+    Raises:
+        RuntimeError: the ranks' parameters differ.
+    """
+    local = parameter_checksum(module)
+    replicas = ctx.all_gather_object(local) if ctx.distributed else [local]
+    if len(set(replicas)) != 1:
+        raise RuntimeError(f"step {step}: parameters differ across ranks: {replicas}")
+    if ctx.distributed:
+        logger.info("step %d: parameters identical on all %d ranks (sha256 %s…)", step,
+                    ctx.world_size, local[:12])
+    return local
+

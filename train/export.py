@@ -7,11 +7,15 @@
   app load.
 * :func:`load_transformer_weights` reads a transformer state dict from a model folder or from
   a training checkpoint (to start stage 2 from stage 1, or to fine-tune).
+* :func:`export_checkpoint` (``python -m train.export``) turns any training checkpoint into a
+  tokenizer or model folder, e.g. from a run that was stopped early.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,13 +31,17 @@ from hmar_core.tokenizer import MultiScaleVQTokenizer
 from hmar_core.transformer import HMARTransformer
 
 __all__ = [
+    "export_checkpoint",
     "export_pipeline",
+    "export_sampler_config",
     "export_tokenizer",
     "load_tokenizer",
     "load_transformer_weights",
 ]
 
 FORMAT_VERSION = 1
+
+logger = logging.getLogger(__name__)
 
 
 def _cpu_tensors(module: torch.nn.Module, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
@@ -147,3 +155,79 @@ def export_pipeline(
     folder = Path(folder)
     pipeline.save_pretrained(folder, dtype=dtype)
     return folder
+
+
+def export_sampler_config(stage: str, cfg_scale: float) -> SamplerConfig:
+    """Sampling defaults stored with a model: no mask steps after stage 1 (mask branch
+    untrained), the official default schedule otherwise."""
+    return SamplerConfig(cfg=cfg_scale, steps=0 if stage == "stage1" else None)
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    tokenizer_path: str | os.PathLike | None = None,
+    use_ema: bool = True,
+    dtype: torch.dtype | None = torch.bfloat16,
+) -> Path:
+    """Export a training checkpoint of ``train.tokenizer`` or ``train.hmar`` as a folder.
+
+    Args:
+        checkpoint: a ``ckpt-*.pt`` file.
+        out: the folder to write.
+        tokenizer_path: the tokenizer of an HMAR run (default: the one the run used).
+        use_ema: export the weight average when the run kept one.
+        dtype: weight dtype of a model folder (tokenizer folders are float32).
+
+    Raises:
+        CheckpointError: the file is not a training checkpoint.
+    """
+    try:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - report any unreadable file the same way
+        raise CheckpointError(f"cannot read checkpoint {checkpoint}: {err}") from err
+    if not isinstance(ckpt, dict) or ckpt.get("kind") not in ("tokenizer", "hmar"):
+        raise CheckpointError(f"{checkpoint} is not a training checkpoint")
+    state = dict(ckpt["model"])
+    if use_ema and ckpt.get("ema"):
+        state.update(ckpt["ema"]["shadow"])
+        logger.info("exporting the EMA weights of step %d", ckpt["step"])
+    if ckpt["kind"] == "tokenizer":
+        cfg = TokenizerConfig.from_dict(ckpt["config"]["tokenizer"])
+        with torch.device("meta"):
+            tokenizer = MultiScaleVQTokenizer(cfg)
+        load_into(tokenizer, state, "tokenizer")
+        return export_tokenizer(tokenizer, out)
+    train_cfg = ckpt["config"]["train"]
+    transformer_cfg = TransformerConfig.from_dict(ckpt["config"]["transformer"])
+    with torch.device("meta"):
+        transformer = HMARTransformer(transformer_cfg)
+    load_into(transformer, {k: v.float() for k, v in state.items()}, "transformer")
+    tokenizer = load_tokenizer(tokenizer_path or train_cfg["tokenizer_path"])
+    return export_pipeline(
+        tokenizer, transformer, out, class_names=ckpt.get("class_names"),
+        sampler_config=export_sampler_config(train_cfg["stage"], train_cfg["sample_cfg"]),
+        dtype=dtype)
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``python -m train.export --checkpoint runs/x/checkpoints/ckpt-00001000.pt --out dir``."""
+    parser = argparse.ArgumentParser(prog="python -m train.export",
+                                     description="Export a training checkpoint as a folder.")
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--tokenizer", type=Path, help="tokenizer folder of an HMAR run")
+    parser.add_argument("--no-ema", action="store_true", help="export the raw weights")
+    parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    folder = export_checkpoint(args.checkpoint, args.out, tokenizer_path=args.tokenizer,
+                               use_ema=not args.no_ema,
+                               dtype=torch.bfloat16 if args.dtype == "bf16" else None)
+    logger.info("wrote %s", folder)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

@@ -35,9 +35,14 @@ from hmar_core.transformer import HMARTransformer
 from .batches import StepBatchSampler, open_datasets
 from .checkpoint import CheckpointManager, WriteHook
 from .config import HMARTrainConfig
-from .distributed import DistContext
+from .distributed import DistContext, check_replicas
 from .ema import EMA
-from .export import export_pipeline, load_tokenizer, load_transformer_weights
+from .export import (
+    export_pipeline,
+    export_sampler_config,
+    load_tokenizer,
+    load_transformer_weights,
+)
 from .logging import Reporter
 from .loop import (
     TimeBudget,
@@ -150,6 +155,7 @@ def _build_transformer(cfg: HMARTrainConfig, device: torch.device) -> HMARTransf
 def _train(cfg: HMARTrainConfig, ctx: DistContext, write_hook: WriteHook | None
            ) -> HMARTrainResult:
     run, device = cfg.run, ctx.device
+    budget = TimeBudget(run.max_minutes)  # the budget covers data, caches and the export
     configure_backends(ctx)
     check_precision(run.precision, device)
     ctx.local_slice(run.batch_size)  # raises early when the batch does not split evenly
@@ -210,9 +216,11 @@ def _train(cfg: HMARTrainConfig, ctx: DistContext, write_hook: WriteHook | None
     null_class = cfg.transformer.null_class
 
     def save(step: int) -> None:
+        check_replicas(transformer, ctx, step)
         ckpt = run_state(state, ctx, "hmar", step, total, _config_record(cfg),
                          {"val_loss": result.val_loss, "losses": result.losses})
         if ctx.is_main:
+            ckpt["class_names"] = list(splits.class_names)
             manager.save(ckpt, step)
         ctx.barrier()
 
@@ -230,7 +238,6 @@ def _train(cfg: HMARTrainConfig, ctx: DistContext, write_hook: WriteHook | None
 
     reporter = Reporter(ctx, out, total, start, tensorboard=run.tensorboard,
                         progress_bar=run.progress_bar)
-    budget = TimeBudget(run.max_minutes)
     if start == 0:
         evaluate(0)
     transformer.train()
@@ -281,10 +288,10 @@ def _train(cfg: HMARTrainConfig, ctx: DistContext, write_hook: WriteHook | None
     result.step = step
     if ctx.is_main:
         preview(step)
-        sampler_cfg = SamplerConfig(cfg=cfg.sample_cfg, steps=0 if cfg.stage == "stage1" else None)
         result.export_dir = export_pipeline(
             tokenizer, _export_weights(transformer, ema), out / "model",
-            class_names=splits.class_names, sampler_config=sampler_cfg,
+            class_names=splits.class_names,
+            sampler_config=export_sampler_config(cfg.stage, cfg.sample_cfg),
             dtype=torch.bfloat16 if cfg.export_dtype == "bf16" else None)
         logger.info("exported model to %s", result.export_dir)
     ctx.barrier()

@@ -152,6 +152,7 @@ def main(cfg: TokenizerTrainConfig, ctx: DistContext | None = None, *,
 def _train(cfg: TokenizerTrainConfig, ctx: DistContext, write_hook: WriteHook | None
            ) -> TokenizerTrainResult:
     run, device = cfg.run, ctx.device
+    budget = TimeBudget(run.max_minutes)  # the budget covers data, caches and the export
     configure_backends(ctx)
     check_precision(run.precision, device)
     tok_cfg = cfg.tokenizer
@@ -228,7 +229,6 @@ def _train(cfg: TokenizerTrainConfig, ctx: DistContext, write_hook: WriteHook | 
 
     reporter = Reporter(ctx, out, total, start, tensorboard=run.tensorboard,
                         progress_bar=run.progress_bar)
-    budget = TimeBudget(run.max_minutes)
     sampler = StepBatchSampler(splits.train.targets, run.batch_size, run.seed, ctx, start,
                                run.class_balanced)
     batches = image_batches(splits.train, sampler, run.num_workers, device)

@@ -101,3 +101,17 @@ def test_time_budget_stops_calibrates_and_exports(tokenizer_run, image_root, tmp
     state = torch.load(tmp_path / "checkpoints" / f"ckpt-{result.step:08d}.pt",
                        weights_only=True)
     assert state["schedule_total"] < 100_000  # the lr schedule was fitted to the budget
+
+
+def test_export_from_checkpoint_matches_the_final_export(stage1_run, tokenizer_run, tmp_path):
+    from train.export import cli as export_cli
+
+    ckpt = stage1_run.export_dir.parent / "checkpoints" / f"ckpt-{stage1_run.step:08d}.pt"
+    assert export_cli(["--checkpoint", str(ckpt), "--out", str(tmp_path / "model")]) == 0
+    a = Pipeline.from_pretrained(stage1_run.export_dir)
+    b = Pipeline.from_pretrained(tmp_path / "model")
+    assert a.class_names == b.class_names and a.sampler_config == b.sampler_config
+    assert torch.equal(a.generate([1, 2], seed=3).images, b.generate([1, 2], seed=3).images)
+    tok_ckpt = next((tokenizer_run.export_dir.parent / "checkpoints").glob("ckpt-*.pt"))
+    assert export_cli(["--checkpoint", str(tok_ckpt), "--out", str(tmp_path / "tok")]) == 0
+    assert load_tokenizer(tmp_path / "tok").cfg == load_tokenizer(tokenizer_run.export_dir).cfg
