@@ -34,7 +34,7 @@ from hmar_core.transformer import HMARTransformer
 
 from .batches import StepBatchSampler, open_datasets
 from .checkpoint import CheckpointManager, WriteHook
-from .config import HMARTrainConfig
+from .config import HMARTrainConfig, Precision
 from .distributed import DistContext, check_replicas
 from .ema import EMA
 from .export import (
@@ -47,10 +47,10 @@ from .logging import Reporter
 from .loop import (
     TimeBudget,
     autocast,
-    check_precision,
     configure_backends,
     make_scaler,
     optimizer_step,
+    resolve_precision,
     seed_process,
     wrap_ddp,
 )
@@ -157,7 +157,7 @@ def _train(cfg: HMARTrainConfig, ctx: DistContext, write_hook: WriteHook | None
     run, device = cfg.run, ctx.device
     budget = TimeBudget(run.max_minutes)  # the budget covers data, caches and the export
     configure_backends(ctx)
-    check_precision(run.precision, device)
+    run = dataclasses.replace(run, precision=resolve_precision(run.precision, device))
     ctx.local_slice(run.batch_size)  # raises early when the batch does not split evenly
     tokenizer = load_tokenizer(cfg.tokenizer_path, device).requires_grad_(False)
     splits = open_datasets(run, tokenizer.cfg.image_size)
@@ -227,7 +227,8 @@ def _train(cfg: HMARTrainConfig, ctx: DistContext, write_hook: WriteHook | None
     def evaluate(step: int) -> None:
         if val_tokens is None:
             return
-        loss = _validation_loss(objective, cfg, val_tokens, val_labels, ctx, local_batch)
+        loss = _validation_loss(objective, cfg, run.precision, val_tokens, val_labels, ctx,
+                                local_batch)
         result.val_loss.append((step, loss))
         reporter.scalars(step, {"val/loss": loss})
 
@@ -268,7 +269,7 @@ def _train(cfg: HMARTrainConfig, ctx: DistContext, write_hook: WriteHook | None
             mean_loss = float(ctx.all_reduce_mean(running[0] / running[1]))
             running.zero_()
             result.losses.append((step, mean_loss))
-            values = {"train/loss": mean_loss, "train/lr": lr, "train/grad_norm": grad_norm,
+            values = {"train/loss": mean_loss, "train/lr": lr, "train/grad_norm": float(grad_norm),
                       **{f"train/{k}": float(v) for k, v in stats.items() if k != "loss"}}
             reporter.scalars(step, values)
         new_total = budget.calibrate(done, step, total, ctx)
@@ -300,8 +301,9 @@ def _train(cfg: HMARTrainConfig, ctx: DistContext, write_hook: WriteHook | None
 
 
 @torch.no_grad()
-def _validation_loss(objective: HMARObjective, cfg: HMARTrainConfig, tokens_NL: torch.Tensor,
-                     labels_N: torch.Tensor, ctx: DistContext, batch_size: int) -> float:
+def _validation_loss(objective: HMARObjective, cfg: HMARTrainConfig, precision: Precision,
+                     tokens_NL: torch.Tensor, labels_N: torch.Tensor, ctx: DistContext,
+                     batch_size: int) -> float:
     """The stage's loss on held-out tokens (no label drop, fixed 50 % masks), all ranks."""
     count = tokens_NL.shape[0]
     masks = None
@@ -313,7 +315,7 @@ def _validation_loss(objective: HMARObjective, cfg: HMARTrainConfig, tokens_NL: 
     total = torch.zeros(2, dtype=torch.float64, device=ctx.device)
     indices = torch.arange(ctx.rank, count, ctx.world_size, device=tokens_NL.device)
     for chunk in indices.split(batch_size):
-        with autocast(cfg.run.precision, ctx.device):
+        with autocast(precision, ctx.device):
             loss, _ = objective(tokens_NL[chunk], labels_N[chunk],
                                 None if masks is None else masks[chunk])
         total += torch.stack([loss.double() * chunk.numel(),
