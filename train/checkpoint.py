@@ -63,6 +63,10 @@ def atomic_save(
         chunk_bytes: size of the write chunks.
         write_hook: called as ``hook(bytes_written, total_bytes)`` after every chunk (tests use
             it to stall or kill a run in the middle of a write).
+
+    Raises:
+        OSError: the write failed (e.g. ``ENOSPC``, ``EFBIG``); same ``errno``, a message that
+            names ``path``; the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
     buffer = io.BytesIO()
@@ -79,6 +83,10 @@ def atomic_save(
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # disk full, file size limit, I/O error: say which file
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, f"cannot write checkpoint {path} ({err.strerror or err}); "
+                      "the previous checkpoints are untouched") from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
