@@ -1,0 +1,481 @@
+"""Quality metrics of an emoji64 HMAR model (issue 6): reproducible, CPU or GPU.
+
+Usage::
+
+    python benchmarks/quality.py --model assets/hmar-emoji64 \\
+        --classifier benchmarks/models/emoji-classifier [--device cpu|cuda] [--samples 1020] \\
+        [--json out.json] [--markdown] [--quick]
+
+Metrics (fixed seeds; ``--data`` is the ``emoji64.npz`` of ``python -m train.data emoji``):
+
+* **Tokenizer PSNR**: encode + decode of the held-out (``val``) images, PSNR over [0, 1]
+  images, mean over images (target >= 26 dB).
+* **Class accuracy** of ``--samples`` generated images (class ids cycling over the classes that
+  have training images, so ~20 per class for 1020) under the domain classifier
+  (``benchmarks/classifier.py``), against its accuracy on the real ``val`` images. The generated
+  set is class-balanced and the real one is not (``person`` is ~1/3 of it), so the headline
+  ratio uses *class-balanced* accuracy (mean per-class recall) on both sides (target >= 0.8);
+  plain accuracies and 17-category / style accuracies are reported too.
+* **Domain-FD**: Fréchet distance of the classifier's penultimate (256-d) features of the
+  generated images vs the real ``val`` images, with masked refinement ON (``--refine``) and OFF
+  (``steps=0``), same labels and seeds. Both sides are weighted to class balance (each class
+  has the same total weight; the generated set's composition differs from the real one's).
+  Floors with the same estimator: a ``train`` subset with the generated set's exact labels
+  vs ``val`` (same sample size: what a perfect generator of training images would score) and
+  the whole ``train`` split vs ``val``. Unweighted FDs are in the JSON.
+* **Memorisation**: distance of each generated image to its nearest training image, as the
+  RMS pixel difference in [0, 1] units after area-downsampling to 32x32 (and, in the JSON, in
+  classifier-feature space), compared with the same for held-out real images (class-balanced
+  means; ratio ~1: no memorisation, << 1: copying). ``near_copies`` = fraction of generated
+  images closer to the training set than the 5th percentile of held-out images (~0.05 expected).
+* **CPU timing** (``--threads``, default 2): median of ``--timing-reps`` single 64 px
+  generations (batch 1, the model's default sampler settings, and with refinement ON) and of
+  single edits (inpaint of a centre 32x32 box of a held-out image), after one warm-up each
+  (target <= 1 s). The load average is recorded: on a shared machine times are upper bounds.
+
+``--quick`` (a smoke run, a few minutes on 2 busy cores): 50 samples, 64 PSNR images, 2,000
+training images for the feature-space statistics, 3 timing repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks._quality_metrics import (  # noqa: E402
+    balanced_mean,
+    class_balance_weights,
+    frechet_distance,
+    gaussian_stats,
+    nearest_neighbour_distances,
+    psnr,
+    to_pixels32,
+)
+from benchmarks.classifier import (  # noqa: E402
+    accuracy_report,
+    load_classifier,
+    load_npz_split,
+    predict_logits,
+    to_float,
+)
+from hmar_core import Pipeline  # noqa: E402
+from hmar_core.schedules import Schedule, default_schedule  # noqa: E402
+
+logger = logging.getLogger("quality")
+
+DEFAULT_DATA = ROOT / "data" / "emoji64" / "emoji64.npz"
+DEFAULT_CLASSIFIER = ROOT / "benchmarks" / "models" / "emoji-classifier"
+PSNR_TARGET_DB = 26.0
+ACCURACY_RATIO_TARGET = 0.8
+SECONDS_TARGET = 1.0
+NEAR_COPY_QUANTILE = 0.05
+
+
+@dataclass
+class Setting:
+    """One sampler setting to evaluate: a name, the schedule arguments and a description."""
+
+    name: str
+    mask_schedule: Schedule | None
+    steps: int | None
+    description: str
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"mask_schedule": self.mask_schedule, "steps": self.steps}
+
+
+def resolve_settings(pipe: Pipeline, refine: str) -> list[Setting]:
+    """The refinement ON and OFF settings.
+
+    ``refine``: ``auto`` (the model's default sampler schedule if it refines, else the official
+    default schedule), ``official`` (official default schedule) or an int (``steps=N``).
+    """
+    off = Setting("refine_off", None, 0, "steps=0 (pure next-scale)")
+    if refine.isdigit():
+        if int(refine) == 0:
+            raise ValueError("--refine 0 is the OFF setting; pick >= 1, official or auto")
+        on = Setting("refine_on", None, int(refine), f"steps={int(refine)}")
+    elif refine in ("auto", "official"):
+        model_default = pipe.resolve_schedule()
+        if refine == "auto" and any(len(entry) > 1 for entry in model_default):
+            on = Setting("refine_on", model_default, None, "the model's default schedule")
+        else:
+            on = Setting("refine_on", default_schedule(pipe.patch_nums), None,
+                         "official default schedule (1 step at scale 1, 3 at scale 2)")
+    else:
+        raise ValueError(f"--refine must be auto, official or an int, got {refine!r}")
+    for setting in (on, off):
+        setting_schedule = pipe.resolve_schedule(setting.mask_schedule, setting.steps)
+        setting.description += f"; extra passes {sum(len(e) - 1 for e in setting_schedule)}"
+    return [on, off]
+
+
+def cycling_labels(count: int, classes: Sequence[int]) -> np.ndarray:
+    """``count`` class ids cycling over ``classes``."""
+    classes = np.asarray(classes, dtype=np.int64)
+    return classes[np.arange(count) % len(classes)]
+
+
+def matched_subset(labels: np.ndarray, pool_labels: np.ndarray, seed: int) -> np.ndarray:
+    """Indices into ``pool_labels`` with the same label multiset as ``labels`` (drawn without
+    replacement per class while the class has enough, then with replacement)."""
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        slots = np.flatnonzero(labels == c)
+        pool = np.flatnonzero(pool_labels == c)
+        if len(pool) == 0:
+            raise ValueError(f"no real images of class {c}")
+        replace = len(pool) < len(slots)
+        out[slots] = rng.choice(pool, size=len(slots), replace=replace)
+    return out
+
+
+@torch.no_grad()
+def tokenizer_psnr(pipe: Pipeline, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Per-image PSNR (dB) of encode + decode of uint8 (N, H, W, 3) images."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_float(images[start:start + batch_size]).to(pipe.device, pipe.dtype)
+        _, f_hats = pipe.tokenizer.encode_with_fhat(x * 2 - 1)
+        recon = (pipe.tokenizer.decode_fhat(f_hats[-1]).float() + 1) / 2
+        out.append(psnr(recon.clamp(0, 1), x.float()).cpu())
+    return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def generate_set(pipe: Pipeline, labels: np.ndarray, setting: Setting, seed: int,
+                 batch_size: int) -> torch.Tensor:
+    """Generated images (N, 3, 64, 64) float32 CPU in [0, 1]; batch ``i`` uses ``seed + i``."""
+    images = []
+    start_time = time.perf_counter()
+    for i, start in enumerate(range(0, len(labels), batch_size)):
+        chunk = labels[start:start + batch_size].tolist()
+        out = pipe.generate(chunk, seed=seed + i, **setting.kwargs())
+        images.append(out.images.float().clamp(0, 1).cpu())
+        logger.info("%s: %d/%d images (%.0f s)", setting.name, start + len(chunk), len(labels),
+                    time.perf_counter() - start_time)
+    return torch.cat(images)
+
+
+def fd(feats_a: np.ndarray, labels_a: np.ndarray | None, feats_b: np.ndarray,
+       labels_b: np.ndarray | None) -> float:
+    """Fréchet distance of two feature sets, each class-balanced when its labels are given."""
+    wa = None if labels_a is None else class_balance_weights(labels_a)
+    wb = None if labels_b is None else class_balance_weights(labels_b)
+    return frechet_distance(*gaussian_stats(feats_a, wa), *gaussian_stats(feats_b, wb))
+
+
+def nn_summary(dist: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    """Class-balanced mean, median, min of NN distances and the fraction below ``threshold``."""
+    return {"balanced_mean": balanced_mean(dist, labels), "median": float(np.median(dist)),
+            "min": float(dist.min()), "near_copies": float(np.mean(dist < threshold))}
+
+
+def memorisation(gen_vecs: torch.Tensor, gen_labels: np.ndarray, val_vecs: torch.Tensor,
+                 val_labels: np.ndarray, train_vecs: torch.Tensor, rms: bool
+                 ) -> dict[str, Any]:
+    """NN distances to the training set of generated vs held-out vectors (see module doc)."""
+    gen_d = nearest_neighbour_distances(gen_vecs, train_vecs, rms=rms)[0].numpy()
+    val_d = nearest_neighbour_distances(val_vecs, train_vecs, rms=rms)[0].numpy()
+    threshold = float(np.quantile(val_d, NEAR_COPY_QUANTILE))
+    gen, val = nn_summary(gen_d, gen_labels, threshold), nn_summary(val_d, val_labels, threshold)
+    return {"generated": gen, "heldout": val, "near_copy_threshold": threshold,
+            "ratio_balanced_mean": gen["balanced_mean"] / val["balanced_mean"],
+            "ratio_median": gen["median"] / val["median"]}
+
+
+def _median_seconds(fn: Callable[[], object], reps: int) -> tuple[float, list[float]]:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def cpu_timing(pipe: Pipeline, on: Setting, image: np.ndarray, reps: int, seed: int
+               ) -> dict[str, Any]:
+    """Median seconds of batch-1 generations and centre-box inpaints on the CPU pipeline."""
+    size = pipe.image_size
+    mask = np.zeros((size, size), dtype=bool)
+    mask[size // 4:3 * size // 4, size // 4:3 * size // 4] = True
+    picture = Image.fromarray(image)
+    result: dict[str, Any] = {"threads": torch.get_num_threads(), "reps": reps,
+                              "load_average_before": os.getloadavg()}
+    jobs = {
+        "generate_default": lambda: pipe.generate(0, seed=seed),
+        "generate_refine_on": lambda: pipe.generate(0, seed=seed, **on.kwargs()),
+        "inpaint_default": lambda: pipe.inpaint(picture, mask, seed=seed),
+    }
+    for name, job in jobs.items():
+        median, times = _median_seconds(job, reps)
+        result[name] = {"median_s": median, "times_s": [round(t, 4) for t in times]}
+        logger.info("timing %s: median %.3f s", name, median)
+    result["load_average_after"] = os.getloadavg()
+    return result
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(metric, value, target, status) rows of the headline numbers."""
+    rows: list[tuple[str, str, str, str]] = []
+    tok = report["tokenizer"]
+    rows.append((f"tokenizer PSNR, val (n={tok['n']})", f"{tok['psnr_db_mean']:.2f} dB",
+                 f">= {PSNR_TARGET_DB:g} dB", "pass" if tok["pass"] else "FAIL"))
+    real = report["classifier_real_val"]
+    rows.append((f"classifier on real val (n={real['n']}): balanced / plain, 51-class",
+                 f"{real['class_top1_balanced']:.3f} / {real['class_top1']:.3f}", "", ""))
+    rows.append(("classifier on real val: balanced 17-category / style",
+                 f"{real['category_top1_balanced']:.3f} / {real['style_top1_balanced']:.3f}",
+                 "", ""))
+    for name, gen in report["generated"].items():
+        acc = gen["accuracy"]
+        rows.append((f"{name}: generated accuracy (n={acc['n']}) 51-class / 17-category",
+                     f"{acc['class_top1_balanced']:.3f} / {acc['category_top1_balanced']:.3f}",
+                     "", ""))
+        rows.append((f"{name}: accuracy ratio gen / real (51-class, balanced)",
+                     f"{gen['accuracy_ratio']:.3f}", f">= {ACCURACY_RATIO_TARGET:g}",
+                     "pass" if gen["accuracy_ratio"] >= ACCURACY_RATIO_TARGET else "FAIL"))
+        rows.append((f"{name}: 17-category ratio gen / real (balanced)",
+                     f"{gen['category_ratio']:.3f}", "", ""))
+        rows.append((f"{name}: domain-FD vs val", f"{gen['fd_val']:.2f}", "lower is better",
+                     ""))
+        mem = gen["memorisation_pixels32"]
+        rows.append((f"{name}: NN-to-train distance ratio gen / held-out (pixels 32x32)",
+                     f"{mem['ratio_balanced_mean']:.3f} (near copies "
+                     f"{mem['generated']['near_copies']:.3f})", "~1 (<< 1: copying)", ""))
+    ref = report["fd_reference"]
+    rows.append(("domain-FD floor: train subset (same labels, size) vs val",
+                 f"{ref['train_matched_vs_val']:.2f}", "", ""))
+    rows.append((f"domain-FD floor: all train (n={ref['train_n']}) vs val",
+                 f"{ref['train_all_vs_val']:.2f}", "", ""))
+    rows.append(("masked refinement lowers domain-FD", str(report["refinement_helps_fd"]),
+                 "", ""))
+    timing = report.get("timing")
+    if timing:
+        for key in ("generate_default", "generate_refine_on", "inpaint_default"):
+            median = timing[key]["median_s"]
+            rows.append((f"CPU {timing['threads']} threads: {key} (median of {timing['reps']})",
+                         f"{median:.3f} s", f"<= {SECONDS_TARGET:g} s",
+                         "pass" if median <= SECONDS_TARGET else "FAIL"))
+    return rows
+
+
+def markdown_block(report: dict[str, Any]) -> str:
+    """A Markdown section for the model card."""
+    lines = ["### Quality (`benchmarks/quality.py`)", "",
+             f"Model `{report['model']}`, classifier `{report['classifier']}`, device "
+             f"{report['device']}, seed {report['seed']}, {report['samples']} generated samples "
+             f"per setting; refinement ON = {report['settings']['refine_on']}, "
+             f"OFF = {report['settings']['refine_off']}; sampler {report['sampler']}.", "",
+             "| metric | value | target | status |", "|---|---|---|---|"]
+    lines += [f"| {m} | {v} | {t} | {s} |" for m, v, t, s in summary_rows(report)]
+    lines += ["", "Accuracies are class-balanced (mean per-class recall); domain-FD uses the "
+              "classifier's 256-d pooled features with class-balanced Gaussian fits; "
+              "memorisation compares nearest-training-image RMS pixel distances at 32x32."]
+    if report.get("timing"):
+        load = report["timing"]["load_average_before"]
+        lines.append(f"Timing on {report['machine']} (load average {load[0]:.1f} before the "
+                     "timed runs).")
+    return "\n".join(lines)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    rows = [("metric", "value", "target", "status"), *summary_rows(report)]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every metric and return the JSON report."""
+    start = time.perf_counter()
+    device = torch.device(args.device)
+    pipe = Pipeline.from_pretrained(args.model, device=device)
+    classifier, _ = load_classifier(args.classifier, device)
+    if classifier.cfg.num_classes != pipe.num_classes:
+        raise ValueError(f"classifier has {classifier.cfg.num_classes} classes, the model "
+                         f"{pipe.num_classes}")
+    train_x, train_y, _ = load_npz_split(args.data, "train")
+    val_x, val_y, _ = load_npz_split(args.data, "val")
+    settings = resolve_settings(pipe, args.refine)
+    report: dict[str, Any] = {
+        "model": str(args.model), "classifier": str(args.classifier), "data": str(args.data),
+        "device": str(device), "seed": args.seed, "samples": args.samples, "quick": args.quick,
+        "torch": torch.__version__, "machine": f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs", "threads": torch.get_num_threads(),
+        "sampler": pipe.sampler_config.to_dict(),
+        "settings": {s.name: s.description for s in settings},
+        "classifier_config_metrics": classifier.cfg.metrics,
+    }
+
+    # 1. tokenizer reconstruction
+    psnr_x = val_x if not args.psnr_images else val_x[:args.psnr_images]
+    values = tokenizer_psnr(pipe, psnr_x)
+    report["tokenizer"] = {"n": int(len(values)), "psnr_db_mean": float(values.mean()),
+                           "psnr_db_median": float(np.median(values)),
+                           "psnr_db_min": float(values.min()), "target_db": PSNR_TARGET_DB,
+                           "pass": bool(values.mean() >= PSNR_TARGET_DB)}
+    logger.info("tokenizer PSNR %.2f dB on %d val images", values.mean(), len(values))
+
+    # 2. real features
+    val_logits, val_feats = predict_logits(classifier, val_x)
+    real = accuracy_report(val_logits, val_y)
+    report["classifier_real_val"] = real
+    train_pick = np.arange(len(train_y))
+    if args.train_features and args.train_features < len(train_y):
+        rng = np.random.default_rng(args.seed)
+        train_pick = np.sort(rng.choice(len(train_y), args.train_features, replace=False))
+    _, train_feats = predict_logits(classifier, train_x[train_pick])
+    train_feats_y = train_y[train_pick]
+    train_pix = to_pixels32(to_float(train_x))
+    val_pix = to_pixels32(to_float(val_x))
+    logger.info("real features done (%.0f s)", time.perf_counter() - start)
+
+    # 3. generated sets: same labels and seeds for every setting
+    present = np.flatnonzero(np.bincount(train_y, minlength=pipe.num_classes) > 0)
+    labels = cycling_labels(args.samples, present)
+    report["generated_labels"] = {"classes": int(len(present)),
+                                  "per_class_min": int(np.bincount(labels)[present].min()),
+                                  "per_class_max": int(np.bincount(labels).max())}
+    matched_feats = train_feats[matched_subset(labels, train_feats_y, args.seed)]
+    report["fd_reference"] = {
+        "train_matched_vs_val": fd(matched_feats.numpy(), labels, val_feats.numpy(), val_y),
+        "train_all_vs_val": fd(train_feats.numpy(), train_feats_y, val_feats.numpy(), val_y),
+        "train_matched_vs_val_unweighted": fd(matched_feats.numpy(), None, val_feats.numpy(),
+                                              None),
+        "train_n": int(len(train_pick)), "matched_n": int(len(matched_feats)),
+    }
+    report["generated"] = {}
+    for setting in settings:
+        t0 = time.perf_counter()
+        images = generate_set(pipe, labels, setting, args.seed, args.batch_size)
+        seconds = time.perf_counter() - t0
+        logits, feats = predict_logits(classifier, images)
+        acc = accuracy_report(logits, labels)
+        entry = {
+            "description": setting.description, "seconds": seconds, "accuracy": acc,
+            "accuracy_ratio": acc["class_top1_balanced"] / real["class_top1_balanced"],
+            "accuracy_ratio_plain": acc["class_top1"] / real["class_top1"],
+            "category_ratio": acc["category_top1_balanced"] / real["category_top1_balanced"],
+            "style_ratio": acc["style_top1_balanced"] / real["style_top1_balanced"],
+            "fd_val": fd(feats.numpy(), labels, val_feats.numpy(), val_y),
+            "fd_val_unweighted": fd(feats.numpy(), None, val_feats.numpy(), None),
+            "fd_train": fd(feats.numpy(), labels, train_feats.numpy(), train_feats_y),
+            "memorisation_pixels32": memorisation(to_pixels32(images), labels, val_pix, val_y,
+                                                  train_pix, rms=True),
+            "memorisation_features": memorisation(feats, labels, val_feats, val_y,
+                                                  train_feats, rms=False),
+        }
+        report["generated"][setting.name] = entry
+        logger.info("%s: balanced acc %.3f (ratio %.3f), FD %.2f, NN ratio %.3f (%.0f s)",
+                    setting.name, acc["class_top1_balanced"], entry["accuracy_ratio"],
+                    entry["fd_val"], entry["memorisation_pixels32"]["ratio_balanced_mean"],
+                    seconds)
+        if args.grid:
+            save_grid(images, labels, Path(args.grid) / f"{setting.name}.png")
+    on, off = report["generated"]["refine_on"], report["generated"]["refine_off"]
+    report["refinement_helps_fd"] = bool(on["fd_val"] < off["fd_val"])
+    report["refinement_helps_accuracy"] = bool(on["accuracy_ratio"] > off["accuracy_ratio"])
+
+    # 4. CPU timing
+    if not args.skip_timing:
+        cpu_pipe = pipe if device.type == "cpu" else Pipeline.from_pretrained(args.model)
+        report["timing"] = cpu_timing(cpu_pipe, settings[0], val_x[0], args.timing_reps,
+                                      args.seed)
+    report["runtime_s"] = time.perf_counter() - start
+    return report
+
+
+def save_grid(images: torch.Tensor, labels: np.ndarray, path: Path, per_row: int = 10) -> None:
+    """The first sample of every class as a PNG grid (for eyeballing)."""
+    _, first = np.unique(labels, return_index=True)
+    picks = (images[np.sort(first)].clamp(0, 1) * 255).round().to(torch.uint8)
+    rows = (len(picks) + per_row - 1) // per_row
+    size = picks.shape[-1]
+    canvas = np.full((rows * size, per_row * size, 3), 255, dtype=np.uint8)
+    for i, img in enumerate(picks):
+        r, c = divmod(i, per_row)
+        canvas[r * size:(r + 1) * size, c * size:(c + 1) * size] = img.permute(1, 2, 0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas).save(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "assets" / "hmar-emoji64")
+    parser.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--samples", type=int, default=1020)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--refine", default="auto",
+                        help="refinement ON setting: auto, official or steps N (default auto)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--psnr-images", type=int, default=0, help="0 = all val images")
+    parser.add_argument("--train-features", type=int, default=0,
+                        help="train images for feature statistics (0 = all)")
+    parser.add_argument("--timing-reps", type=int, default=5)
+    parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser.add_argument("--json", type=Path, help="write the report here")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown block")
+    parser.add_argument("--grid", type=Path, help="folder for per-setting sample grids")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.quick:
+        args.samples = min(args.samples, 50)
+        args.psnr_images = args.psnr_images or 64
+        args.train_features = args.train_features or 2000
+        args.timing_reps = min(args.timing_reps, 3)
+    if args.samples < 2:
+        parser.error("--samples must be >= 2")
+    torch.set_num_threads(args.threads)
+    report = evaluate(args)
+    print_table(report)
+    if args.markdown:
+        print()
+        print(markdown_block(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+        logger.info("wrote %s", args.json)
+    return 0
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, (tuple, np.ndarray)):
+        return list(value)
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
