@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
 import sys
 import time
@@ -180,9 +181,11 @@ def full_float32():
 
 # ------------------------------------------------------------------------------- timing
 def time_gpu(fn: Callable[[int], object], reps: int, warmup: int, budget_s: float
-             ) -> tuple[float, list[float], float]:
+             ) -> tuple[float, list[float], float, float]:
     """Median ms of ``fn(i)`` after warm-up (CUDA events; host clock off CUDA, for
-    ``--dry-run``), and the peak GiB allocated during the timed runs (0 off CUDA)."""
+    ``--dry-run``), all times, and the peak GiB allocated and reserved during the timed runs
+    (0 off CUDA). Reserved includes CUDA-graph pools, whose blocks count as allocated only
+    while a captured tensor holds them."""
     cuda = torch.cuda.is_available() and not DRY_RUN[0]
     for i in range(warmup):
         fn(1000 + i)
@@ -207,18 +210,22 @@ def time_gpu(fn: Callable[[int], object], reps: int, warmup: int, budget_s: floa
         if time.perf_counter() - started > budget_s and len(times) >= 2:
             break
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
-    return statistics.median(times), times, peak
+    reserved = torch.cuda.max_memory_reserved() / 2**30 if cuda else 0.0
+    return statistics.median(times), times, peak, reserved
 
 
-def time_cpu(fn: Callable[[int], object], reps: int, warmup: int) -> tuple[float, list[float]]:
+def time_cpu(fn: Callable[[int], object], reps: int, warmup: int
+             ) -> tuple[float, list[float], float]:
+    """Median wall ms, all wall ms, and median process CPU ms (all threads) per run."""
     for i in range(warmup):
         fn(1000 + i)
-    times = []
+    times, cpu = [], []
     for i in range(reps):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn(i)
         times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times), times
+        cpu.append((time.process_time() - start_cpu) * 1000)
+    return statistics.median(times), times, statistics.median(cpu)
 
 
 # ------------------------------------------------------------------------------ editing
@@ -353,6 +360,7 @@ def run_gpu(args: argparse.Namespace) -> dict:
     out_dir = Path(args.out)
     rows = plan(args.quick, args.no_var, args.extras)
     reps = args.reps or (2 if args.quick else 5)
+    args.edit_reps = args.edit_reps or (5 if args.quick else 10)
     groups: dict[tuple, list[Row]] = {}
     for row in rows:  # one model build per (family, depth, px, path), in priority order
         groups.setdefault((row.family, row.depth, row.px, row.path), []).append(row)
@@ -403,17 +411,18 @@ def measure(row: Row, engine: object, reps: int, args: argparse.Namespace) -> di
                 return engine.generate(seed=seed, batch_size=batch)
 
         slow = row.path == "reference" and row.depth == 30
-        median, times, peak = time_gpu(generate, reps=min(reps, 3) if slow else reps,
-                                       warmup=1 if slow else 2, budget_s=args.row_budget)
+        median, times, peak, reserved = time_gpu(
+            generate, reps=min(reps, 3) if slow else reps, warmup=1 if slow else 2,
+            budget_s=args.row_budget)
         record.update(ms=median, times_ms=times, img_per_s=batch / median * 1000,
-                      peak_gib=peak)
+                      peak_gib=peak, reserved_gib=reserved)
         runner = getattr(engine, "runner", None)
         if runner is not None:
             record["graphs"] = len(runner.graphs)
             record["graph_error"] = runner.graphs.error
+        graphs = f"  graphs {record['graphs']}" if runner is not None else ""
         print(f"[row] {row.name}: {median:8.1f} ms/batch  {record['img_per_s']:7.1f} img/s  "
-              f"peak {peak:5.1f} GiB" + (f"  graphs {record['graphs']}" if runner else ""),
-              flush=True)
+              f"peak {peak:5.1f} GiB (reserved {reserved:5.1f}){graphs}", flush=True)
     except torch.cuda.OutOfMemoryError as err:
         record["error"] = f"OOM: {str(err).splitlines()[0]}"
         print(f"[oom] {row.name}", flush=True)
@@ -457,8 +466,8 @@ def extra_d16(pipe: Pipeline, fast: object, path: str, report: dict, out_dir: Pa
     for edit_steps in (True, False):
         try:
             run, how = make_edit(pipe, engine, source, edit_steps)
-            median, times, peak = time_gpu(run, reps=args.edit_reps, warmup=2,
-                                           budget_s=args.row_budget)
+            median, times, peak, _ = time_gpu(run, reps=args.edit_reps, warmup=2,
+                                              budget_s=args.row_budget)
             report["edit"].append({"path": path, "ms": median, "times_ms": times,
                                    "peak_gib": peak, "how": how})
             print(f"[edit] d16 256px B=1 {path} ({how}): {median:.1f} ms", flush=True)
@@ -480,7 +489,7 @@ def run_cpu(args: argparse.Namespace) -> dict:
         model = ("random weights of the bundled model's size (emoji64 tokenizer + emoji-d8; "
                  f"{folder.relative_to(ROOT)} not found)")
     report: dict = {"cpu": True, "threads": args.threads, "model": model, "torch":
-                    torch.__version__, "rows": [], "edit": []}
+                    torch.__version__, "rows": [], "edit": [], "load_before": os.getloadavg()[0]}
     fast = pipe.to_fast(dtype=torch.float32)
     print(f"# CPU, {args.threads} threads: {model}", flush=True)
     for path, engine in (("reference", pipe), ("fast", fast)):
@@ -488,16 +497,19 @@ def run_cpu(args: argparse.Namespace) -> dict:
             with torch.no_grad():
                 return engine.generate(seed=seed, batch_size=1)
 
-        median, times = time_cpu(generate, reps=args.cpu_reps, warmup=1)
-        report["rows"].append({"path": path, "ms": median, "times_ms": times})
-        print(f"[cpu] 64px generate B=1 {path}: {median:.0f} ms (median of {len(times)})",
-              flush=True)
+        median, times, cpu = time_cpu(generate, reps=args.cpu_reps, warmup=1)
+        report["rows"].append({"path": path, "ms": median, "times_ms": times, "cpu_ms": cpu})
+        print(f"[cpu] 64px generate B=1 {path}: {median:.0f} ms (median of {len(times)}; "
+              f"process CPU {cpu:.0f} ms)", flush=True)
         with torch.no_grad():
             source = pipe.generate(seed=123, batch_size=1).images * 2 - 1
         run, how = make_edit(pipe, engine if path == "fast" else _Reference(pipe), source, True)
-        median, times = time_cpu(run, reps=args.cpu_reps, warmup=1)
-        report["edit"].append({"path": path, "ms": median, "times_ms": times, "how": how})
-        print(f"[cpu] 64px edit B=1 {path} ({how}): {median:.0f} ms", flush=True)
+        median, times, cpu = time_cpu(run, reps=args.cpu_reps, warmup=1)
+        report["edit"].append({"path": path, "ms": median, "times_ms": times, "cpu_ms": cpu,
+                               "how": how})
+        print(f"[cpu] 64px edit B=1 {path} ({how}): {median:.0f} ms (process CPU {cpu:.0f} ms)",
+              flush=True)
+    report["load_after"] = os.getloadavg()[0]
     return report
 
 
@@ -514,8 +526,8 @@ def gpu_markdown(report: dict) -> str:
              " peak = `max_memory_allocated` (weights included). reference = float32/TF32 "
              "engine path; fast = `pipe.to_fast()` (bf16 blocks, float32 heads/quantiser/f_hat, "
              "CUDA graphs per scale, fused top-k/top-p, no host sync in the scale loop).", "",
-             "| setting | path | ms / batch | images/s | peak GiB | graphs | official anchors "
-             "(ms, GiB) | target |", "|---|---|---|---|---|---|---|---|"]
+             "| setting | path | ms / batch | images/s | peak GiB (reserved) | graphs | "
+             "official anchors (ms, GiB) | target |", "|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
         key = (row["depth"], row["px"], row["batch"])
         anchors = ANCHORS.get(key, {})
@@ -534,7 +546,8 @@ def gpu_markdown(report: dict) -> str:
                 ok = row["ms"] <= target and row["peak_gib"] <= anchors.get("target GiB", 1e9)
                 met = " ✅" if ok else " ❌"
             lines.append(f"| {setting} | {row['path']} | {_fmt(row['ms'])} | "
-                         f"{_fmt(row['img_per_s'])} | {_fmt(row['peak_gib'], 2)} | "
+                         f"{_fmt(row['img_per_s'])} | {_fmt(row['peak_gib'], 2)} "
+                         f"({_fmt(row.get('reserved_gib'), 1)}) | "
                          f"{row.get('graphs', '–')} | {anchor_text} | {target_text}{met} |")
         else:
             why = row.get("error") or f"skipped ({row.get('skipped')})"
@@ -570,12 +583,16 @@ def gpu_markdown(report: dict) -> str:
 def cpu_markdown(report: dict) -> str:
     lines = [CPU_START, "", f"### CPU ({report['threads']} threads, torch {report['torch']})",
              "", f"`python benchmarks/inference.py --cpu` — {report['model']}; one 64 px image, "
-             f"B = 1, median of several runs; target ≤ {CPU_TARGET_S:g} s.", "",
-             "| task | path | median ms |", "|---|---|---|"]
+             f"B = 1, median of several runs; target ≤ {CPU_TARGET_S:g} s. Load average "
+             f"{report.get('load_before', 0):.1f} before / {report.get('load_after', 0):.1f} "
+             "after the run (a shared machine inflates wall times; process CPU time is the sum "
+             "over threads).", "",
+             "| task | path | median wall ms | median process CPU ms |", "|---|---|---|---|"]
     for row in report["rows"]:
-        lines.append(f"| generate | {row['path']} | {row['ms']:.0f} |")
+        lines.append(f"| generate | {row['path']} | {row['ms']:.0f} | {row.get('cpu_ms', 0):.0f} |")
     for edit in report["edit"]:
-        lines.append(f"| edit ({edit['how']}) | {edit['path']} | {edit['ms']:.0f} |")
+        lines.append(f"| edit ({edit['how']}) | {edit['path']} | {edit['ms']:.0f} | "
+                     f"{edit.get('cpu_ms', 0):.0f} |")
     return "\n".join(lines + ["", CPU_END]) + "\n"
 
 
@@ -631,7 +648,7 @@ def main() -> None:
     parser.add_argument("--no-var", action="store_true", help="skip the VAR rows")
     parser.add_argument("--extras", action="store_true", help="add 512 px and B=16 rows")
     parser.add_argument("--reps", type=int, default=0, help="timed runs per row")
-    parser.add_argument("--edit-reps", type=int, default=10, help="timed edits")
+    parser.add_argument("--edit-reps", type=int, default=0, help="timed edits (10; quick 5)")
     parser.add_argument("--cpu-reps", type=int, default=5, help="timed runs on CPU")
     parser.add_argument("--budget", type=float, default=200.0,
                         help="seconds after which no new model is built (rows are skipped)")

@@ -24,7 +24,6 @@ from hmar_core.fast import (
 )
 from hmar_core.model import ScaleRunner
 from hmar_core.sampler import top_k_top_p_filter
-from hmar_core.schedules import default_schedule
 from hmar_core.transformer import HMARTransformer
 
 
@@ -278,17 +277,36 @@ def test_runner_validates_labels(tiny_pipe):
 
 # --------------------------------------------------------------------------- GPU (graphs)
 @pytest.mark.gpu
-def test_cuda_graphs_match_eager():
-    pipe = Pipeline.random(seed=0).to("cuda")
-    eager = pipe.to_fast(dtype=torch.bfloat16, cuda_graphs=False)
-    graphs = pipe.to_fast(dtype=torch.bfloat16, cuda_graphs=True)
-    schedule = default_schedule(pipe.patch_nums)
-    labels = torch.tensor([1, 3, 5], device="cuda")
-    settings = pipe.sampler_settings()
+@pytest.mark.parametrize("kind", ["hmar", "var"])
+def test_cuda_graphs_match_eager(kind):
+    """Replayed graphs compute what the eager pass computes (bf16, CFG in the pass)."""
+    cfg = TransformerConfig(depth=4, width=256, heads=4, n_layers_train=2, kind=kind,
+                            num_classes=10, patch_nums=PATCH_NUMS["256"][:6])
+    model = _filled(cfg).to("cuda")
+    eager = FastRunner(model, torch.bfloat16, cuda_graphs=False)
+    graphs = FastRunner(model, torch.bfloat16, cuda_graphs=True)
+    gen = torch.Generator("cuda").manual_seed(0)
+    for labels in (torch.tensor([1, 3, 5], device="cuda"), torch.tensor([2, 2, 9], device="cuda")):
+        for runner in (eager, graphs):
+            runner.begin(labels, cfg.null_class)
+        with torch.no_grad():
+            for scale, pn in enumerate(cfg.patch_nums):  # capture on the first labels, replay
+                x_ns = None if scale == 0 else torch.randn(3, pn * pn, cfg.latent_channels,
+                                                           generator=gen, device="cuda")
+                weight = 1.5 * scale / (len(cfg.patch_nums) - 1)
+                outs = [r.guided(labels, cfg.null_class, scale, weight, x_ns).clone()
+                        for r in (eager, graphs)]
+                assert torch.allclose(outs[0], outs[1], rtol=1e-3, atol=1e-3), scale
+    assert len(graphs.graphs) == len(cfg.patch_nums) and graphs.graphs.error is None
+
+
+@pytest.mark.gpu
+def test_fast_pipeline_on_cuda(tiny_pipe):
+    pipe = tiny_pipe.to("cuda")
+    fast = pipe.to_fast()
     with torch.no_grad():
-        for _ in range(2):  # capture, then replay
-            outs = [engine.sample_tokens(labels, settings, schedule,
-                                         torch.Generator("cuda").manual_seed(0))
-                    for engine in (eager, graphs)]
-            assert _same_tokens(outs[0].tokens, outs[1].tokens)
-    assert len(graphs.runner.graphs) > 0
+        first = fast.generate(seed=0, batch_size=2)  # captures
+        again = fast.generate(seed=0, batch_size=2)  # replays
+    assert _same_tokens(first.tokens, again.tokens)
+    assert first.images.shape == (2, 3, pipe.image_size, pipe.image_size)
+    assert len(fast.runner.graphs) > 0

@@ -161,6 +161,7 @@ class FastRunner:
         self._block_index = {id(b): i for i, b in enumerate(self._blocks)}
         self._slices = scale_slices(cfg.patch_nums)
         self._rows: dict[int, _Rows] = {}
+        self._both_cache: tuple | None = None  # (weakref to labels, version, null, (2B,) labels)
         self.fused_gelu = self.device.type == "cuda" and _fused_gelu_works(self._blocks[0])
         self._cfg_a = torch.ones((), device=self.device)  # 1 + weight (float32)
         self._cfg_b = torch.zeros((), device=self.device)  # weight
@@ -186,7 +187,7 @@ class FastRunner:
 
     def _both(self, labels: torch.Tensor, null_class: int) -> torch.Tensor:
         """The (2B,) CFG labels, cached per labels tensor so buffers are not recomputed."""
-        cached = getattr(self, "_both_cache", None)
+        cached = self._both_cache
         if cached is not None and cached[0]() is labels and cached[1] == labels._version \
                 and cached[2] == null_class:
             return cached[3]
