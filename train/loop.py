@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -24,6 +24,7 @@ __all__ = [
     "TimeBudget",
     "autocast",
     "configure_backends",
+    "resolve_precision",
     "make_scaler",
     "optimizer_step",
     "seed_process",
@@ -42,10 +43,12 @@ def configure_backends(ctx: DistContext) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def check_precision(precision: Precision, device: torch.device) -> None:
-    """Raise a clear error when the device cannot run ``precision``."""
+def resolve_precision(precision: Precision, device: torch.device) -> Precision:
+    """The precision to run: bf16 becomes fp16 + GradScaler on GPUs without bf16 (logged)."""
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("this GPU has no bf16 support; use precision: fp16 (with GradScaler)")
+        logger.warning("this GPU has no bf16 support: training in fp16 with a GradScaler")
+        return "fp16"
+    return precision
 
 
 def autocast(precision: Precision, device: torch.device) -> contextlib.AbstractContextManager:
@@ -80,9 +83,13 @@ def optimizer_step(
     scaler: torch.amp.GradScaler,
     params: Iterable[torch.Tensor],
     grad_clip: float,
-) -> float:
-    """Backward, unscale, clip, step, update the scaler. Returns the gradient norm (before
-    clipping; ``nan``/``inf`` when fp16 overflowed and the step was skipped)."""
+) -> torch.Tensor:
+    """Backward, unscale, clip, step, update the scaler.
+
+    Returns:
+        The gradient norm before clipping, a 0-d tensor (not synchronised; ``nan``/``inf``
+        when fp16 overflowed and the step was skipped).
+    """
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
@@ -93,7 +100,7 @@ def optimizer_step(
         norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
     scaler.step(optimizer)
     scaler.update()
-    return float(norm)
+    return norm.detach()
 
 
 class TimeBudget:
@@ -108,12 +115,14 @@ class TimeBudget:
         max_minutes: the budget, or ``None`` for no limit.
         warmup_steps: steps excluded from the timing (compilation, autotuning, caches).
         measure_steps: steps timed for the calibration.
+        clock: seconds, monotonic (tests pass a fake one).
     """
 
     def __init__(self, max_minutes: float | None, warmup_steps: int = 5,
-                 measure_steps: int = 20) -> None:
+                 measure_steps: int = 20, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.max_seconds = None if max_minutes is None else max_minutes * 60.0
-        self.start = time.monotonic()
+        self.start = clock()
         self.warmup_steps = warmup_steps
         self.measure_steps = measure_steps
         self._mark: float | None = None
@@ -129,7 +138,7 @@ class TimeBudget:
         """True on every rank once rank 0's clock passed the deadline."""
         if self.deadline is None:
             return False
-        return ctx.any_true(ctx.is_main and time.monotonic() >= self.deadline)
+        return ctx.any_true(ctx.is_main and self.clock() >= self.deadline)
 
     def calibrate(self, steps_done: int, step: int, total: int, ctx: DistContext) -> int | None:
         """Call after every step; returns a new schedule length once it has been measured.
@@ -143,12 +152,13 @@ class TimeBudget:
         if self.deadline is None:
             return None
         if steps_done == self.warmup_steps:
-            self._mark = time.monotonic()
+            self._mark = self.clock()
             return None
         if steps_done != self.warmup_steps + self.measure_steps or self._mark is None:
             return None
-        per_step = (time.monotonic() - self._mark) / self.measure_steps
-        fit = step + int(max(self.deadline - time.monotonic(), 0.0) / max(per_step, 1e-9))
+        now = self.clock()
+        per_step = (now - self._mark) / self.measure_steps
+        fit = step + int(max(self.deadline - now, 0.0) / max(per_step, 1e-9))
         new_total = ctx.broadcast_object(max(min(total, fit), step + 1))
         if new_total < total:
             logger.info("time budget: %.1f ms per step, schedule shortened from %d to %d steps",

@@ -40,10 +40,10 @@ from .logging import Reporter
 from .loop import (
     TimeBudget,
     autocast,
-    check_precision,
     configure_backends,
     make_scaler,
     optimizer_step,
+    resolve_precision,
     seed_process,
     wrap_ddp,
 )
@@ -154,7 +154,7 @@ def _train(cfg: TokenizerTrainConfig, ctx: DistContext, write_hook: WriteHook | 
     run, device = cfg.run, ctx.device
     budget = TimeBudget(run.max_minutes)  # the budget covers data, caches and the export
     configure_backends(ctx)
-    check_precision(run.precision, device)
+    run = dataclasses.replace(run, precision=resolve_precision(run.precision, device))
     tok_cfg = cfg.tokenizer
     if run.image_size is not None and run.image_size != tok_cfg.image_size:
         raise ValueError(f"run.image_size {run.image_size} does not fit the tokenizer, whose "
@@ -262,7 +262,7 @@ def _train(cfg: TokenizerTrainConfig, ctx: DistContext, write_hook: WriteHook | 
             mean_loss = float(ctx.all_reduce_mean(running[0] / running[1]))
             running.zero_()
             result.losses.append((step, mean_loss))
-            values = {"train/loss": mean_loss, "train/lr": lr, "train/grad_norm": grad_norm,
+            values = {"train/loss": mean_loss, "train/lr": lr, "train/grad_norm": float(grad_norm),
                       **{f"train/{k}": float(v) for k, v in stats.items()},
                       **monitor.usage(ctx)}
             reporter.scalars(step, values)

@@ -1,11 +1,23 @@
-"""Session fixtures of the trainer tests: the tiny image set and small trained runs."""
+"""Session fixtures of the trainer tests: the tiny image set and small trained runs.
+
+The trainer tests run torch on one thread (subprocesses get ``OMP_NUM_THREADS=1``): at these
+tiny sizes a second thread gains little, and on a shared, busy 2-core machine OpenMP threads
+that wait for each other make runs many times slower.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from train_helpers import build_image_root, hmar_config, tokenizer_config
+from train_helpers import build_image_root, hmar_config, one_thread, tokenizer_config
+
+
+@pytest.fixture(autouse=True)
+def _torch_one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +32,8 @@ def tokenizer_run(image_root: Path, tmp_path_factory: pytest.TempPathFactory):
     from train.tokenizer import main
 
     out = tmp_path_factory.mktemp("tokenizer_run")
-    return main(tokenizer_config(image_root, out))
+    with one_thread():
+        return main(tokenizer_config(image_root, out))
 
 
 @pytest.fixture(scope="session")
@@ -29,4 +42,5 @@ def stage1_run(image_root: Path, tokenizer_run, tmp_path_factory: pytest.TempPat
     from train.hmar import main
 
     out = tmp_path_factory.mktemp("stage1_run")
-    return main(hmar_config(image_root, out, tokenizer_run.export_dir, sample_interval=75))
+    with one_thread():
+        return main(hmar_config(image_root, out, tokenizer_run.export_dir, sample_interval=75))

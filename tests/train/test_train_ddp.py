@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import REPO, hmar_config, tokenizer_config
+from train_helpers import REPO, hmar_config, subprocess_env, tokenizer_config
 
 from train.config import OptimConfig
 from train.hmar import main as train_hmar
@@ -27,7 +26,7 @@ ATOL, RTOL = 2e-5, 1e-4
 
 
 def _torchrun(module: str, config: Path, out: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = subprocess_env()
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node", "2", "-m", module, "--config", str(config),
                "--device", "cpu"]

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import torch
-from train_helpers import REPO, hmar_config, tokenizer_config
+from train_helpers import REPO, hmar_config, subprocess_env, tokenizer_config
 
 from train.checkpoint import CheckpointManager
 from train.hmar import main as train_hmar
@@ -104,7 +104,7 @@ def test_hmar_killed_mid_checkpoint_resumes_exactly(image_root, tokenizer_run, t
     config_path.write_text(json.dumps(data))  # JSON is YAML
     marker = tmp_path / "marker"
     script = _KILL_SCRIPT.format(repo=str(REPO), marker=str(marker), config=str(config_path))
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=subprocess_env())
     try:
         deadline = time.monotonic() + 240
         while not marker.exists():
@@ -150,7 +150,8 @@ def test_random_sigkills_never_leave_an_unloadable_checkpoint(tmp_path):
     rng = random.Random(0)
     last_step = 0
     for _ in range(3):
-        proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+        proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO,
+                                env=subprocess_env())
         try:
             deadline = time.monotonic() + 120
             while not CheckpointManager(folder).paths():  # wait for the loop to be running

@@ -18,6 +18,7 @@ from train.cli import build_hmar_config, build_tokenizer_config, load_yaml, pars
 from train.config import OptimConfig
 from train.distributed import DistContext
 from train.ema import EMA
+from train.loop import TimeBudget
 from train.objectives import drop_labels, sample_masks, scale_loss_weights, set_trainable
 from train.optim import lr_at, param_groups
 from train.randomness import derived_generator
@@ -241,3 +242,22 @@ def test_train_step_benchmark_runs_on_cpu(tmp_path, capsys):
     text = markdown.read_text()
     assert "| reference | network |" in text and "not available" in text
     assert "163.4" in text and "≤ 95" in text
+
+
+def test_time_budget_calibrates_the_schedule_and_expires():
+    now = [0.0]
+    budget = TimeBudget(1.0, warmup_steps=2, measure_steps=4, clock=lambda: now[0])
+    ctx = DistContext()
+    assert budget.deadline == pytest.approx(60 - 3)  # 5 % reserve for evaluation and export
+    total = 10_000
+    for done in range(1, 7):
+        now[0] += 10.0 if done <= 2 else 1.0  # slow warm-up steps, then 1 s per step
+        new_total = budget.calibrate(done, done, total, ctx)
+        if done < 6:
+            assert new_total is None
+    # after step 6 at t = 24 s: (57 - 24) s left at 1 s per step
+    assert new_total == 6 + 33
+    assert not budget.expired(ctx)
+    now[0] = 57.0
+    assert budget.expired(ctx)
+    assert TimeBudget(None).calibrate(25, 25, total, ctx) is None

@@ -9,11 +9,15 @@ stripes, rings of random colours and sizes) are rendered at 64 px and downsample
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from hmar_core.config import TokenizerConfig, TransformerConfig
@@ -92,6 +96,22 @@ def build_image_root(root: Path) -> Path:
     classes = _write_emoji(root) if IMAGE_SOURCE == "emoji64" else _write_synthetic(root)
     (root / "labels.json").write_text(json.dumps({"classes": classes}))
     return root
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread inside the block."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment of test subprocesses: one OpenMP thread, the repository importable."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
 def tokenizer_config(data: Path, out: Path, **run: object) -> TokenizerTrainConfig:
