@@ -282,6 +282,7 @@ def _train(cfg: HMARTrainConfig, ctx: DistContext, write_hook: WriteHook | None
             preview(step)
         if run.ckpt_interval and step % run.ckpt_interval == 0 and step != total:
             save(step)
+    reporter.finish_bar()
     if step < total:
         logger.info("time budget used up at step %d of %d", step, total)
     evaluate(step)
@@ -352,13 +353,16 @@ def _preview(tokenizer: MultiScaleVQTokenizer, transformer: HMARTransformer,
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """``python -m train.hmar``: parse flags/YAML, set up logging, run :func:`main`."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from .cli import parse_hmar_args, setup_entry_logging
 
     cfg = parse_hmar_args(argv)
     ctx = DistContext.from_env(cfg.run.device)
     try:
         setup_entry_logging(ctx, cfg.run.out_dir)
-        result = main(cfg, ctx)
+        with logging_redirect_tqdm():  # log lines above the progress bar, not through it
+            result = main(cfg, ctx)
         if ctx.is_main and result.val_loss:
             logger.info("done: %d steps, held-out loss %.4f → %.4f", result.step,
                         result.val_loss[0][1], result.val_loss[-1][1])

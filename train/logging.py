@@ -129,8 +129,13 @@ class Reporter:
         logger.info("wrote %s", path)
         return path
 
-    def close(self) -> None:
+    def finish_bar(self) -> None:
+        """Close the progress bar (the final evaluation and export only log)."""
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
+
+    def close(self) -> None:
+        self.finish_bar()
         if self.writer is not None:
             self.writer.close()

@@ -286,6 +286,7 @@ def _train(cfg: TokenizerTrainConfig, ctx: DistContext, write_hook: WriteHook | 
             _preview(_ema_weights(tokenizer, ema), val_data, reporter, step, device)
         if run.ckpt_interval and step % run.ckpt_interval == 0 and step != total:
             save(step)
+    reporter.finish_bar()
     if step < total:
         logger.info("time budget used up at step %d of %d", step, total)
     evaluate(step)
@@ -321,13 +322,16 @@ def _preview(tokenizer: MultiScaleVQTokenizer, dataset: Dataset, reporter: Repor
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """``python -m train.tokenizer``: parse flags/YAML, set up logging, run :func:`main`."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from .cli import parse_tokenizer_args, setup_entry_logging
 
     cfg = parse_tokenizer_args(argv)
     ctx = DistContext.from_env(cfg.run.device)
     try:
         setup_entry_logging(ctx, cfg.run.out_dir)
-        result = main(cfg, ctx)
+        with logging_redirect_tqdm():  # log lines above the progress bar, not through it
+            result = main(cfg, ctx)
         if ctx.is_main and result.val_psnr:
             first, last = result.val_psnr[0][1], result.val_psnr[-1][1]
             logger.info("done: %d steps, held-out PSNR %.2f → %.2f dB", result.step, first,
