@@ -9,6 +9,14 @@ Examples::
     python launch.py                                   # bundled model, opens the browser
     python launch.py --checkpoint runs/my-model --no-browser --port 8000
     python launch.py --vae vae_ch160v4096z32.pth --hmar hmar-d16.pth --device cuda
+    python launch.py --host 0.0.0.0 --auth-file logins.txt   # on your LAN, with a login
+
+Sharing on a local network: ``--host 0.0.0.0`` serves on every interface, so always add a
+login with ``--auth USER:PASSWORD`` (repeatable) or ``--auth-file FILE`` (one ``user:password``
+per line, ``#`` comments; keeps passwords out of the shell history and ``ps``). Without a login
+a non-local host is served with a warning. Uploads are capped at ``app.MAX_FILE_SIZE``, and
+pictures above ``app.handlers.MAX_PIXELS`` are refused while their header is read, before
+they are decoded (a small PNG can declare a huge picture).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import argparse  # noqa: E402
 import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import TYPE_CHECKING  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -37,6 +45,7 @@ RANDOM_MODEL_WARNING = (
     "RANDOM model: its pictures are noise. Pass --checkpoint FOLDER or --vae/--hmar to load a "
     "trained model."
 )
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,13 +70,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="do not open a browser tab")
     parser.add_argument("--share", action="store_true",
                         help="also make a public gradio.live link (needs internet; off by default)")
+    parser.add_argument("--auth", action="append", default=[], metavar="USER:PASSWORD",
+                        help="require this login (repeatable); use it with --host 0.0.0.0")
+    parser.add_argument("--auth-file", type=Path, default=None, metavar="FILE",
+                        help="logins, one user:password per line (# comments allowed)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
     args = parser.parse_args(argv)
     if (args.vae is None) != (args.hmar is None):
         parser.error("--vae and --hmar go together")
     if args.checkpoint is not None and args.vae is not None:
         parser.error("give either --checkpoint or --vae/--hmar, not both")
+    entries = list(args.auth)
+    if args.auth_file is not None:
+        try:
+            lines = args.auth_file.read_text().splitlines()
+        except OSError as err:
+            parser.error(f"--auth-file: {err}")
+        entries += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    args.logins = []
+    for entry in entries:
+        user, _, password = entry.partition(":")
+        if not user.strip() or not password:
+            parser.error("logins must look like USER:PASSWORD (non-empty user and password)")
+        args.logins.append((user.strip(), password))
     return args
+
+
+def launch_options(args: argparse.Namespace, max_file_size: str) -> dict[str, Any]:
+    """The keyword arguments of ``demo.launch()`` for these flags."""
+    if args.host not in LOCAL_HOSTS and not args.logins:
+        logger.warning("serving on %s without a login: anyone who can reach this address can "
+                       "use the app (add --auth USER:PASSWORD or --auth-file FILE)", args.host)
+    return {
+        "server_name": args.host,
+        "server_port": args.port,
+        "inbrowser": not args.no_browser,
+        "share": args.share,
+        "auth": args.logins or None,
+        "max_file_size": max_file_size,
+        "show_error": True,
+        "footer_links": ["api"],
+    }
+
+
+def limit_image_decoding(max_pixels: int) -> None:
+    """Make PIL refuse pictures above ``max_pixels`` from their header, before decoding.
+
+    Gradio decodes uploads with PIL before any handler runs; PIL's own bomb check only refuses
+    above 2 × ``Image.MAX_IMAGE_PIXELS`` (179 MP by default), so a ~100 KB PNG of 100 MP cost
+    over 1 GiB of memory before the app refused it. Set for this process (an entry point).
+    """
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max_pixels // 2  # PIL raises above twice this value
 
 
 def pick_device(requested: str | None) -> torch.device:
@@ -103,19 +158,12 @@ def main(argv: list[str] | None = None) -> None:
 
     import app
 
+    limit_image_decoding(app.handlers.MAX_PIXELS)
     pipeline, warning = load_pipeline(args, device)
     logger.info("measuring the model's speed for the time estimate…")
     timing = app.calibrate(pipeline)
     demo = app.build_demo(pipeline, warning=warning, timing=timing)
-    demo.launch(
-        server_name=args.host,
-        server_port=args.port,
-        inbrowser=not args.no_browser,
-        share=args.share,
-        max_file_size=app.MAX_FILE_SIZE,
-        show_error=True,
-        footer_links=["api"],
-    )
+    demo.launch(**launch_options(args, app.MAX_FILE_SIZE))
 
 
 if __name__ == "__main__":
