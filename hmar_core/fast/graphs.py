@@ -49,6 +49,7 @@ class GraphCache:
         self._graphs: dict[Hashable, _Captured] = {}
         self._pool: object | None = None
         self.error: str | None = None  # why capture was abandoned, if it was
+        self._stream: torch.cuda.Stream | None = None
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -100,7 +101,9 @@ class GraphCache:
         self, fn: Callable[..., torch.Tensor], inputs: Inputs, device: torch.device
     ) -> _Captured:
         static = [None if x is None else x.clone() for x in inputs]
-        side = torch.cuda.Stream(device=device)
+        if self._stream is None:  # warm-up and capture share one side stream (cuBLAS state)
+            self._stream = torch.cuda.Stream(device=device)
+        side = self._stream
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(self.warmup):
@@ -109,7 +112,7 @@ class GraphCache:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with torch.cuda.graph(graph, pool=self._pool, stream=side):
             output = fn(*static)
         logger.debug("captured graph %d", len(self._graphs) + 1)
         return _Captured(graph, static, output)
