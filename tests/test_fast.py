@@ -109,7 +109,7 @@ def _agreement(fast: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 @pytest.mark.parametrize("kind", ["hmar", "var"])
 def test_teacher_forced_logits(kind):
     cfg = TransformerConfig(depth=4, width=256, heads=4, n_layers_train=2, kind=kind,
-                            num_classes=10, patch_nums=PATCH_NUMS["256"][:7])
+                            num_classes=10, patch_nums=PATCH_NUMS["256"][:6])
     model = _filled(cfg)
     gen = torch.Generator().manual_seed(1)
     x_ns = torch.randn(2, cfg.seq_len - 1, cfg.latent_channels, generator=gen)
@@ -124,12 +124,11 @@ def test_teacher_forced_logits(kind):
             rel32, top32 = _agreement(
                 FastRunner(model, torch.float32).teacher_forced(labels, x_ns, x_mask, masked), ref)
             assert rel32 < 1e-5 and top32 >= 0.99, (rel32, top32)
-            for residual in (torch.float32, torch.bfloat16):
-                runner = FastRunner(model, torch.bfloat16, residual_dtype=residual)
-                fast = runner.teacher_forced(labels, x_ns, x_mask, masked)
-                rel, top1 = _agreement(fast, ref)
-                print(f"{kind} bf16 (residual {residual}): rel {rel:.2e} top-1 {top1:.4f}")
-                assert fast.dtype == torch.float32 and rel < 3e-2 and top1 >= 0.9
+            runner = FastRunner(model, torch.bfloat16, residual_dtype=torch.float32)
+            fast = runner.teacher_forced(labels, x_ns, x_mask, masked)
+            rel, top1 = _agreement(fast, ref)
+            print(f"{kind} bf16 blocks, float32 residual: rel {rel:.2e} top-1 {top1:.4f}")
+            assert fast.dtype == torch.float32 and rel < 1e-2 and top1 >= 0.95
 
 
 # ------------------------------------------------------------------------------ sampling
@@ -248,9 +247,12 @@ def test_cast_blocks_shares_weights():
     block = pipe.transformer.base_blocks[0]
     assert runner._blocks[0].fc1_w.data_ptr() == block.ffn.fc1.weight.data_ptr()
     assert pipe.transformer.ns_head.out.weight.dtype == torch.float32  # heads untouched
+    labels = torch.tensor([1])
     with torch.no_grad():
-        out = pipe.to_fast(dtype=torch.bfloat16).generate(seed=1, batch_size=1)
-    assert out.images.shape[0] == 1
+        logits = runner.guided(labels, pipe.transformer.cfg.null_class, 1, 0.5,
+                               torch.randn(1, 4, pipe.transformer.cfg.latent_channels))
+    assert logits.shape == (1, 4, pipe.transformer.cfg.vocab_size)
+    assert logits.dtype == torch.float32 and bool(torch.isfinite(logits).all())
 
 
 def test_graph_cache_is_eager_off_cuda():
