@@ -373,7 +373,7 @@ def train_classifier(
     labels_all = torch.as_tensor(train_labels, dtype=torch.int64)
     steps_per_epoch = len(labels_all) // batch_size  # drop the last partial batch
     total = epochs * steps_per_epoch
-    step, start = 0, time.perf_counter()
+    step, start, cpu_start = 0, time.perf_counter(), time.process_time()
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(labels_all), generator=generator)
@@ -402,7 +402,8 @@ def train_classifier(
         "logit_adjust_tau": tau, "label_smoothing": label_smoothing, "seed": seed,
         "augment": "shift<=4px (replicate), brightness/contrast/saturation +-10%, no flip",
         "optimizer": "AdamW, linear warm-up 15% + cosine", "train_images": int(len(labels_all)),
-        "seconds": round(time.perf_counter() - start, 1), "device": str(device),
+        "seconds": round(time.perf_counter() - start, 1),
+        "cpu_seconds": round(time.process_time() - cpu_start, 1), "device": str(device),
         "threads": torch.get_num_threads(),
     }
     return model.eval()

@@ -217,3 +217,13 @@ def test_cycling_labels_and_matched_subset():
     assert len(set(idx[labels == 2].tolist())) == 3  # without replacement when possible
     with pytest.raises(ValueError):
         matched_subset(np.array([4]), pool, seed=0)
+
+
+def test_stratified_subset_keeps_every_class():
+    from benchmarks.quality import stratified_subset
+
+    labels = np.array([0] * 1000 + [1] * 3 + [2] * 20)
+    idx = stratified_subset(labels, 100, seed=0)
+    counts = np.bincount(labels[idx])
+    assert counts.tolist() == [98, 3, 8]
+    assert len(set(idx.tolist())) == len(idx) and (np.diff(idx) > 0).all()
