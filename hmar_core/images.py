@@ -59,8 +59,10 @@ MAX_INPUT_PIXELS = 8192 * 8192
 #: Largest window :func:`crop_window` cuts (side, px): a "masked" fit with a huge padding or
 #: the "whole" square of a very elongated picture would otherwise allocate side² pixels.
 MAX_WINDOW_SIDE = 16384
-# What PIL raises while decoding a damaged file (SyntaxError: broken PNG chunks).
-_DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, IndexError)
+# What PIL raises while decoding a damaged file (SyntaxError: broken PNG chunks;
+# DecompressionBombError: a later GIF frame or TIFF page declaring a huge size).
+_DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, IndexError,
+                  Image.DecompressionBombError)
 
 
 def _check_size(width: int, height: int, what: str) -> None:

@@ -109,12 +109,20 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The uninterrupted run (its output folder)."""
+def reference(images: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The uninterrupted run, started at once in the background; call it for its folder."""
     out = tmp_path_factory.mktemp("reference")
-    code = run_worker(images, out, out / "worker.log")
-    assert code == 0, (out / "worker.log").read_text()[-3000:]
-    return out
+    process = start_worker(images, out, out / "worker.log")
+
+    def finished() -> Path:
+        code = process.wait(timeout=RUN_TIMEOUT)
+        assert code == 0, (out / "worker.log").read_text()[-3000:]
+        return out
+
+    yield finished
+    if process.poll() is None:
+        process.kill()
+        process.wait()
 
 
 def _wait_for(predicate, process: subprocess.Popen, what: str, timeout: float = RUN_TIMEOUT):
@@ -170,7 +178,7 @@ def test_three_sigkills_resume_from_the_last_good_checkpoint(images, reference, 
     assert not list((out / "checkpoints").glob(".ckpt-*.tmp"))  # stale temporaries removed
     name = f"ckpt-{STEPS:08d}.pt"
     ours = torch.load(out / "checkpoints" / name, weights_only=True)
-    straight = torch.load(reference / "checkpoints" / name, weights_only=True)
+    straight = torch.load(reference() / "checkpoints" / name, weights_only=True)
     for key in ("model", "optimizer", "rng"):
         _assert_same(ours[key], straight[key], key)
     record("faults", sigkills=kills, steps=STEPS, interval=INTERVAL,
@@ -197,7 +205,7 @@ def test_file_size_limit_during_checkpointing_keeps_the_previous_one(images, ref
                                                                      tmp_path):
     """EFBIG (RLIMIT_FSIZE) while writing the last checkpoint: clear error, previous intact."""
     last_good = f"ckpt-{STEPS - INTERVAL:08d}.pt"
-    source = reference / "checkpoints" / last_good
+    source = reference() / "checkpoints" / last_good
     out, log = tmp_path / "full", tmp_path / "worker.log"
     (out / "checkpoints").mkdir(parents=True)
     shutil.copy(source, out / "checkpoints" / last_good)

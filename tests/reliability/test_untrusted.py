@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from gradio_client import Client
 from hypothesis import given
 from hypothesis import strategies as st
 from reliability_support import FULL, REPO, PeakRss, count_case, fuzz_settings, record
@@ -205,14 +206,25 @@ def test_damaged_model_folders_give_checkpoint_errors(model_folder, tmp_path_fac
         count_case("checkpoints.damaged_folders", "loaded")
 
 
+#: What torch.load leaks on damaged files and load_torch_weights does not map to
+#: CheckpointError yet (pinned by test_truncated_legacy_pth_is_a_checkpoint_error).
+KNOWN_LEAKS = (IndexError, KeyError, AssertionError, struct.error)
+
+
+def _pth_bytes(legacy: bool) -> bytes:
+    buffer = io.BytesIO()
+    state = {"a.weight": torch.arange(16.0).reshape(4, 4), "b": torch.arange(3)}
+    torch.save(state, buffer, _use_new_zipfile_serialization=not legacy)
+    return buffer.getvalue()
+
+
 @fuzz_settings(reduced=40, full=400)
 @given(data=st.data())
 def test_damaged_pth_files_give_checkpoint_errors(tmp_path_factory, data):
-    buffer = io.BytesIO()
-    legacy = data.draw(st.booleans(), "legacy")
-    torch.save({"a.weight": torch.randn(4, 4), "b": torch.arange(3)}, buffer,
-               _use_new_zipfile_serialization=not legacy)
-    raw = bytearray(buffer.getvalue())
+    """Refused with CheckpointError or loaded as a flat dict of tensors; the only other
+    outcomes allowed are the known leaked exception types (a reported defect): no other
+    exception, no hang, never an object that is not a tensor."""
+    raw = bytearray(_pth_bytes(legacy=data.draw(st.booleans(), "legacy")))
     if data.draw(st.booleans(), "truncate"):
         raw = raw[:data.draw(st.integers(0, len(raw) - 1), "length")]
     else:
@@ -224,9 +236,24 @@ def test_damaged_pth_files_give_checkpoint_errors(tmp_path_factory, data):
         state = load_torch_weights(path)
     except CheckpointError:
         count_case("checkpoints.damaged_pth", "CheckpointError")
+    except KNOWN_LEAKS as err:
+        count_case("checkpoints.damaged_pth", f"leaked {type(err).__name__} (known defect)")
     else:
         assert all(isinstance(v, torch.Tensor) for v in state.values())
         count_case("checkpoints.damaged_pth", "loaded")
+
+
+@pytest.mark.xfail(strict=True, raises=KNOWN_LEAKS, reason="known defect in "
+                   "hmar_core/checkpoint.py (reported in docs/RELIABILITY.md)")
+@pytest.mark.parametrize("length", [1, 3, 75])
+def test_truncated_legacy_pth_is_a_checkpoint_error(tmp_path, length):
+    """load_torch_weights maps only UnpicklingError/RuntimeError/EOFError/ValueError/
+    AttributeError; a damaged .pth also makes torch.load raise IndexError, KeyError,
+    AssertionError or struct.error (here: a legacy .pth cut after 1, 3 or 75 bytes)."""
+    path = tmp_path / "weights.pth"
+    path.write_bytes(_pth_bytes(legacy=True)[:length])
+    with pytest.raises(CheckpointError):
+        load_torch_weights(path)
 
 
 # ---------------------------------------------------------------------- the app's endpoints
@@ -267,7 +294,11 @@ def test_no_endpoint_takes_a_path_a_file_or_free_text(served):
         for block in fn.inputs:
             kinds.add(type(block).__name__)
     assert kinds <= ALLOWED_INPUTS, kinds - ALLOWED_INPUTS
-    info = httpx.get(url + "gradio_api/info", timeout=30).json()
+    client = Client(url, verbose=False)
+    try:
+        info = client.view_api(return_format="dict", print_info=False)
+    finally:
+        client.close()
     components = {p["component"].lower() for endpoint in info["named_endpoints"].values()
                   for p in endpoint["parameters"]}
     assert components <= {kind.lower() for kind in ALLOWED_INPUTS}, components
@@ -334,28 +365,23 @@ def test_a_filedata_pointing_outside_the_uploads_is_refused(served, tmp_path):
     assert httpx.get(url + "gradio_api/info", timeout=30).status_code == 200  # still serving
 
 
-@pytest.mark.skipif(not FULL, reason="about 30 s: HMAR_RELIABILITY_FULL=1 runs it")
+@pytest.mark.skipif(not FULL, reason="about 10 s: HMAR_RELIABILITY_FULL=1 runs it")
 @pytest.mark.xfail(strict=True, reason="known defect in Pipeline.from_pretrained (reported in "
                    "docs/RELIABILITY.md)")
 def test_a_hostile_config_is_refused_before_building_the_model(model_folder, tmp_path):
-    """config.json says depth 20000 while the weights hold 2 blocks: from_pretrained builds
-    all 20000 blocks (on the meta device, ~5 ms each) before the strict load names the
-    missing keys; a downloaded folder can stall the start-up for many minutes
-    (num_res_blocks=1000: 27 s, patch_nums 1..64: 11 s and +129 MiB). Refusing must not
-    depend on the declared size."""
-    import subprocess
-    import sys
-
+    """config.json says depth 2000 while the weights hold 2 blocks: from_pretrained builds all
+    2000 blocks (meta device, ~1-5 ms and ~100 KiB each) before the strict load names the
+    missing keys, so a downloaded folder can stall start-up and take memory in proportion to
+    what it declares (depth 20000: 21 s and +625 MiB; num_res_blocks=1000: 27 s). Refusing
+    must not cost memory in proportion to the declared size (checked on memory, which does not
+    depend on the machine's load)."""
     folder = _copy(model_folder, tmp_path)
     config = json.loads((folder / "config.json").read_text())
-    config["transformer"]["depth"] = 20000
+    config["transformer"]["depth"] = 2000
     (folder / "config.json").write_text(json.dumps(config))
-    script = ("import sys; from hmar_core import Pipeline\n"
-              "try:\n    Pipeline.from_pretrained(sys.argv[1])\n"
-              "except ValueError as err:\n    print('refused', type(err).__name__)\n")
-    try:
-        done = subprocess.run([sys.executable, "-c", script, str(folder)], cwd=REPO,
-                              capture_output=True, text=True, timeout=30)
-    except subprocess.TimeoutExpired:
-        pytest.fail("still building the model after 30 s")
-    assert "refused CheckpointError" in done.stdout, done.stderr[-2000:]
+    with PeakRss() as probe:
+        with pytest.raises(CheckpointError):
+            Pipeline.from_pretrained(folder)
+    if not probe.supported:
+        pytest.skip("peak RSS cannot be reset on this system")
+    assert probe.growth < 64, f"+{probe.growth:.0f} MiB in {probe.seconds:.1f} s to refuse"
