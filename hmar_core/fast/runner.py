@@ -11,8 +11,10 @@ What differs from :meth:`HMARTransformer.forward_scale` (the float32 reference),
 * The class-conditioned AdaLN modulations of every block and head depend only on the labels:
   they are computed once per run (:meth:`FastRunner.begin`) into static buffers instead of at
   every scale (saves re-reading the ``ada_lin`` weights, a third of a block's weights).
-* ``q``/``k`` normalisation computes the norms in float32 and writes the scaled result in one
-  kernel; residual adds and modulations are single ``addcmul`` kernels.
+* ``q`` and ``k`` are normalised together (norms in float32, one scaling kernel); residual
+  adds and modulations are single ``addcmul`` kernels computed in float32 (the residual stream
+  stays float32 by default, as under autocast); on CUDA, fc1's bias and GELU run in the
+  cuBLASLt epilogue (``torch._addmm_activation``, checked against the two-op form once).
 * :meth:`FastRunner.guided` computes both CFG halves and their combination in one pass, so a
   whole scale (embedding → blocks → heads → CFG) is one CUDA graph per (scale, branch, batch)
   (:class:`~hmar_core.fast.graphs.GraphCache`); CPU runs the same code eagerly.
