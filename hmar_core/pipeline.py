@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 from PIL import Image
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from . import checkpoint as ckpt
 from . import editing_ops
@@ -34,6 +32,7 @@ from .sampler import SampleOutput, ScaleConstraint, ScaleState, sample
 from .schedules import Schedule, default_schedule, schedule_from_steps, validate_schedule
 from .tokenizer import MultiScaleVQTokenizer
 from .transformer import HMARTransformer
+from .weights_io import DEFAULT_SHARD_BYTES, load_weights, save_weights
 
 if TYPE_CHECKING:
     from .fast import FastPipeline
@@ -386,8 +385,16 @@ class Pipeline(nn.Module):
         return result.images if num_variants > 1 else result.image
 
     # ------------------------------------------------------------------------ checkpoints
-    def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> None:
-        """Write ``config.json`` + safetensors weights (optionally cast, e.g. bfloat16)."""
+    def save_pretrained(
+        self,
+        folder: str | Path,
+        dtype: torch.dtype | None = None,
+        max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    ) -> None:
+        """Write ``config.json`` + safetensors weights (optionally cast, e.g. bfloat16).
+
+        Components larger than ``max_shard_bytes`` are split into shards of whole tensors.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         config = {
@@ -400,9 +407,7 @@ class Pipeline(nn.Module):
         for name, module in (("tokenizer", self.tokenizer), ("transformer", self.transformer)):
             tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
                        .detach().cpu().contiguous() for k, v in module.state_dict().items()}
-            tmp = folder / f".{name}.safetensors.tmp"
-            save_file(tensors, str(tmp), metadata={"format": "pt", "hmar_studio": name})
-            tmp.replace(folder / f"{name}.safetensors")
+            save_weights(tensors, folder, name, max_shard_bytes)
         tmp = folder / ".config.json.tmp"
         tmp.write_text(json.dumps(config, indent=2) + "\n")
         tmp.replace(folder / "config.json")
@@ -431,13 +436,7 @@ class Pipeline(nn.Module):
             sampler_cfg = SamplerConfig.from_dict(config.get("sampler", {}))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ckpt.CheckpointError(f"{config_path}: invalid config ({err})") from err
-        weights = {}
-        for name in ("tokenizer", "transformer"):
-            path = folder / f"{name}.safetensors"
-            try:
-                weights[name] = load_file(str(path))
-            except (FileNotFoundError, SafetensorError, OSError) as err:
-                raise ckpt.CheckpointError(f"cannot read {path}: {err}") from err
+        weights = {name: load_weights(folder, name) for name in ("tokenizer", "transformer")}
         return cls.from_state_dicts(tokenizer_cfg, weights["tokenizer"], transformer_cfg,
                                     weights["transformer"], sampler_cfg,
                                     config.get("class_names"), device=device, dtype=dtype)

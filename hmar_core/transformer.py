@@ -84,6 +84,7 @@ class SelfAttention(nn.Module):
             k, v = cache.extend(block_index, k, v)
             out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
         else:
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # kernels want (B,H,L,D)
             out = attention(q, k, v, mask, scale=1.0, backend=self.backend)
         out = out.transpose(1, 2).reshape(batch, length, width)  # (B, L, C)
         return self.proj(out)

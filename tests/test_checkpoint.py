@@ -135,3 +135,20 @@ def test_stage2_must_match_frozen_stage1(fixture_dir):
     mp["blocks.0.ffn.fc1.bias"] = mp["blocks.0.ffn.fc1.bias"] + 1
     with pytest.raises(CheckpointError, match="frozen"):
         ckpt.merge_official_stage_state_dicts(nsp, mp, n_layers_train=1)
+
+
+def test_sharded_weights_roundtrip_and_incomplete_sets(tiny_pipe, tmp_path):
+    folder = tmp_path / "sharded"
+    tiny_pipe.save_pretrained(folder, max_shard_bytes=20_000)
+    shards = sorted(p.name for p in folder.glob("transformer-*.safetensors"))
+    assert len(shards) > 1 and not (folder / "transformer.safetensors").exists()
+    loaded = Pipeline.from_pretrained(folder)
+    for a, b in zip(tiny_pipe.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    # saving again unsharded removes the stale shards
+    tiny_pipe.save_pretrained(folder)
+    assert not list(folder.glob("transformer-*.safetensors"))
+    tiny_pipe.save_pretrained(folder, max_shard_bytes=20_000)
+    (folder / shards[-1]).unlink()
+    with pytest.raises(CheckpointError, match="incomplete or mixed shard set"):
+        Pipeline.from_pretrained(folder)
