@@ -420,6 +420,9 @@ def measure(row: Row, engine: object, reps: int, args: argparse.Namespace) -> di
         if runner is not None:
             record["graphs"] = len(runner.graphs)
             record["graph_error"] = runner.graphs.error
+        if runner is not None and row.batch >= 4 and not DRY_RUN[0]:
+            record["breakdown"] = breakdown(engine, batch)
+            print(f"[breakdown] {row.name}: {record['breakdown']}", flush=True)
         graphs = f"  graphs {record['graphs']}" if runner is not None else ""
         print(f"[row] {row.name}: {median:8.1f} ms/batch  {record['img_per_s']:7.1f} img/s  "
               f"peak {peak:5.1f} GiB (reserved {reserved:5.1f}){graphs}", flush=True)
@@ -432,6 +435,42 @@ def measure(row: Row, engine: object, reps: int, args: argparse.Namespace) -> di
         traceback.print_exc(limit=3)
     free()
     return record
+
+
+def breakdown(fast: object, batch: int) -> dict:
+    """Where a fast batch goes: sampling alone, and the decoder in three forms (ms)."""
+    import copy
+
+    pipe = fast.pipe
+    settings, schedule = pipe.sampler_settings(), pipe.resolve_schedule()
+    result: dict = {}
+    try:
+        def sample_only(seed: int) -> object:
+            with torch.no_grad():
+                gen, _ = pipe.make_generator(seed)
+                labels = pipe.labels_for(None, batch, gen)
+                return fast.sample_tokens(labels, settings, schedule, gen)
+
+        f_hat = sample_only(0).f_hat
+        result["sample_ms"] = time_gpu(sample_only, 3, 1, 3.0)[0]
+        chunk = fast.decode_batch
+        bf16 = copy.deepcopy(torch.nn.Sequential(pipe.tokenizer.post_quant_conv,
+                                                 pipe.tokenizer.decoder)).to(torch.bfloat16)
+        nhwc = copy.deepcopy(bf16).to(memory_format=torch.channels_last)
+        variants = {
+            "decode_fp32_tf32_ms": lambda: pipe.tokenizer.decode_fhat(f_hat),
+            "decode_bf16_ms": lambda: [bf16(c.to(torch.bfloat16)) for c in f_hat.split(chunk)],
+            "decode_bf16_channels_last_ms": lambda: [
+                nhwc(c.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
+                for c in f_hat.split(chunk)],
+        }
+        for name, fn in variants.items():
+            with torch.no_grad():
+                result[name] = time_gpu(lambda _seed, fn=fn: fn(), 3, 1, 3.0)[0]
+    except Exception as err:  # noqa: BLE001
+        result["error"] = f"{type(err).__name__}: {err}"
+    free()
+    return result
 
 
 def extra_d16(pipe: Pipeline, fast: object, path: str, report: dict, out_dir: Path,
@@ -566,6 +605,15 @@ def gpu_markdown(report: dict) -> str:
             why = row.get("error") or f"skipped ({row.get('skipped')})"
             lines.append(f"| {setting} | {row['path']} | {why} | | | | {anchor_text} | "
                          f"{target_text} |")
+    broken = [r for r in report["rows"] if r.get("breakdown")]
+    if broken:
+        lines += ["", "**Where a fast batch goes** (ms; sampling = `sample_tokens` alone; the "
+                  "decoder of the same f_hat in float32/TF32, bf16, bf16 channels-last, in "
+                  "chunks of 16):", ""]
+        for r in broken:
+            parts = ", ".join(f"{k.removesuffix('_ms')} {v:.1f}" if isinstance(v, float)
+                              else f"{k} {v}" for k, v in r["breakdown"].items())
+            lines.append(f"- {r['name']}: {parts}")
     lines += ["", "**Interactive edit** (one 256 px inpaint, d16, B = 1, end to end: encode, "
               "constrained sampling, decode, composite; target ≤ 50 ms):", ""]
     for edit in report.get("edit", []):
