@@ -324,10 +324,19 @@ def teacher_forced_check(pipe: Pipeline, batch: int = 8) -> dict:
             x_ns, x_mask, masked_BL = pipe.model.inputs(tokens, mask_arg)
             with full_float32():
                 ref = pipe.transformer(labels, x_ns, x_mask, masked_BL)
-            for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+            matmul = torch.backends.cuda.matmul
+            cases = [("bf16", torch.bfloat16, True), ("fp32", torch.float32, True)]
+            if pipe.device.type == "cuda":  # does cuBLAS's bf16 split-K reduction cost accuracy?
+                cases.append(("bf16 (fp32 GEMM reductions)", torch.bfloat16, False))
+            for name, dtype, reduced in cases:
                 runner = FastRunner(pipe.transformer, dtype, cuda_graphs=False)
-                with full_float32():
-                    fast = runner.teacher_forced(labels, x_ns, x_mask, masked_BL)
+                previous = matmul.allow_bf16_reduced_precision_reduction
+                matmul.allow_bf16_reduced_precision_reduction = reduced
+                try:
+                    with full_float32():
+                        fast = runner.teacher_forced(labels, x_ns, x_mask, masked_BL)
+                finally:
+                    matmul.allow_bf16_reduced_precision_reduction = previous
                 rel = float((fast - ref).norm() / ref.norm())
                 top1 = float((fast.argmax(-1) == ref.argmax(-1)).float().mean())
                 result[f"{branch} {name}"] = {"rel_err": rel, "top1": top1,
