@@ -14,9 +14,10 @@ Examples::
 Sharing on a local network: ``--host 0.0.0.0`` serves on every interface, so always add a
 login with ``--auth USER:PASSWORD`` (repeatable) or ``--auth-file FILE`` (one ``user:password``
 per line, ``#`` comments; keeps passwords out of the shell history and ``ps``). Without a login
-a non-local host is served with a warning. Uploads are capped at ``app.MAX_FILE_SIZE``, and
+a non-local host is served with a warning. Uploads are capped at ``app.MAX_FILE_SIZE``,
 pictures above ``app.handlers.MAX_PIXELS`` are refused while their header is read, before
-they are decoded (a small PNG can declare a huge picture).
+they are decoded (a small PNG can declare a huge picture), and the per-user state of at most
+``SESSION_CAPACITY`` sessions is kept (the oldest is forgotten first).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ RANDOM_MODEL_WARNING = (
     "trained model."
 )
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: Sessions whose per-user state the server keeps (oldest dropped first). Gradio's default,
+#: 10000, never forgets API clients (they never close a tab) and costs 0.5-3 MiB per session.
+SESSION_CAPACITY = 128
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -108,6 +112,7 @@ def launch_options(args: argparse.Namespace, max_file_size: str) -> dict[str, An
         "share": args.share,
         "auth": args.logins or None,
         "max_file_size": max_file_size,
+        "state_session_capacity": SESSION_CAPACITY,
         "show_error": True,
         "footer_links": ["api"],
     }

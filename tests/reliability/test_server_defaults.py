@@ -86,7 +86,8 @@ def test_lan_without_a_login_warns(launch, caplog):
 @pytest.fixture()
 def served_with(launch) -> Iterator:
     """``served_with(flags) -> url``: the app launched with launch_options(parse_args(flags)),
-    always on 127.0.0.1 and a free port, without a browser."""
+    always on 127.0.0.1 and a free port, without a browser. ``served_with.demos`` lists the
+    launched ``gr.Blocks``."""
     demos = []
 
     def start(flags: list[str]) -> str:
@@ -98,6 +99,7 @@ def served_with(launch) -> Iterator:
         _, url, _ = demo.launch(**options, prevent_thread_lock=True, quiet=True)
         return url
 
+    start.demos = demos
     try:
         yield start
     finally:
@@ -184,3 +186,36 @@ def test_a_small_file_declaring_a_huge_picture_is_refused_before_decoding(launch
            bomb_refusal_peak_mib=round(probe.growth))
     if probe.supported:
         assert probe.growth < 150, f"peak +{probe.growth:.0f} MiB while refusing"
+
+
+def _new_sessions(url: str, count: int) -> None:
+    """``count`` API calls, each from a new session (``/call/`` gives every call its own)."""
+    with httpx.Client(timeout=30) as http:
+        for _ in range(count):
+            event = http.post(url + "gradio_api/call/random_seed", json={"data": []}).json()
+            reply = http.get(url + f"gradio_api/call/random_seed/{event['event_id']}").text
+            assert "event: complete" in reply, reply[-300:]
+
+
+def test_per_session_state_is_bounded(launch, served_with):
+    """Every visitor (every API client) gets a server-side session that API clients never
+    close; Gradio keeps 10000 of them by default. With launch.py's capacity the number of
+    sessions, and the memory they hold, stops growing."""
+    import gc
+
+    from reliability_support import rss_mib
+
+    capacity = launch.SESSION_CAPACITY
+    url = served_with([])
+    holder = served_with.demos[-1].server_app.state_holder
+    assert holder.capacity == capacity
+    _new_sessions(url, capacity)
+    gc.collect()
+    full = rss_mib()
+    _new_sessions(url, 2 * capacity)
+    gc.collect()
+    growth = rss_mib() - full
+    assert len(holder.session_data) == capacity
+    record("security", session_capacity=capacity,
+           rss_growth_over_2x_capacity_more_sessions_mib=round(growth, 1))
+    assert growth < 16, f"+{growth:.0f} MiB for {2 * capacity} sessions beyond the capacity"
