@@ -69,6 +69,10 @@ class Quantizer(Protocol):
     def phis(self) -> list[Callable[[torch.Tensor], torch.Tensor]]: ...
 
 
+DrawFn = Callable[[torch.Tensor, int, float, torch.Generator],
+                  tuple[torch.Tensor, torch.Tensor]]
+
+
 class ScaleConstraint(Protocol):
     """An edit: which tokens of each scale are kept from a source pyramid."""
 
@@ -170,6 +174,9 @@ def guided_logits(
     When t = 0 only the conditional half runs (the result is the same), unless ``pair`` asks
     for both halves anyway (stateful models whose KV cache needs a constant batch).
     """
+    guided = getattr(model_fn, "guided", None)
+    if guided is not None:  # the model runs both halves itself (e.g. the fast runner)
+        return guided(labels, null_class, scale, weight, x_ns, **inputs)
     if weight == 0.0 and not pair:
         return model_fn(labels, scale, x_ns, **inputs)
     both = torch.cat([labels, torch.full_like(labels, null_class)])
@@ -197,6 +204,7 @@ def sample(
     on_scale: Callable[[ScaleState], None] | None = None,
     resume: ScaleState | None = None,
     record_steps: bool = False,
+    draw: DrawFn | None = None,
 ) -> SampleOutput:
     """Generate a token pyramid scale by scale.
 
@@ -213,6 +221,8 @@ def sample(
         on_scale: called with the :class:`ScaleState` after every committed scale.
         resume: a state from an earlier run; sampling continues at ``resume.scale + 1``.
         record_steps: keep the tokens after every step in ``SampleOutput.steps``.
+        draw: filter-and-draw function (default :func:`sample_from_logits`); the fast path
+            passes a fused, sync-free one with the same distribution and random stream.
 
     Returns:
         A :class:`SampleOutput`.
@@ -235,25 +245,27 @@ def sample(
         tokens = list(resume.tokens)
         confidences = [torch.ones_like(t, dtype=codebook.dtype) for t in tokens]
         confidences[-1] = resume.confidence
+    draw = sample_from_logits if draw is None else draw
+    keeps = [constraint.keep(si) if constraint is not None else None for si in range(num_scales)]
+    fully_kept = _fully_kept(keeps, start)  # one host read for all scales, none in the loop
     steps: list[list[torch.Tensor]] = []
     x_ns = None if start == 0 else pyramid.next_scale_input(f_hat, patch_nums[start])
 
     for si in range(start, num_scales):
-        pn = patch_nums[si]
-        keep = constraint.keep(si) if constraint is not None else None
-        if keep is not None and bool(keep.all()):
+        pn, keep = patch_nums[si], keeps[si]
+        if fully_kept[si]:
             # Entirely kept (e.g. "strength" scales): no random draws, and no network pass
             # unless the model is stateful (VAR), whose KV cache needs this scale.
             if stateful:
-                guided_logits(model_fn, labels, null_class, si, cfg_weight(cfg.cfg, si, num_scales),
-                              x_ns, pair=pair)
+                guided_logits(model_fn, labels, null_class, si,
+                              cfg_weight(cfg.cfg, si, num_scales), x_ns, pair=pair)
             idx = constraint.source(si)  # type: ignore[union-attr]
             confidence = torch.ones(idx.shape, dtype=codebook.dtype, device=idx.device)
             scale_steps = [idx]
         else:
             weight = cfg_weight(cfg.cfg, si, num_scales)
             logits = guided_logits(model_fn, labels, null_class, si, weight, x_ns, pair=pair)
-            idx, probs = sample_from_logits(logits, cfg.top_k, cfg.top_p, generator)
+            idx, probs = draw(logits, cfg.top_k, cfg.top_p, generator)
             confidence = probs.gather(-1, idx[..., None])[..., 0]  # (B, n)
             if keep is not None:
                 idx = torch.where(keep, constraint.source(si), idx)  # type: ignore[union-attr]
@@ -262,7 +274,7 @@ def sample(
             if remaining:
                 idx, confidence = _refine(
                     model_fn, cfg, labels, null_class, si, pn, idx, confidence, keep,
-                    remaining, f_hat, phis[si], codebook, generator, scale_steps,
+                    remaining, f_hat, phis[si], codebook, generator, scale_steps, draw,
                 )
             if keep is not None:
                 confidence = torch.where(keep, torch.ones_like(confidence), confidence)
@@ -295,6 +307,7 @@ def _refine(
     codebook: torch.Tensor,
     generator: torch.Generator,
     scale_steps: list[torch.Tensor],
+    draw: DrawFn,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Masked refinement of one scale: re-predict the least confident tokens, step by step.
 
@@ -321,7 +334,7 @@ def _refine(
                                                phi, pn)
         logits = guided_logits(model_fn, labels, null_class, si, weight, x_ns,
                                x_mask=x_mask, masked=masked, branch="mask")
-        new_idx, probs = sample_from_logits(logits, cfg.top_k, cfg.top_p, generator)
+        new_idx, probs = draw(logits, cfg.top_k, cfg.top_p, generator)
         idx = torch.where(masked, new_idx, idx)
         new_conf = probs.gather(-1, new_idx[..., None])[..., 0]
         confidence = torch.where(masked, new_conf, confidence)
@@ -329,6 +342,18 @@ def _refine(
     if keep is not None:
         confidence = confidence.masked_fill(keep, 1.0)
     return idx, confidence
+
+
+def _fully_kept(keeps: Sequence[torch.Tensor | None], start: int) -> list[bool]:
+    """Per scale: does the constraint keep every token? One host read for all scales."""
+    flags = [False] * len(keeps)
+    checks = [(si, keep.all()) for si, keep in enumerate(keeps)
+              if keep is not None and si >= start]
+    if checks:
+        values = torch.stack([flag for _, flag in checks]).tolist()
+        for (si, _), value in zip(checks, values):
+            flags[si] = bool(value)
+    return flags
 
 
 def _scaled_counts(count: int, n: int, free_B: torch.Tensor) -> torch.Tensor:

@@ -19,25 +19,11 @@ reference's tokens for the same seed, with and without an edit constraint.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from .. import pyramid
-from ..config import SamplerConfig
-from ..sampler import (
-    Quantizer,
-    SampleOutput,
-    ScaleConstraint,
-    ScaleModel,
-    ScaleState,
-    _scaled_counts,
-    guided_logits,
-    lowest_confidence,
-    top_k_top_p_filter,
-)
-from ..schedules import Schedule, cfg_weight, remask_counts
+from ..sampler import SampleOutput, sample, top_k_top_p_filter
 
 __all__ = [
     "GuidedScaleModel",
@@ -139,162 +125,10 @@ def sample_from_logits_fast(
 
 
 # --------------------------------------------------------------------------------- the loop
-def _guided(
-    model_fn: ScaleModel | GuidedScaleModel,
-    labels: torch.Tensor,
-    null_class: int,
-    scale: int,
-    weight: float,
-    x_ns: torch.Tensor | None,
-    pair: bool,
-    **inputs: torch.Tensor | str | None,
-) -> torch.Tensor:
-    if isinstance(model_fn, GuidedScaleModel):
-        return model_fn.guided(labels, null_class, scale, weight, x_ns, **inputs)  # type: ignore
-    return guided_logits(model_fn, labels, null_class, scale, weight, x_ns,  # type: ignore
-                         pair=pair, **inputs)
+def fast_sample(*args: Any, **kwargs: Any) -> SampleOutput:
+    """:func:`hmar_core.sampler.sample` with the fused, sync-free filter and draw.
 
-
-def fast_sample(
-    model_fn: ScaleModel | GuidedScaleModel,
-    quantizer: Quantizer,
-    patch_nums: Sequence[int],
-    cfg: SamplerConfig,
-    schedule: Schedule,
-    *,
-    labels: torch.Tensor,
-    null_class: int,
-    generator: torch.Generator,
-    constraint: ScaleConstraint | None = None,
-    on_scale: Callable[[ScaleState], None] | None = None,
-    resume: ScaleState | None = None,
-    record_steps: bool = False,
-) -> SampleOutput:
-    """:func:`hmar_core.sampler.sample` without host synchronisation inside the scale loop.
-
-    Same arguments, same random draws and the same result for the same logits. The only host
-    reads happen before the loop: which scales an edit keeps entirely (one sync for all).
+    Same arguments, same random draws and the same result for the same logits; models with a
+    ``guided`` method (the fast runner) run both CFG halves in one pass.
     """
-    codebook, phis = quantizer.codebook, quantizer.phis()
-    num_scales, size = len(patch_nums), patch_nums[-1]
-    stateful = bool(getattr(model_fn, "stateful", False))
-    pair = stateful and cfg.cfg > 0
-    batch = labels.shape[0]
-    if resume is not None and stateful:
-        raise ValueError("resume is not supported for stateful (VAR) models: their KV cache is "
-                         "not part of ScaleState")
-    if resume is None:
-        f_hat = codebook.new_zeros(batch, codebook.shape[1], size, size)
-        tokens: list[torch.Tensor] = []
-        confidences: list[torch.Tensor] = []
-        start = 0
-    else:
-        f_hat, start = resume.f_hat, resume.scale + 1
-        tokens = list(resume.tokens)
-        confidences = [torch.ones_like(t, dtype=codebook.dtype) for t in tokens]
-        confidences[-1] = resume.confidence
-    keeps = [constraint.keep(si) if constraint is not None else None
-             for si in range(num_scales)]
-    fully_kept = _fully_kept(keeps, start)
-    steps: list[list[torch.Tensor]] = []
-    x_ns = None if start == 0 else pyramid.next_scale_input(f_hat, patch_nums[start])
-
-    for si in range(start, num_scales):
-        pn, keep = patch_nums[si], keeps[si]
-        if fully_kept[si]:  # no random draws; a network pass only to fill a VAR cache
-            if stateful:
-                _guided(model_fn, labels, null_class, si, cfg_weight(cfg.cfg, si, num_scales),
-                        x_ns, pair)
-            idx = constraint.source(si)  # type: ignore[union-attr]
-            confidence = torch.ones(idx.shape, dtype=codebook.dtype, device=idx.device)
-            scale_steps = [idx]
-        else:
-            weight = cfg_weight(cfg.cfg, si, num_scales)
-            logits = _guided(model_fn, labels, null_class, si, weight, x_ns, pair)
-            idx, probs = sample_from_logits_fast(logits, cfg.top_k, cfg.top_p, generator)
-            confidence = probs.gather(-1, idx[..., None])[..., 0]  # (B, n)
-            if keep is not None:
-                idx = torch.where(keep, constraint.source(si), idx)  # type: ignore[union-attr]
-            scale_steps = [idx]
-            remaining = remask_counts(schedule[si]) if pn * pn > 1 else []
-            if remaining:
-                idx, confidence = _refine(
-                    model_fn, cfg, labels, null_class, si, pn, idx, confidence, keep,
-                    remaining, f_hat, phis[si], codebook, generator, scale_steps,
-                )
-            if keep is not None:
-                confidence = torch.where(keep, torch.ones_like(confidence), confidence)
-        h_BChw = pyramid.embed_tokens(idx, codebook, pn)
-        f_hat = pyramid.accumulate(f_hat, h_BChw, phis[si], si == num_scales - 1)
-        tokens.append(idx)
-        confidences.append(confidence)
-        if record_steps:
-            steps.append(scale_steps)
-        if si + 1 < num_scales:
-            x_ns = pyramid.next_scale_input(f_hat, patch_nums[si + 1])
-        if on_scale is not None:
-            on_scale(ScaleState(si, list(tokens), f_hat, confidence))
-    return SampleOutput(tokens, f_hat, confidences, labels, steps)
-
-
-def _fully_kept(keeps: Sequence[torch.Tensor | None], start: int) -> list[bool]:
-    """Per scale: does the constraint keep every token? One host read for all scales."""
-    flags = [False] * len(keeps)
-    checks = [(si, keep.all()) for si, keep in enumerate(keeps) if keep is not None
-              and si >= start]
-    if checks:
-        values = torch.stack([flag for _, flag in checks]).tolist()
-        for (si, _), value in zip(checks, values):
-            flags[si] = bool(value)
-    return flags
-
-
-def _refine(
-    model_fn: ScaleModel | GuidedScaleModel,
-    cfg: SamplerConfig,
-    labels: torch.Tensor,
-    null_class: int,
-    si: int,
-    pn: int,
-    idx: torch.Tensor,
-    confidence: torch.Tensor,
-    keep: torch.Tensor | None,
-    remaining: list[int],
-    f_hat: torch.Tensor,
-    phi: Callable[[torch.Tensor], torch.Tensor],
-    codebook: torch.Tensor,
-    generator: torch.Generator,
-    scale_steps: list[torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masked refinement of one scale (the reference's ``_refine``, sync-free sampling).
-
-    Like the reference, mask steps never force both CFG halves (``pair``): only HMAR models
-    have a mask branch, and they are stateless.
-    """
-    n = pn * pn
-    if keep is None:
-        free_B = torch.full_like(idx[:, 0], n)
-    else:
-        free_B = (~keep).sum(-1)
-        confidence = confidence.masked_fill(keep, float("inf"))
-    masked = None
-    weight = cfg.cfg * cfg.mask_cfg_ratio
-    for count in remaining:
-        counts_B = _scaled_counts(count, n, free_B)
-        if masked is None:
-            masked = lowest_confidence(confidence, counts_B)
-        else:  # keep masked only the least confident of the currently masked positions
-            masked = masked & lowest_confidence(confidence.masked_fill(~masked, float("inf")),
-                                                counts_B)
-        x_ns, x_mask = pyramid.mask_step_input(f_hat, pyramid.embed_tokens(idx, codebook, pn),
-                                               phi, pn)
-        logits = _guided(model_fn, labels, null_class, si, weight, x_ns, False,
-                         x_mask=x_mask, masked=masked, branch="mask")
-        new_idx, probs = sample_from_logits_fast(logits, cfg.top_k, cfg.top_p, generator)
-        idx = torch.where(masked, new_idx, idx)
-        new_conf = probs.gather(-1, new_idx[..., None])[..., 0]
-        confidence = torch.where(masked, new_conf, confidence)
-        scale_steps.append(idx)
-    if keep is not None:
-        confidence = confidence.masked_fill(keep, 1.0)
-    return idx, confidence
+    return sample(*args, draw=sample_from_logits_fast, **kwargs)
