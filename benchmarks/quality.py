@@ -87,6 +87,8 @@ PSNR_TARGET_DB = 26.0
 ACCURACY_RATIO_TARGET = 0.8
 SECONDS_TARGET = 1.0
 NEAR_COPY_QUANTILE = 0.05
+FLOOR_DRAWS = 5
+BOOTSTRAP_REPS = 50
 
 
 @dataclass
@@ -198,6 +200,36 @@ def fd(feats_a: np.ndarray, labels_a: np.ndarray | None, feats_b: np.ndarray,
     return frechet_distance(*gaussian_stats(feats_a, wa), *gaussian_stats(feats_b, wb))
 
 
+def class_bootstrap(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices of a bootstrap resample drawn within each class (keeps the class counts)."""
+    out = np.empty(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        slots = np.flatnonzero(labels == c)
+        out[slots] = rng.choice(slots, size=len(slots), replace=True)
+    return out
+
+
+def paired_fd_bootstrap(feats_on: np.ndarray, feats_off: np.ndarray, labels: np.ndarray,
+                        ref_feats: np.ndarray, ref_labels: np.ndarray, reps: int, seed: int
+                        ) -> dict[str, float]:
+    """Bootstrap of FD(ON) - FD(OFF) resampling the paired generated sets (same indices for
+    both: same labels and seeds), the reference fixed."""
+    rng = np.random.default_rng(seed)
+    ref = gaussian_stats(ref_feats, class_balance_weights(ref_labels))
+    weights = class_balance_weights(labels)
+    on_values, diffs = [], []
+    for _ in range(reps):
+        idx = class_bootstrap(labels, rng)
+        on = frechet_distance(*gaussian_stats(feats_on[idx], weights), *ref)
+        off = frechet_distance(*gaussian_stats(feats_off[idx], weights), *ref)
+        on_values.append(on)
+        diffs.append(on - off)
+    diffs_arr = np.asarray(diffs)
+    return {"reps": reps, "fd_on_std": float(np.std(on_values)),
+            "diff_mean": float(diffs_arr.mean()), "diff_std": float(diffs_arr.std()),
+            "fraction_on_better": float(np.mean(diffs_arr < 0))}
+
+
 def nn_summary(dist: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
     """Class-balanced mean, median, min of NN distances and the fraction below ``threshold``."""
     return {"balanced_mean": balanced_mean(dist, labels), "median": float(np.median(dist)),
@@ -284,12 +316,16 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      f"{mem['ratio_balanced_mean']:.3f} (near copies "
                      f"{mem['generated']['near_copies']:.3f})", "~1 (<< 1: copying)", ""))
     ref = report["fd_reference"]
-    rows.append(("domain-FD floor: train subset (same labels, size) vs val",
-                 f"{ref['train_matched_vs_val']:.2f}", "", ""))
+    rows.append((f"domain-FD floor: train subset (same labels, size) vs val, "
+                 f"{ref['train_matched_draws']} draws", f"{ref['train_matched_vs_val']:.2f} "
+                 f"+- {ref['train_matched_vs_val_std']:.2f}", "", ""))
     rows.append((f"domain-FD floor: all train (n={ref['train_n']}) vs val",
                  f"{ref['train_all_vs_val']:.2f}", "", ""))
-    rows.append(("masked refinement lowers domain-FD", str(report["refinement_helps_fd"]),
-                 "", ""))
+    boot = report["fd_on_minus_off_bootstrap"]
+    rows.append(("masked refinement lowers domain-FD", f"{report['refinement_helps_fd']} "
+                 f"(ON - OFF = {on_off_diff(report):.2f}; paired bootstrap "
+                 f"{boot['diff_mean']:.2f} +- {boot['diff_std']:.2f}, ON better in "
+                 f"{boot['fraction_on_better']:.0%})", "", ""))
     timing = report.get("timing")
     if timing:
         for key in ("generate_default", "generate_refine_on", "inpaint_default"):
@@ -298,6 +334,11 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                          f"{median:.3f} s", f"<= {SECONDS_TARGET:g} s",
                          "pass" if median <= SECONDS_TARGET else "FAIL"))
     return rows
+
+
+def on_off_diff(report: dict[str, Any]) -> float:
+    gen = report["generated"]
+    return gen["refine_on"]["fd_val"] - gen["refine_off"]["fd_val"]
 
 
 def markdown_block(report: dict[str, Any]) -> str:
@@ -377,15 +418,20 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     report["generated_labels"] = {"classes": int(len(present)),
                                   "per_class_min": int(per_class.min()),
                                   "per_class_max": int(per_class.max())}
+    matched = [fd(train_feats[matched_subset(labels, train_feats_y, args.seed + k)].numpy(),
+                  labels, val_feats.numpy(), val_y) for k in range(FLOOR_DRAWS)]
     matched_feats = train_feats[matched_subset(labels, train_feats_y, args.seed)]
     report["fd_reference"] = {
-        "train_matched_vs_val": fd(matched_feats.numpy(), labels, val_feats.numpy(), val_y),
+        "train_matched_vs_val": float(np.mean(matched)),
+        "train_matched_vs_val_std": float(np.std(matched)),
+        "train_matched_draws": FLOOR_DRAWS,
         "train_all_vs_val": fd(train_feats.numpy(), train_feats_y, val_feats.numpy(), val_y),
         "train_matched_vs_val_unweighted": fd(matched_feats.numpy(), None, val_feats.numpy(),
                                               None),
         "train_n": int(len(train_pick)), "matched_n": int(len(matched_feats)),
     }
     report["generated"] = {}
+    gen_feats: dict[str, np.ndarray] = {}
     pipe.generate(int(labels[0]), seed=args.seed)  # warm-up, so the first setting is not charged
     for setting in settings:
         t0 = time.perf_counter()
@@ -408,6 +454,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                                                   train_feats, rms=False),
         }
         report["generated"][setting.name] = entry
+        gen_feats[setting.name] = feats.numpy()
         logger.info("%s: balanced acc %.3f (ratio %.3f), FD %.2f, NN ratio %.3f (%.0f s)",
                     setting.name, acc["class_top1_balanced"], entry["accuracy_ratio"],
                     entry["fd_val"], entry["memorisation_pixels32"]["ratio_balanced_mean"],
@@ -417,6 +464,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             save_nn_pairs(images, train_x, train_pix, Path(args.grid) / f"{setting.name}_nn.png")
     on, off = report["generated"]["refine_on"], report["generated"]["refine_off"]
     report["refinement_helps_fd"] = bool(on["fd_val"] < off["fd_val"])
+    report["fd_on_minus_off_bootstrap"] = paired_fd_bootstrap(
+        gen_feats["refine_on"], gen_feats["refine_off"], labels, val_feats.numpy(), val_y,
+        BOOTSTRAP_REPS, args.seed)
     report["refinement_helps_accuracy"] = bool(on["accuracy_ratio"] > off["accuracy_ratio"])
 
     # 4. CPU timing

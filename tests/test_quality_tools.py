@@ -227,3 +227,19 @@ def test_stratified_subset_keeps_every_class():
     counts = np.bincount(labels[idx])
     assert counts.tolist() == [98, 3, 8]
     assert len(set(idx.tolist())) == len(idx) and (np.diff(idx) > 0).all()
+
+
+def test_paired_fd_bootstrap_identical_sets_and_shifted_set():
+    from benchmarks.quality import class_bootstrap, paired_fd_bootstrap
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 30)
+    idx = class_bootstrap(labels, rng)
+    assert (labels[idx] == labels).all()
+    ref = rng.normal(size=(200, 3))
+    ref_labels = np.repeat(np.arange(4), 50)
+    feats = rng.normal(size=(120, 3))
+    same = paired_fd_bootstrap(feats, feats, labels, ref, ref_labels, reps=5, seed=0)
+    assert same["diff_mean"] == 0 and same["fraction_on_better"] == 0
+    worse = paired_fd_bootstrap(feats, feats + 3.0, labels, ref, ref_labels, reps=5, seed=0)
+    assert worse["fraction_on_better"] == 1.0 and worse["diff_mean"] < -5
