@@ -4,7 +4,7 @@ Usage: ``python tests/reliability/load_driver.py URL OUT.json --users N --second
 [--rounds R] [--inputs DIR] [--seed K]``
 
 ``N`` simulated users, each with its own ``gradio_client.Client`` (one server session per
-user, kept over the rounds), loop over a random mix of Generate and Inpaint (their own picture
+user, kept over the rounds), alternate Generate and Inpaint (their own picture
 and brush layer uploaded each time, random seeds, quality 0 or 1, one image) until the round's
 deadline; a request still in flight ``GRACE`` seconds after it is cancelled (outcome "cut").
 Writes one JSON record per request (round, user,
@@ -34,8 +34,9 @@ def user_round(client: Client, user: int, inputs: Path, deadline: float,
     rng = random.Random(seed)
     picture, layer = inputs / f"picture-{user}.png", inputs / f"layer-{user}.png"
     done = []
+    operations = ("generate", "inpaint") if user % 2 == 0 else ("inpaint", "generate")
     while time.monotonic() < deadline:
-        operation = rng.choice(["generate", "inpaint"])
+        operation = operations[len(done) % 2]  # alternate, half the users starting with each
         started = time.perf_counter()
         try:
             if operation == "generate":
