@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/classifier.py --data data/emoji64/emoji64.npz \\
-        --out benchmarks/models/emoji-classifier [--epochs 6] [--device cpu|cuda] [--seed 0]
+        --out benchmarks/models/emoji-classifier [--epochs 15] [--device cpu|cuda] [--seed 0]
 
 Model: a compact CNN (stride-2 stem, 4 conv stages 32-64-128-256 with BatchNorm + ReLU, global
 average pool -> 256-d feature -> 51 logits; ~1.2 M parameters). Input: (B, 3, H, W) float RGB in
@@ -326,7 +326,7 @@ def train_classifier(
     train_labels: np.ndarray,
     num_classes: int,
     *,
-    epochs: int = 6,
+    epochs: int = 15,
     batch_size: int = 128,
     lr: float = 3e-3,
     weight_decay: float = 5e-4,
@@ -413,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="emoji64.npz")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--tau", type=float, default=1.0, help="logit adjustment (0 = off)")
