@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -82,7 +83,8 @@ def load_torch_weights(path: str | Path) -> StateDict:
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError,
+            IndexError, KeyError, AssertionError, TypeError, struct.error, OSError) as err:
         raise CheckpointError(
             f"{path} is not a weights-only checkpoint (refused without executing it): {err}"
         ) from err

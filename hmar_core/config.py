@@ -33,6 +33,9 @@ PATCH_NUMS: dict[str, tuple[int, ...]] = {
 
 _C = TypeVar("_C", bound="_Serializable")
 
+#: Largest guidance scale accepted (larger values only overflow the guided logits).
+MAX_CFG = 1000.0
+
 
 def phi_index_table(num_scales: int, num_phi: int) -> tuple[int, ...]:
     """Which of the ``num_phi`` shared phi convs each scale uses.
@@ -222,9 +225,11 @@ class SamplerConfig(_Serializable):
     steps: int | None = None
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.cfg) or self.cfg < 0:
-            raise ValueError(f"cfg must be a finite number >= 0, got {self.cfg}")
-        if int(self.top_k) != self.top_k or self.top_k < 0:
+        if not math.isfinite(self.cfg) or not 0 <= self.cfg <= MAX_CFG:
+            raise ValueError(f"cfg must be a number in [0, {MAX_CFG}], got {self.cfg}")
+        if (isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, float))
+                or not math.isfinite(self.top_k) or int(self.top_k) != self.top_k
+                or self.top_k < 0):
             raise ValueError(f"top_k must be an int >= 0 (0 disables), got {self.top_k}")
         if not 0.0 <= self.top_p <= 1.0:
             raise ValueError(f"top_p must be in [0, 1] (0 disables), got {self.top_p}")

@@ -52,6 +52,11 @@ def _check_int(name: str, value: object, minimum: int = 0, allow_none: bool = Fa
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
+#: Upper bounds that keep one request from asking for unbounded memory.
+MAX_FEATHER = 1024
+MAX_VARIANTS = 64
+
+
 @dataclass(frozen=True)
 class EditOptions:
     """Everything an edit needs besides the image and the mask.
@@ -101,6 +106,11 @@ class EditOptions:
         for name in ("strength", "grow", "feather", "padding"):
             _check_int(name, getattr(self, name))
         _check_int("num_variants", self.num_variants, minimum=1)
+        if self.feather > MAX_FEATHER:
+            raise ValueError(f"feather must be at most {MAX_FEATHER} px, got {self.feather}")
+        if self.num_variants > MAX_VARIANTS:
+            raise ValueError(f"num_variants must be at most {MAX_VARIANTS}, "
+                             f"got {self.num_variants}")
         if self.fit not in FIT_MODES:
             raise ValueError(f"fit must be one of {FIT_MODES}, got {self.fit!r}")
         if not 0.0 <= self.coarse_threshold < 1.0:

@@ -147,6 +147,9 @@ class Pipeline(nn.Module):
     def labels_for(self, class_ids: ClassIds, batch: int | None, generator: torch.Generator
                    ) -> torch.Tensor:
         """Class ids as an int64 (B,) tensor; ``None`` draws B uniform classes."""
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int)
+                                  or batch < 1):
+            raise ValueError(f"batch_size must be a positive int, got {batch!r}")
         if class_ids is None:
             count = 1 if batch is None else batch
             uniform = torch.ones(self.num_classes, device=generator.device)

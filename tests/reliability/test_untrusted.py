@@ -243,8 +243,6 @@ def test_damaged_pth_files_give_checkpoint_errors(tmp_path_factory, data):
         count_case("checkpoints.damaged_pth", "loaded")
 
 
-@pytest.mark.xfail(strict=True, raises=KNOWN_LEAKS, reason="known defect in "
-                   "hmar_core/checkpoint.py (reported in docs/RELIABILITY.md)")
 @pytest.mark.parametrize("length", [1, 3, 75])
 def test_truncated_legacy_pth_is_a_checkpoint_error(tmp_path, length):
     """load_torch_weights maps only UnpicklingError/RuntimeError/EOFError/ValueError/
