@@ -244,3 +244,19 @@ def test_paired_fd_bootstrap_identical_sets_and_shifted_set():
     assert worse["fd_on_std"] > 0  # resamples differ even with one sample per class
     single = paired_fd_bootstrap(feats[:4], feats[4:8], np.arange(4), ref, ref_labels, 5, 0)
     assert single["diff_std"] > 0
+
+
+def test_memorisation_flags_copies_and_fd_verdict():
+    from benchmarks.quality import fd_verdict, memorisation
+
+    rng = np.random.default_rng(0)
+    train = torch.tensor(rng.random((40, 6)))
+    val = torch.tensor(rng.random((10, 6)))
+    labels = np.arange(10) % 2
+    copies = memorisation(train[:10], labels, val, labels, train, rms=True, tiny=1e-9)
+    assert copies["ratio_balanced_mean"] == 0 and copies["generated"]["identical"] == 10
+    assert copies["generated"]["near_copies"] == 1.0
+    fresh = memorisation(val, labels, val, labels, train, rms=True, tiny=1e-9)
+    assert fresh["ratio_balanced_mean"] == pytest.approx(1.0)
+    assert fd_verdict(0.97) == "ON better" and fd_verdict(0.02) == "OFF better"
+    assert fd_verdict(0.5) == "no significant difference"
