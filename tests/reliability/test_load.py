@@ -40,6 +40,7 @@ from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
 from PIL import Image
 from reliability_support import (
+    FULL,
     REPO,
     peak_rss_mib,
     percentile,
@@ -73,9 +74,11 @@ def free_port() -> int:
 
 
 def load_model() -> tuple[Pipeline, str]:
-    if (BUNDLED / "config.json").is_file():
+    # The CI-size run uses the tiny model so that enough requests finish on 2 shared cores to
+    # measure percentiles; the full-size run serves the bundled model.
+    if FULL and (BUNDLED / "config.json").is_file():
         return Pipeline.from_pretrained(BUNDLED), "bundled assets/hmar-emoji64"
-    return Pipeline.random(seed=0), "tiny random model (assets/hmar-emoji64 not bundled)"
+    return Pipeline.random(seed=0), "tiny random model (CI size)"
 
 
 @pytest.fixture(scope="module")

@@ -166,7 +166,8 @@ def test_random_sigkills_never_leave_an_unloadable_checkpoint(tmp_path):
         assert loaded is not None
         state, path = loaded
         assert torch.equal(state["x"], torch.full((400_000,), float(state["step"])))
-        assert state["step"] >= 1 and len(manager.paths()) <= 2
+        # a kill between writing a checkpoint and pruning the oldest leaves one extra file
+        assert state["step"] >= 1 and len(manager.paths()) <= 3
         last_step = state["step"]
         manager.remove_stale_temporaries()
         for stale in manager.paths():  # restart the loop's numbering from scratch
