@@ -410,6 +410,13 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "classifier_config_metrics": classifier.cfg.metrics,
     }
 
+    if args.timing_only:
+        report["timing"] = cpu_timing(pipe if device.type == "cpu" else
+                                      Pipeline.from_pretrained(args.model), settings[0],
+                                      val_x[0], args.timing_reps, args.seed)
+        report["runtime_s"] = time.perf_counter() - start
+        return report
+
     # 1. tokenizer reconstruction
     psnr_x = val_x if not args.psnr_images else val_x[:args.psnr_images]
     values = tokenizer_psnr(pipe, psnr_x)
@@ -544,6 +551,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="train images for feature statistics (0 = all)")
     parser.add_argument("--timing-reps", type=int, default=5)
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--timing-only", action="store_true",
+                        help="only the CPU timing (e.g. again when the machine is idle)")
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown block")
@@ -560,8 +569,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--samples must be >= 2")
     torch.set_num_threads(args.threads)
     report = evaluate(args)
-    print_table(report)
-    if args.markdown:
+    if args.timing_only:
+        print(json.dumps(report["timing"], indent=2, default=_json_default))
+    else:
+        print_table(report)
+    if args.markdown and not args.timing_only:
         print()
         print(markdown_block(report))
     if args.json:
