@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/quality.py --model assets/hmar-emoji64 \\
         --classifier benchmarks/models/emoji-classifier [--device cpu|cuda] [--samples 1020] \\
-        [--json out.json] [--markdown] [--quick]
+        [--json out.json] [--markdown] [--quick] [--grid DIR] [--timing-only]
 
 Metrics (fixed seeds; ``--data`` is the ``emoji64.npz`` of ``python -m train.data emoji``):
 
