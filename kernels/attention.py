@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .mask import ScaleMask
+from .validation import check_attention_inputs
 
 __all__ = ["Backend", "attention", "available_backends"]
 
@@ -41,28 +42,7 @@ _BACKENDS = ("auto", "reference", "flex", "triton")
 
 
 def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: ScaleMask | None) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must have shape (B, H, L, D), got {tuple(t.shape)}")
-    if q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(
-            f"q, k, v must have the same shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
-            f"{tuple(v.shape)}"
-        )
-    if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if mask is not None:
-        if not isinstance(mask, ScaleMask):
-            raise ValueError(f"mask must be a kernels.ScaleMask or None, got {type(mask).__name__}")
-        if q.shape[2] != mask.length:
-            raise ValueError(
-                f"sequence length {q.shape[2]} does not match the mask's pyramid "
-                f"{mask.patch_nums} (L = {mask.length})"
-            )
+    check_attention_inputs(q, k, v, mask)
 
 
 def reference_attention(

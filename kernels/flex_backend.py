@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import math
 from collections.abc import Callable
 
 import torch
 
 from .mask import ScaleMask
+from .validation import check_attention_inputs
 
 __all__ = ["flex_attention", "is_available"]
 
@@ -63,27 +63,7 @@ def _block_mask(mask: ScaleMask, device: torch.device) -> object:
 def _validate(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: ScaleMask, scale: float
 ) -> None:
-    for name, tensor in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4:
-            raise ValueError(f"{name} must be a (B, H, L, D) torch.Tensor")
-    if q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(
-            f"q, k, v must have one shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
-            f"{tuple(v.shape)}"
-        )
-    if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if not isinstance(mask, ScaleMask):
-        raise ValueError(f"mask must be a kernels.ScaleMask, got {type(mask).__name__}")
-    if q.shape[2] != mask.length:
-        raise ValueError(
-            f"sequence length {q.shape[2]} does not match the mask's pyramid {mask.patch_nums} "
-            f"(L = {mask.length})"
-        )
-    if not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite float, got {scale!r}")
+    check_attention_inputs(q, k, v, mask, scale, require_mask=True)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     if q.device.type == "cpu" and needs_grad:
         raise ValueError("FlexAttention has no backward on CPU; use backend='reference' there")

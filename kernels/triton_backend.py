@@ -54,6 +54,7 @@ import triton.testing
 
 from .mask import ScaleMask
 from .schedule import SCHEDULE_BLOCKS, PackedSchedule, packed_schedule
+from .validation import check_attention_inputs
 
 __all__ = ["BlockSparseAttention", "is_available", "triton_attention"]
 
@@ -672,22 +673,9 @@ class BlockSparseAttention(torch.autograd.Function):
 def _validate(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: ScaleMask, scale: float
 ) -> None:
-    for name, tensor in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(tensor, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-        if tensor.dim() != 4:
-            raise ValueError(f"{name} must have shape (B, H, L, D), got {tuple(tensor.shape)}")
-    if q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(
-            f"q, k, v must have one shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
-            f"{tuple(v.shape)}"
-        )
-    if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    check_attention_inputs(q, k, v, mask, scale, require_mask=True)
     if q.dtype not in _DTYPES:
         raise ValueError(f"the triton backend takes {_DTYPES}, got {q.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if q.device.type != "cuda" and not (q.device.type == "cpu" and _interpreted()):
         raise ValueError(
             f"the triton backend runs on CUDA tensors (or on CPU with TRITON_INTERPRET=1 set "
@@ -700,15 +688,6 @@ def _validate(
         raise ValueError(f"the triton backend supports head dims {_HEAD_DIMS}, got {q.shape[-1]}")
     if q.shape[0] * q.shape[1] == 0:
         raise ValueError(f"q, k, v are empty: {tuple(q.shape)}")
-    if not isinstance(mask, ScaleMask):
-        raise ValueError(f"mask must be a kernels.ScaleMask, got {type(mask).__name__}")
-    if q.shape[2] != mask.length:
-        raise ValueError(
-            f"sequence length {q.shape[2]} does not match the mask's pyramid {mask.patch_nums} "
-            f"(L = {mask.length})"
-        )
-    if not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite float, got {scale!r}")
 
 
 def triton_attention(

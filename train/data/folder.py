@@ -12,6 +12,7 @@ names, so there the class id equals the folder position even for classes without
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 from collections import Counter
@@ -35,7 +36,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 _MAX_FALLBACKS = 16
 
 
-class _CroppedImageDataset(Dataset):
+class _CroppedImageDataset(Dataset, abc.ABC):
     """Shared crop/epoch/fallback logic; subclasses provide ``_load_image`` and ``targets``."""
 
     def __init__(
@@ -72,8 +73,9 @@ class _CroppedImageDataset(Dataset):
         counts = Counter(self.targets)
         return [counts[index] for index in range(len(self.classes))]
 
+    @abc.abstractmethod
     def _load_image(self, index: int) -> Image.Image:
-        raise NotImplementedError
+        """The decoded image of sample ``index`` (each storage format implements this)."""
 
     def _describe(self, index: int) -> str:
         return f"sample {index}"
