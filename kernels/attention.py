@@ -141,4 +141,5 @@ def attention(
         raise ValueError("backend 'triton' needs a ScaleMask; use 'reference' for mask=None")
     if chosen_automatically:  # the kernel takes contiguous (B, H, L, D); a named call must
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    return triton_backend.triton_attention(q, k, v, mask, scale)
+    triton_backend.check_triton_inputs(q, k, v, scale)  # the shared checks ran above
+    return triton_backend.run_checked(q, k, v, mask, scale)

@@ -8,15 +8,20 @@ grouped per scale, never across a scale boundary, except that consecutive whole 
 together into one tile share it (the smallest scales of a pyramid are a few tokens each). The
 column range of a tile is then exactly the union of its rows' allowed ranges, so the kernel
 loads no key tile outside it; the only waste is the rounding of each range up to whole tiles.
+One exception: the block-causal *key* schedule cuts the keys into uniform tiles across scale
+boundaries. There every key sees all queries from its scale's start to L, so a tile of few keys
+(the tail of a scale) would sweep a long query range for little work; a uniform tile instead
+costs a few masked query tiles at its start (the queries of its earlier scales).
 
 Two schedules exist per mask, both built from :meth:`ScaleMask.row_bounds`:
 
 * the *query* schedule (forward, dQ): rows are queries, columns are keys;
 * the *key* schedule (dK, dV): rows are keys, columns are the queries that may see each key.
 
-Each item is ``(row_start, row_end, col_start, col_end, col_full_end)``. Columns in
-``[col_start, col_full_end)`` are allowed for every row of the item, so the kernel sweeps whole
-tiles of that prefix without a mask and masks only the tiles after it.
+Each item is ``(row_start, row_end, col_start, col_end, col_full_start, col_full_end)``.
+Columns in ``[col_full_start, col_full_end)`` are allowed for every row of the item, so the
+kernel sweeps the whole tiles inside it without a mask and masks only the tiles before and after
+it. Query schedules always have ``col_full_start == col_start`` (a full prefix, possibly empty).
 
 Everything here is pure Python on CPU; :func:`packed_schedule` turns the schedules for all tile
 sizes into one int32 tensor that the kernels read.
@@ -44,6 +49,8 @@ __all__ = [
     "packed_schedule",
     "query_schedule",
     "row_groups",
+    "tile_phases",
+    "uniform_groups",
 ]
 
 ScheduleKind = Literal["query", "key"]
@@ -51,7 +58,7 @@ ScheduleKind = Literal["query", "key"]
 #: Row-tile sizes a packed schedule holds; a kernel's row tile must be one of them.
 SCHEDULE_BLOCKS = (16, 32, 64, 128)
 #: Ints per item in a packed schedule.
-ITEM_FIELDS = 5
+ITEM_FIELDS = 6
 #: Header of a packed schedule: (offset, count) for slots ``block // 16`` = 0..8.
 HEADER_INTS = 2 * (max(SCHEDULE_BLOCKS) // 16 + 1)
 
@@ -62,23 +69,33 @@ class TileSchedule:
 
     Args:
         block: rows per tile.
-        items: ``(row_start, row_end, col_start, col_end, col_full_end)`` per program, most
-            columns first (the longest programs start first).
+        items: ``(row_start, row_end, col_start, col_end, col_full_start, col_full_end)`` per
+            program, most columns first (the longest programs start first).
     """
 
     block: int
-    items: tuple[tuple[int, int, int, int, int], ...]
+    items: tuple[tuple[int, int, int, int, int, int], ...]
 
     def visited_tiles(self, col_block: int) -> int:
         """Number of (row tile, column tile) pairs the kernel computes with this column tile."""
-        return sum(math.ceil((end - start) / col_block) for _, _, start, end, _ in self.items)
+        return sum(math.ceil((item[3] - item[2]) / col_block) for item in self.items)
 
     def masked_tiles(self, col_block: int) -> int:
         """How many of :meth:`visited_tiles` need the per-row mask (boundary tiles)."""
         total = 0
-        for _, _, start, end, full_end in self.items:
-            total += math.ceil((end - start) / col_block) - (full_end - start) // col_block
+        for item in self.items:
+            total += sum(1 for tile in tile_phases(item, col_block) if tile)
         return total
+
+
+def tile_phases(item: tuple[int, ...], col_block: int) -> list[bool]:
+    """Per column tile of an item, whether the kernel masks it (the kernel's own arithmetic:
+    the unmasked tiles are those wholly inside ``[col_full_start, col_full_end)``)."""
+    _, _, start, end, full_start, full_end = item
+    n_tiles = math.ceil((end - start) / col_block)
+    n_head = math.ceil((full_start - start) / col_block)
+    n_full = max((full_end - start) // col_block, n_head)
+    return [not (n_head <= tile < n_full) for tile in range(n_tiles)]
 
 
 def dense_tile_count(length: int, row_block: int, col_block: int) -> int:
@@ -118,6 +135,13 @@ def row_groups(scale_sizes: tuple[int, ...], block: int) -> list[tuple[int, int]
     return groups
 
 
+def uniform_groups(length: int, block: int) -> list[tuple[int, int]]:
+    """Rows ``[0, L)`` cut into consecutive tiles of ``block`` rows (the last one shorter)."""
+    if block <= 0:
+        raise ValueError(f"block must be positive, got {block}")
+    return [(row, min(row + block, length)) for row in range(0, length, block)]
+
+
 def column_bounds(mask: ScaleMask) -> tuple[list[int], list[int]]:
     """Per key column, the range ``[start, end)`` of query rows that may attend to it.
 
@@ -138,9 +162,11 @@ def _schedule(
     for row_start, row_end in groups:
         lo = min(starts[row_start:row_end])
         hi = max(ends[row_start:row_end])
-        every_row_from_lo = max(starts[row_start:row_end]) == lo
-        full_end = min(ends[row_start:row_end]) if every_row_from_lo else lo
-        items.append((row_start, row_end, lo, hi, full_end))
+        full_start = max(starts[row_start:row_end])  # columns every row sees
+        full_end = min(ends[row_start:row_end])
+        if full_start >= full_end:
+            full_start = full_end = lo
+        items.append((row_start, row_end, lo, hi, full_start, full_end))
     items.sort(key=lambda item: item[3] - item[2], reverse=True)  # stable: ties keep row order
     return TileSchedule(block=block, items=tuple(items))
 
@@ -154,9 +180,17 @@ def query_schedule(mask: ScaleMask, block: int) -> TileSchedule:
 
 @functools.lru_cache(maxsize=128)
 def key_schedule(mask: ScaleMask, block: int) -> TileSchedule:
-    """Items of the dK/dV kernel: key tiles and the query range that sees each one."""
+    """Items of the dK/dV kernel: key tiles and the query range that sees each one.
+
+    Block-causal key tiles are uniform (see the module docstring); block-diagonal ones follow
+    :func:`row_groups`.
+    """
     col_start, col_end = column_bounds(mask)
-    return _schedule(col_start, col_end, row_groups(mask.scale_sizes, block), block)
+    if mask.pattern == "block_causal":
+        groups = uniform_groups(mask.length, block)
+    else:
+        groups = row_groups(mask.scale_sizes, block)
+    return _schedule(col_start, col_end, groups, block)
 
 
 class PackedSchedule(NamedTuple):

@@ -45,7 +45,7 @@ import logging
 import math
 import os
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import triton
@@ -56,7 +56,10 @@ from .mask import ScaleMask
 from .schedule import SCHEDULE_BLOCKS, PackedSchedule, packed_schedule
 from .validation import check_attention_inputs
 
-__all__ = ["BlockSparseAttention", "is_available", "triton_attention"]
+__all__ = [
+    "BlockSparseAttention", "check_triton_inputs", "is_available", "run_checked",
+    "triton_attention",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -93,20 +96,35 @@ def _configs(rows: str, cols: str, table: list[tuple[int, int, int, int]]) -> li
     ]
 
 
+# Candidates per head dim, chosen for Hopper (H200: 227 KiB of shared memory per block): row
+# tiles 64/128, column tiles 32/64/128, 4 or 8 warps, 2-5 pipeline stages. Configs whose
+# estimated shared memory (:func:`_shared_memory`) exceeds the device's are pruned before
+# tuning; one that still does not fit is timed as infinite by the autotuner. About 15 configs per
+# kernel at D = 64 keep the first call's tuning to a few seconds per shape.
 _FWD_CONFIGS = {
-    64: [(128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 3), (64, 64, 4, 2),
-         (64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3)],
-    128: [(128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3)],
+    64: [(128, 64, 4, 3), (128, 64, 4, 4), (128, 64, 8, 2), (128, 64, 8, 3), (128, 64, 8, 4),
+         (128, 128, 8, 2), (128, 128, 8, 3), (128, 128, 8, 4), (128, 32, 4, 4), (64, 64, 4, 2),
+         (64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3), (64, 128, 4, 4), (64, 32, 4, 5)],
+    128: [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (128, 32, 4, 4), (128, 128, 8, 2),
+          (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 4)],
 }
+# dQ: (query rows per program, key columns per step, warps, stages)
 _DQ_CONFIGS = {
-    64: [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2),
-         (64, 32, 4, 3), (64, 32, 4, 4)],
-    128: [(128, 32, 8, 2), (64, 32, 4, 3), (64, 64, 4, 2)],
+    64: [(128, 32, 4, 3), (128, 32, 4, 4), (128, 32, 4, 5), (128, 32, 8, 3), (128, 64, 4, 3),
+         (128, 64, 8, 2), (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (64, 64, 4, 2),
+         (64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 2), (64, 32, 4, 3), (64, 32, 4, 4),
+         (64, 128, 4, 3)],
+    128: [(128, 32, 8, 2), (128, 32, 8, 3), (128, 32, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3),
+          (64, 64, 4, 2), (64, 64, 4, 3)],
 }
+# dK/dV: (key rows per program, query columns per step, warps, stages)
 _DKDV_CONFIGS = {
-    64: [(128, 32, 8, 3), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2),
-         (64, 32, 4, 3), (64, 32, 4, 4)],
-    128: [(128, 32, 8, 2), (128, 32, 8, 3), (64, 32, 4, 3)],
+    64: [(128, 32, 4, 3), (128, 32, 4, 4), (128, 32, 4, 5), (128, 32, 8, 2), (128, 32, 8, 3),
+         (128, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2),
+         (64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 2), (64, 32, 4, 3),
+         (64, 32, 4, 4), (64, 128, 4, 3)],
+    128: [(128, 32, 8, 2), (128, 32, 8, 3), (128, 32, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3),
+          (64, 32, 4, 4), (64, 64, 4, 2), (64, 64, 4, 3)],
 }
 # One config per kernel under the interpreter: small tiles, so that small test pyramids still
 # have several items, full tiles and boundary tiles.
@@ -119,24 +137,51 @@ def _tuning_bench(kernel_call: Callable[[], None], quantiles: tuple[float, ...])
     return triton.testing.do_bench(kernel_call, warmup=10, rep=40, quantiles=quantiles)
 
 
+@functools.cache
+def _device_shared_memory(device_index: int) -> int:
+    """Shared memory per block (bytes) that kernels on this GPU may use."""
+    properties = triton.runtime.driver.active.utils.get_device_properties(device_index)
+    return int(properties["max_shared_mem"])
+
+
+def _shared_memory(
+    kernel: str, rows: int, cols: int, head_dim: int, stages: int, element_size: int
+) -> int:
+    """Estimated shared memory (bytes) of one program: the tiles its loop streams, once per
+    pipeline stage, plus the tiles it keeps for the whole loop."""
+    tile = head_dim * element_size
+    if kernel == "dkdv":  # streams q, dO (cols × D) and lse, delta; keeps k, v (rows × D)
+        return stages * cols * (2 * tile + 8) + 2 * rows * tile
+    kept = 1 if kernel == "fwd" else 2  # q; or q and dO
+    return stages * 2 * cols * tile + kept * rows * tile  # streams k, v (cols × D)
+
+
 def _autotune(
-    rows: str, cols: str, table: dict[int, list[tuple[int, int, int, int]]]
+    kernel: str, rows: str, cols: str, table: dict[int, list[tuple[int, int, int, int]]]
 ) -> Callable[[triton.JITFunction], triton.runtime.Autotuner]:
     """``triton.autotune`` keyed on (L, D, pyramid and pattern, dtypes), cached on disk.
 
-    All head dims' configs are listed; a prune step keeps those of the call's head dim.
+    All head dims' configs are listed; a prune step keeps those of the call's head dim that fit
+    in the current GPU's shared memory (by :func:`_shared_memory`).
     """
     if _BUILT_FOR_INTERPRETER:
         return triton.autotune(configs=_configs(rows, cols, [_INTERPRETER_CONFIG]), key=[])
     distinct = sorted({config for configs in table.values() for config in configs})
 
     def prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list:
-        wanted = set(table.get(int(kwargs["HEAD_DIM"]), []))
-        kept = [
-            c for c in configs
-            if (c.kwargs[rows], c.kwargs[cols], c.num_warps, c.num_stages) in wanted
-        ]
-        return kept or configs[:1]
+        head_dim = int(kwargs["HEAD_DIM"])
+        wanted = set(table.get(head_dim, []))
+        query = named_args.get("Q")
+        element_size = query.element_size() if isinstance(query, torch.Tensor) else 2
+        limit = _device_shared_memory(torch.cuda.current_device())
+        def size(c: triton.Config) -> int:
+            return _shared_memory(kernel, c.kwargs[rows], c.kwargs[cols], head_dim,
+                                  c.num_stages, element_size)
+
+        ours = [c for c in configs
+                if (c.kwargs[rows], c.kwargs[cols], c.num_warps, c.num_stages) in wanted]
+        kept = [c for c in ours if size(c) <= limit]
+        return kept or [min(ours or configs, key=size)]
 
     return triton.autotune(
         configs=_configs(rows, cols, distinct),
@@ -149,8 +194,8 @@ def _autotune(
 
 # --------------------------------------------------------------------------------------------
 # Kernels. Each program owns one schedule item of one batch·head; its loop visits the item's
-# column tiles in two phases: first the tiles every row sees whole (no mask), then the
-# boundary tiles (per-row mask). The per-tile work sits in small inlined helpers so that the
+# column tiles in phases: the tiles every row sees whole run without a mask, the boundary
+# tiles after them (and, for dK/dV of block-causal key tiles, before them) with a per-row mask. The per-tile work sits in small inlined helpers so that the
 # loop driver can be a ``for`` (compiled: software-pipelined) or a ``while`` (interpreter:
 # its ``range`` cannot take tensor bounds under NumPy >= 2.4).
 # --------------------------------------------------------------------------------------------
@@ -176,13 +221,14 @@ def _load_item(
         n_items = count_128
     pid = tl.program_id(0)
     bh = pid // n_items
-    entry = SCHEDULE + offset + (pid % n_items) * 5
+    entry = SCHEDULE + offset + (pid % n_items) * 6  # schedule.ITEM_FIELDS
     row_start = tl.load(entry)
     row_end = tl.load(entry + 1)
     col_start = tl.load(entry + 2)
     col_end = tl.load(entry + 3)
-    col_full_end = tl.load(entry + 4)
-    return bh.to(tl.int64), row_start, row_end, col_start, col_end, col_full_end
+    col_full_start = tl.load(entry + 4)
+    col_full_end = tl.load(entry + 5)
+    return bh.to(tl.int64), row_start, row_end, col_start, col_end, col_full_start, col_full_end
 
 
 @triton.jit
@@ -218,7 +264,7 @@ def _fwd_tile(
     return acc, l_i, m_new
 
 
-@_autotune("BLOCK_M", "BLOCK_N", _FWD_CONFIGS)
+@_autotune("fwd", "BLOCK_M", "BLOCK_N", _FWD_CONFIGS)
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _attn_fwd(
     # inputs (BH, L, D); outputs OUT (BH, L, D) and LSE (BH, L), the base-2 log-sum-exp, fp32
@@ -233,7 +279,8 @@ def _attn_fwd(
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, WHILE_LOOPS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    bh, q_start, q_end, k_start, k_end, k_full_end = _load_item(
+    # query schedules have no masked head (col_full_start == col_start): two phases suffice
+    bh, q_start, q_end, k_start, k_end, _, k_full_end = _load_item(
         SCHEDULE, offset_16, offset_32, offset_64, offset_128, count_16, count_32, count_64,
         count_128, BLOCK_M)
     base = bh * seq_len * HEAD_DIM
@@ -318,7 +365,7 @@ def _dq_tile(
     return tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
 
 
-@_autotune("BLOCK_M", "BLOCK_N", _DQ_CONFIGS)
+@_autotune("dq", "BLOCK_M", "BLOCK_N", _DQ_CONFIGS)
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _attn_bwd_dq(
     # inputs (BH, L, D) and LSE (BH, L); outputs DQ (BH, L, D) and DELTA (BH, L) fp32
@@ -333,7 +380,8 @@ def _attn_bwd_dq(
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, WHILE_LOOPS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    bh, q_start, q_end, k_start, k_end, k_full_end = _load_item(
+    # query schedules have no masked head (col_full_start == col_start): two phases suffice
+    bh, q_start, q_end, k_start, k_end, _, k_full_end = _load_item(
         SCHEDULE, offset_16, offset_32, offset_64, offset_128, count_16, count_32, count_64,
         count_128, BLOCK_M)
     base = bh * seq_len * HEAD_DIM
@@ -422,7 +470,7 @@ def _dkdv_tile(
     return dk, dv
 
 
-@_autotune("BLOCK_N", "BLOCK_M", _DKDV_CONFIGS)
+@_autotune("dkdv", "BLOCK_N", "BLOCK_M", _DKDV_CONFIGS)
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _attn_bwd_dkdv(
     # inputs (BH, L, D), LSE and DELTA (BH, L) fp32; outputs DK, DV (BH, L, D)
@@ -437,7 +485,7 @@ def _attn_bwd_dkdv(
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, WHILE_LOOPS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    bh, k_start, k_end, q_start, q_end, q_full_end = _load_item(
+    bh, k_start, k_end, q_start, q_end, q_full_start, q_full_end = _load_item(
         SCHEDULE, offset_16, offset_32, offset_64, offset_128, count_16, count_32, count_64,
         count_128, BLOCK_N)
     base = bh * seq_len * HEAD_DIM
@@ -456,11 +504,20 @@ def _attn_bwd_dkdv(
     LSE_TILES = LSE + bh * seq_len + q_start + offs_m
     DELTA_TILES = DELTA + bh * seq_len + q_start + offs_m
     STEP: tl.constexpr = BLOCK_M * HEAD_DIM
-    n_full = (q_full_end - q_start) // BLOCK_M
+    # query tiles [0, n_head) and [n_full, n_tiles) are masked, the ones between are not
+    n_head = tl.cdiv(q_full_start - q_start, BLOCK_M)
+    n_full = tl.maximum((q_full_end - q_start) // BLOCK_M, n_head)
     n_tiles = tl.cdiv(q_end - q_start, BLOCK_M)
 
     if WHILE_LOOPS:
         tile = 0
+        while tile < n_head:  # phase 0
+            dk, dv = _dkdv_tile(
+                dk, dv, k, v, Q_TILES + tile * STEP, DO_TILES + tile * STEP,
+                LSE_TILES + tile * BLOCK_M, DELTA_TILES + tile * BLOCK_M,
+                q_start + tile * BLOCK_M + offs_m, q_end, ROW_START, ROW_END, keys, qk_scale,
+                True, DOT_PRECISION)
+            tile += 1
         while tile < n_full:  # phase 1
             dk, dv = _dkdv_tile(
                 dk, dv, k, v, Q_TILES + tile * STEP, DO_TILES + tile * STEP,
@@ -476,8 +533,16 @@ def _attn_bwd_dkdv(
                 True, DOT_PRECISION)
             tile += 1
     else:
+        # Phase 0 (block-causal key tiles that straddle scales): the queries of the tile's
+        # earlier scales, which see only some of its keys; masked.
+        for tile in range(0, n_head):
+            dk, dv = _dkdv_tile(
+                dk, dv, k, v, Q_TILES + tile * STEP, DO_TILES + tile * STEP,
+                LSE_TILES + tile * BLOCK_M, DELTA_TILES + tile * BLOCK_M,
+                q_start + tile * BLOCK_M + offs_m, q_end, ROW_START, ROW_END, keys, qk_scale,
+                True, DOT_PRECISION)
         # Phase 1: query tiles whose rows all see every key of this program.
-        for tile in range(0, n_full):
+        for tile in range(n_head, n_full):
             dk, dv = _dkdv_tile(
                 dk, dv, k, v, Q_TILES + tile * STEP, DO_TILES + tile * STEP,
                 LSE_TILES + tile * BLOCK_M, DELTA_TILES + tile * BLOCK_M,
@@ -497,18 +562,8 @@ def _attn_bwd_dkdv(
 
 
 # --------------------------------------------------------------------------------------------
-# Launch helpers
+# Launch plans: everything derivable from (mask, device, B·H, D, dtype, scale) is built once
 # --------------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _on_device(tensor: torch.Tensor) -> Iterator[None]:
-    """Launch on the tensor's own GPU (Triton launches on the current device)."""
-    if tensor.device.type == "cuda":
-        with torch.cuda.device(tensor.device):
-            yield
-    else:
-        yield
-
 
 def _tune_key(mask: ScaleMask, batch_heads: int) -> int:
     """A stable int naming the pyramid, the pattern and the batch·heads size class (a power of
@@ -517,8 +572,58 @@ def _tune_key(mask: ScaleMask, batch_heads: int) -> int:
     return zlib.crc32(repr((mask.patch_nums, mask.pattern, size_class)).encode()) & 0x7FFFFFFF
 
 
+def _schedule_args(schedule: PackedSchedule) -> tuple:
+    """The table, then its offset and item count per row-tile size (16, 32, 64, 128)."""
+    blocks = SCHEDULE_BLOCKS
+    return (schedule.table, *(schedule.offsets[b] for b in blocks),
+            *(schedule.counts[b] for b in blocks))
+
+
+class _KernelLaunch:
+    """One kernel of one plan: its trailing (non-tensor-data) arguments and, after the first
+    launch, the tuned grid and meta-parameters, so that later launches skip the autotuner's
+    per-call key building and go straight to the JIT launcher.
+
+    The first launch goes through ``triton.autotune`` (tuning, or its cached result for the
+    key), and the config it ran with is kept. The autotuning key (L, D, pyramid and pattern,
+    B·H class, dtypes) is fixed by the plan, so the config cannot change for this plan.
+    """
+
+    __slots__ = ("batch_heads", "meta", "row_block", "schedule", "tail", "tuned", "tuner")
+
+    def __init__(
+        self,
+        tuner: triton.runtime.Autotuner,
+        row_block: str,
+        schedule: PackedSchedule,
+        batch_heads: int,
+        meta: dict,
+        tail: tuple,
+    ) -> None:
+        self.tuner = tuner
+        self.row_block = row_block
+        self.schedule = schedule
+        self.batch_heads = batch_heads
+        self.meta = meta
+        self.tail = tail
+        self.tuned: tuple[tuple[int], dict] | None = None
+
+    def _grid(self, meta: dict) -> tuple[int]:
+        return (self.schedule.counts[meta[self.row_block]] * self.batch_heads,)
+
+    def __call__(self, *tensors: torch.Tensor) -> None:
+        if self.tuned is not None:
+            grid, kwargs = self.tuned
+            self.tuner.fn.run(*tensors, *self.tail, grid=grid, warmup=False, **kwargs)
+            return
+        self.tuner[self._grid](*tensors, *self.tail, **self.meta)
+        config = self.tuner.best_config
+        self.tuned = (self._grid(config.kwargs), {**self.meta, **config.all_kwargs()})
+
+
 class _Launch:
-    """What every kernel launch of one call shares: mask tables, sizes and scalars."""
+    """The launch plan of one (mask, device, B·H, D, dtype, scale): mask row bounds and packed
+    schedules on the device, scalars, and one :class:`_KernelLaunch` per kernel."""
 
     def __init__(
         self,
@@ -531,34 +636,37 @@ class _Launch:
     ) -> None:
         self.batch_heads = batch_heads
         self.seq_len = mask.length
-        self.row_start, self.row_end = mask.row_bounds(device)
+        self.device_index = device.index if device.type == "cuda" else None
+        row_start, row_end = mask.row_bounds(device)
         self.query = packed_schedule(mask, "query", device)
         self.key = packed_schedule(mask, "key", device)
-        self.qk_scale = scale * _LOG2_E
-        self.sm_scale = scale
-        self.tune_key = _tune_key(mask, batch_heads)
-        self.meta = {
+        qk_scale = scale * _LOG2_E
+        tune_key = _tune_key(mask, batch_heads)
+        meta = {
             "HEAD_DIM": head_dim,
             "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32",
             "WHILE_LOOPS": _BUILT_FOR_INTERPRETER,
         }
+        query_args = (row_start, row_end, *_schedule_args(self.query))
+        key_args = (row_start, row_end, *_schedule_args(self.key))
+        self.fwd = _KernelLaunch(_attn_fwd, "BLOCK_M", self.query, batch_heads, meta,
+                                 (*query_args, self.seq_len, qk_scale, tune_key))
+        self.dq = _KernelLaunch(_attn_bwd_dq, "BLOCK_M", self.query, batch_heads, meta,
+                                (*query_args, self.seq_len, qk_scale, scale, tune_key))
+        self.dkdv = _KernelLaunch(_attn_bwd_dkdv, "BLOCK_N", self.key, batch_heads, meta,
+                                  (*key_args, self.seq_len, qk_scale, scale, tune_key))
 
     @classmethod
     def of(cls, q: torch.Tensor, mask: ScaleMask, scale: float) -> _Launch:
-        """The (cached) launch data for q of shape (B, H, L, D)."""
+        """The (cached) launch plan for q of shape (B, H, L, D)."""
         batch, heads, _, head_dim = q.shape
         return _cached_launch(mask, q.device, batch * heads, head_dim, q.dtype, scale)
 
-    def grid(self, schedule: PackedSchedule, row_block: str) -> Callable[[dict], tuple[int]]:
-        """1-D grid of (item, batch·head) programs for the row tile the autotuner picked."""
-        return lambda meta: (schedule.counts[meta[row_block]] * self.batch_heads,)
-
-    @staticmethod
-    def schedule_args(schedule: PackedSchedule) -> tuple:
-        """The table, then its offset and item count per row-tile size (16, 32, 64, 128)."""
-        blocks = SCHEDULE_BLOCKS
-        return (schedule.table, *(schedule.offsets[b] for b in blocks),
-                *(schedule.counts[b] for b in blocks))
+    def on_device(self) -> contextlib.AbstractContextManager:
+        """Triton launches on the current CUDA device: switch to ours only if it differs."""
+        if self.device_index is None or self.device_index == torch.cuda.current_device():
+            return contextlib.nullcontext()
+        return torch.cuda.device(self.device_index)
 
 
 @functools.lru_cache(maxsize=64)
@@ -580,13 +688,8 @@ def _forward(
     """Returns O (B, H, L, D) and the base-2 log-sum-exp (BH, L) fp32."""
     out = torch.empty_like(q)
     lse = torch.empty(launch.batch_heads, launch.seq_len, device=q.device, dtype=torch.float32)
-    with _on_device(q):
-        _attn_fwd[launch.grid(launch.query, "BLOCK_M")](
-            q, k, v, out, lse,
-            launch.row_start, launch.row_end, *launch.schedule_args(launch.query),
-            launch.seq_len, launch.qk_scale, launch.tune_key,
-            **launch.meta,
-        )
+    with launch.on_device():
+        launch.fwd(q, k, v, out, lse)
     return out, lse
 
 
@@ -602,13 +705,8 @@ def _backward_dq(
     """Returns dQ (B, H, L, D) and delta = rowsum(O ⊙ dO) (BH, L) fp32."""
     dq = torch.empty_like(q)
     delta = torch.empty_like(lse)
-    with _on_device(q):
-        _attn_bwd_dq[launch.grid(launch.query, "BLOCK_M")](
-            q, k, v, out, grad_out, lse, dq, delta,
-            launch.row_start, launch.row_end, *launch.schedule_args(launch.query),
-            launch.seq_len, launch.qk_scale, launch.sm_scale, launch.tune_key,
-            **launch.meta,
-        )
+    with launch.on_device():
+        launch.dq(q, k, v, out, grad_out, lse, dq, delta)
     return dq, delta
 
 
@@ -624,20 +722,16 @@ def _backward_dkdv(
     """Returns dK, dV, each (B, H, L, D) in k's dtype."""
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
-    with _on_device(q):
-        _attn_bwd_dkdv[launch.grid(launch.key, "BLOCK_N")](
-            q, k, v, grad_out, lse, delta, dk, dv,
-            launch.row_start, launch.row_end, *launch.schedule_args(launch.key),
-            launch.seq_len, launch.qk_scale, launch.sm_scale, launch.tune_key,
-            **launch.meta,
-        )
+    with launch.on_device():
+        launch.dkdv(q, k, v, grad_out, lse, delta, dk, dv)
     return dk, dv
 
 
 class BlockSparseAttention(torch.autograd.Function):
     """``softmax(q·kᵀ·scale + mask)·v`` with a Triton forward and backward.
 
-    Call through :func:`triton_attention`, which validates the inputs first.
+    Call through :func:`triton_attention`, which validates the inputs first. The backward is two
+    launches: dQ (which also writes delta = rowsum(O ⊙ dO)), then dK/dV (which reads delta).
     """
 
     @staticmethod
@@ -646,10 +740,8 @@ class BlockSparseAttention(torch.autograd.Function):
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-        mask: ScaleMask,
-        scale: float,
+        launch: _Launch,
     ) -> torch.Tensor:
-        launch = _Launch.of(q, mask, scale)
         out, lse = _forward(q, k, v, launch)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.launch = launch
@@ -660,20 +752,26 @@ class BlockSparseAttention(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
         q, k, v, out, lse = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        dq, delta = _backward_dq(q, k, v, out, lse, grad_out, ctx.launch)
-        dk, dv = _backward_dkdv(q, k, v, lse, delta, grad_out, ctx.launch)
-        return dq, dk, dv, None, None
+        launch = ctx.launch
+        grad_out = grad_out.contiguous()  # a no-op for the usual contiguous gradient
+        dq = torch.empty_like(q)
+        delta = torch.empty_like(lse)
+        dk = dv = None
+        with launch.on_device():
+            launch.dq(q, k, v, out, grad_out, lse, dq, delta)
+            if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+                dk = torch.empty_like(k)
+                dv = torch.empty_like(v)
+                launch.dkdv(q, k, v, grad_out, lse, delta, dk, dv)
+        return dq, dk, dv, None
 
 
 # --------------------------------------------------------------------------------------------
 # Public wrapper
 # --------------------------------------------------------------------------------------------
 
-def _validate(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: ScaleMask, scale: float
-) -> None:
-    check_attention_inputs(q, k, v, mask, scale, require_mask=True)
+def check_triton_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> None:
+    """What this backend needs beyond :func:`check_attention_inputs` (which must pass first)."""
     if q.dtype not in _DTYPES:
         raise ValueError(f"the triton backend takes {_DTYPES}, got {q.dtype}")
     if q.device.type != "cuda" and not (q.device.type == "cpu" and _interpreted()):
@@ -681,13 +779,26 @@ def _validate(
             f"the triton backend runs on CUDA tensors (or on CPU with TRITON_INTERPRET=1 set "
             f"before import), got {q.device}"
         )
-    for name, tensor in (("q", q), ("k", k), ("v", v)):
-        if not tensor.is_contiguous():
-            raise ValueError(f"{name} must be contiguous (B, H, L, D); call .contiguous() first")
+    if not (q.is_contiguous() and k.is_contiguous() and v.is_contiguous()):
+        name = next(n for n, t in (("q", q), ("k", k), ("v", v)) if not t.is_contiguous())
+        raise ValueError(f"{name} must be contiguous (B, H, L, D); call .contiguous() first")
     if q.shape[-1] not in _HEAD_DIMS:
         raise ValueError(f"the triton backend supports head dims {_HEAD_DIMS}, got {q.shape[-1]}")
     if q.shape[0] * q.shape[1] == 0:
         raise ValueError(f"q, k, v are empty: {tuple(q.shape)}")
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite float, got {scale!r}")
+
+
+def run_checked(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: ScaleMask, scale: float
+) -> torch.Tensor:
+    """:func:`triton_attention` for inputs that passed ``check_attention_inputs`` and
+    :func:`check_triton_inputs` (the thin path of :func:`kernels.attention`)."""
+    launch = _Launch.of(q, mask, float(scale))
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return BlockSparseAttention.apply(q, k, v, launch)
+    return _forward(q, k, v, launch)[0]  # no graph to record: skip the autograd Function
 
 
 def triton_attention(
@@ -707,5 +818,6 @@ def triton_attention(
     Raises:
         ValueError: on any input this kernel cannot compute exactly.
     """
-    _validate(q, k, v, mask, scale)
-    return BlockSparseAttention.apply(q, k, v, mask, float(scale))
+    check_attention_inputs(q, k, v, mask, scale, require_mask=True)
+    check_triton_inputs(q, k, v, scale)
+    return run_checked(q, k, v, mask, scale)

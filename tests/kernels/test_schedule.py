@@ -7,6 +7,7 @@ import torch
 
 from kernels import ScaleMask
 from kernels.schedule import (
+    ITEM_FIELDS,
     SCHEDULE_BLOCKS,
     column_bounds,
     dense_tile_count,
@@ -14,6 +15,8 @@ from kernels.schedule import (
     packed_schedule,
     query_schedule,
     row_groups,
+    tile_phases,
+    uniform_groups,
 )
 
 PYRAMIDS = [(1,), (1, 2, 3), (1, 2, 3, 4, 5), (1, 3, 7), (1, 2, 4, 9), (2, 5, 11, 12)]
@@ -64,9 +67,10 @@ def _coverage(schedule, dense, transpose):
     """How often each (query, key) pair is inside an item; and whether full regions are allowed."""
     allowed = dense.T if transpose else dense
     covered = torch.zeros_like(allowed, dtype=torch.int32)
-    for row_start, row_end, col_start, col_end, full_end in schedule.items:
+    for row_start, row_end, col_start, col_end, full_start, full_end in schedule.items:
         covered[row_start:row_end, col_start:col_end] += 1
-        assert allowed[row_start:row_end, col_start:full_end].all()
+        assert col_start <= full_start <= full_end <= col_end
+        assert allowed[row_start:row_end, full_start:full_end].all()
     return covered, allowed
 
 
@@ -93,7 +97,7 @@ def test_every_visited_tile_holds_allowed_pairs(patch_nums, pattern):
         for col_block in (16, 32, 64):
             for schedule, allowed in ((query_schedule(mask, row_block), dense),
                                       (key_schedule(mask, row_block), dense.T)):
-                for row_start, row_end, col_start, col_end, _ in schedule.items:
+                for row_start, row_end, col_start, col_end, *_ in schedule.items:
                     for tile_start in range(col_start, col_end, col_block):
                         tile = allowed[row_start:row_end, tile_start : tile_start + col_block]
                         assert bool(tile.any())
@@ -107,7 +111,7 @@ def test_tile_counts_on_a_toy_pyramid():
     assert dense_tile_count(mask.length, 16, 16) == 4
     assert schedule.masked_tiles(16) == 1  # the packed tile; scale 3 is one whole tile
     causal = query_schedule(ScaleMask((1, 2, 3, 4), "block_causal"), 16)
-    assert [item[2:] for item in causal.items] == [(0, 30, 30), (0, 14, 1)]
+    assert [item[2:] for item in causal.items] == [(0, 30, 0, 30), (0, 14, 0, 1)]
 
 
 @pytest.mark.parametrize(
@@ -136,5 +140,62 @@ def test_packed_schedule_layout():
         offset, count = table[2 * (block // 16)].item(), table[2 * (block // 16) + 1].item()
         assert offset == offsets[block]
         assert count == counts[block] == len(query_schedule(mask, block).items)
-        items = table[offset : offset + 5 * count].view(count, 5).tolist()
+        items = table[offset : offset + ITEM_FIELDS * count].view(count, ITEM_FIELDS).tolist()
         assert [tuple(item) for item in items] == list(query_schedule(mask, block).items)
+
+
+@pytest.mark.parametrize("patch_nums", PYRAMIDS + [PYRAMID_256])
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("block", SCHEDULE_BLOCKS)
+def test_unmasked_tiles_hold_only_allowed_pairs(patch_nums, pattern, block):
+    """The kernel's own phase arithmetic: a tile it runs without a mask has every row in range
+    and every pair allowed; query schedules never have a masked head."""
+    mask = ScaleMask(patch_nums, pattern)
+    dense = mask.dense()
+    for col_block in (16, 32, 64, 128):
+        for schedule, allowed in ((query_schedule(mask, block), dense),
+                                  (key_schedule(mask, block), dense.T)):
+            for item in schedule.items:
+                row_start, row_end, col_start, col_end, full_start, _ = item
+                if schedule is query_schedule(mask, block):
+                    assert full_start == col_start
+                for tile, masked in enumerate(tile_phases(item, col_block)):
+                    if not masked:
+                        lo = col_start + tile * col_block
+                        assert lo + col_block <= col_end
+                        assert allowed[row_start:row_end, lo : lo + col_block].all()
+
+
+@pytest.mark.parametrize("patch_nums", PYRAMIDS)
+def test_block_causal_key_tiles_are_uniform(patch_nums):
+    mask = ScaleMask(patch_nums, "block_causal")
+    for block in SCHEDULE_BLOCKS:
+        rows = sorted(item[:2] for item in key_schedule(mask, block).items)
+        assert rows == uniform_groups(mask.length, block)
+
+
+def test_block_causal_key_schedule_visits_fewer_tiles_than_per_scale_tiles():
+    """Uniform key tiles avoid short tail tiles that sweep long query ranges (512px: ~11 %)."""
+    mask = ScaleMask(PYRAMID_512, "block_causal")
+    schedule = key_schedule(mask, 64)
+    assert schedule.visited_tiles(64) == 806 < 904  # 904 with per-scale key tiles
+    assert schedule.masked_tiles(64) == 16
+
+
+def test_straddling_key_tile_has_a_masked_head():
+    mask = ScaleMask((1, 2, 3, 4, 5), "block_causal")  # scale starts 0, 1, 5, 14, 30; L = 55
+    items = {item[:2]: item[2:] for item in key_schedule(mask, 32).items}
+    assert items[(0, 32)] == (0, 55, 30, 55)  # keys 30, 31 are seen from query 30 on
+    assert tile_phases((0, 32, 0, 55, 30, 55), 16) == [True, True, False, True]
+
+
+def test_packed_schedule_is_cached_per_mask_and_device_and_equals_a_fresh_build():
+    mask = ScaleMask((1, 2, 3, 4, 5), "block_causal")
+    first = packed_schedule(mask, "key", torch.device("cpu"))
+    again = packed_schedule(ScaleMask((1, 2, 3, 4, 5), "block_causal"), "key",
+                            torch.device("cpu"))
+    assert again.table is first.table  # equal masks share one device table
+    fresh = packed_schedule.__wrapped__(mask, "key", torch.device("cpu"))
+    assert fresh.table is not first.table
+    assert torch.equal(fresh.table, first.table)
+    assert fresh.counts == first.counts and fresh.offsets == first.offsets
