@@ -7,6 +7,7 @@ the config dataclasses::
     optim: {lr: 3.0e-4, schedule: cosine, ...}
     tokenizer: {preset: emoji64, vocab_size: 2048}     # train.tokenizer
     transformer: {preset: emoji-d8, depth: 6}          # train.hmar
+    speed: {compile_blocks: true, autocast_logits: true}  # train.hmar step speed options
     stage: stage1                                      # other top-level fields
 
 Flags override the file: ``--data``, ``--out``, ``--steps``, ``--batch-size``,
@@ -29,7 +30,7 @@ import yaml
 
 from hmar_core.config import TokenizerConfig, TransformerConfig
 
-from .config import HMARTrainConfig, OptimConfig, RunConfig, TokenizerTrainConfig
+from .config import HMARTrainConfig, OptimConfig, RunConfig, SpeedConfig, TokenizerTrainConfig
 from .distributed import DistContext, setup_logging
 
 __all__ = [
@@ -136,8 +137,9 @@ def build_hmar_config(data: dict[str, Any]) -> HMARTrainConfig:
     run = _build(RunConfig, data.pop("run", None), "run")
     model = _transformer_model(data.pop("transformer", None))
     optim = _build(OptimConfig, data.pop("optim", None), "optim")
-    return _build(HMARTrainConfig, {"run": run, "transformer": model, "optim": optim, **data},
-                  "HMAR training config")
+    speed = _build(SpeedConfig, data.pop("speed", None), "speed")
+    return _build(HMARTrainConfig, {"run": run, "transformer": model, "optim": optim,
+                                    "speed": speed, **data}, "HMAR training config")
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ __all__ = [
     "Precision",
     "RunConfig",
     "ScheduleName",
+    "SpeedConfig",
     "Stage",
     "TokenizerTrainConfig",
 ]
@@ -170,6 +171,50 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class SpeedConfig:
+    """Speed options of the HMAR training step (YAML section ``speed``); all off by default,
+    which keeps every number of a run exactly as it was.
+
+    Attributes:
+        compile_blocks: ``torch.compile`` the parts of every transformer block around its
+            attention (AdaLN, LayerNorms, q/k normalisation, MLP, gated residuals, stochastic
+            depth); the attention kernel stays outside the graphs. Training passes only.
+        compile_inputs: ``torch.compile`` the float32 teacher-forcing inputs built from the
+            token ids (bicubic, area, phi convolutions).
+        compile_loss: ``torch.compile`` the cross-entropy, its weighting and the step's
+            statistics (fused, no float32 copy of the logits kept).
+        compile_mode: ``torch.compile`` mode of all of the above (``None``: the default).
+        autocast_logits: run the heads' vocabulary projection under the bf16/fp16 autocast in
+            training (logits upcast to float32 for the loss) instead of a float32 matmul.
+            Evaluation and sampling keep the float32 head.
+        async_label_check: check the label range with an asynchronous device assertion
+            instead of a host synchronisation in every forward.
+    """
+
+    compile_blocks: bool = False
+    compile_inputs: bool = False
+    compile_loss: bool = False
+    compile_mode: str | None = None
+    autocast_logits: bool = False
+    async_label_check: bool = False
+
+    def __post_init__(self) -> None:
+        modes = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+        _require(self.compile_mode in modes, f"compile_mode must be one of {modes}")
+
+    @classmethod
+    def fastest(cls) -> SpeedConfig:
+        """Every option on (what ``benchmarks/train_step.py`` calls ``all``)."""
+        return cls(compile_blocks=True, compile_inputs=True, compile_loss=True,
+                   autocast_logits=True, async_label_check=True)
+
+    @property
+    def compile_kwargs(self) -> dict[str, str]:
+        """Keyword arguments of ``torch.compile``."""
+        return {} if self.compile_mode is None else {"mode": self.compile_mode}
+
+
+@dataclass(frozen=True)
 class TokenizerTrainConfig:
     """Training of the multi-scale residual VQ-VAE.
 
@@ -250,6 +295,7 @@ class HMARTrainConfig:
         sample_cfg: CFG scale of the sample grids and of the exported sampler defaults.
         preview_classes: number of classes shown in the sample grids.
         val_samples: held-out images whose loss is tracked.
+        speed: speed options of the training step (all off: exact previous behaviour).
     """
 
     run: RunConfig
@@ -271,6 +317,7 @@ class HMARTrainConfig:
     sample_cfg: float = 3.0
     preview_classes: int = 8
     val_samples: int = 512
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
 
     def __post_init__(self) -> None:
         _require(bool(self.tokenizer_path), "tokenizer_path is required (a tokenizer export)")

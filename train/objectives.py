@@ -8,8 +8,11 @@ Shape legend: B = global batch, b = local batch, L = tokens of the pyramid, V = 
 * :func:`drop_labels` — label dropout for CFG (the trainer's job, never the model's).
 * :func:`sample_masks` — stage-2 masks: a ratio p ~ U[min, max) and ceil(pn²·p) ≥ 1 positions
   per scale ≥ 1, one set for the whole batch (official) or one per sample.
+* :func:`next_scale_loss`, :func:`masked_loss` — weighted cross-entropy and accuracy of one
+  pass's logits (pure functions, compiled as a whole with ``SpeedConfig.compile_loss``).
 * :class:`HMARObjective` — the transformer plus the frozen quantiser as one module (what DDP
-  wraps): teacher-forcing inputs from token ids, next-scale and/or mask logits, losses.
+  wraps): teacher-forcing inputs from token ids, next-scale and/or mask logits, losses. Its
+  :class:`~train.config.SpeedConfig` picks the fast paths of the step (all off by default).
 
 The random draws come from step-keyed generators over the *global* batch; each rank takes its
 slice, so one process and N processes make identical decisions.
@@ -28,11 +31,13 @@ from hmar_core import pyramid
 from hmar_core.tokenizer import MultiScaleQuantizer
 from hmar_core.transformer import HMARTransformer
 
-from .config import LossWeighting, Stage
+from .config import LossWeighting, SpeedConfig, Stage
 
 __all__ = [
     "HMARObjective",
     "drop_labels",
+    "masked_loss",
+    "next_scale_loss",
     "sample_masks",
     "scale_loss_weights",
     "set_trainable",
@@ -117,6 +122,41 @@ def set_trainable(transformer: HMARTransformer, stage: Stage) -> None:
             param.requires_grad_(True)
 
 
+def next_scale_loss(logits_BLV: torch.Tensor, tokens_BL: torch.Tensor, weights_L: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stage-1 loss: per-position float32 cross-entropy, weighted, summed, batch mean.
+
+    Args:
+        logits_BLV: (b, L, V) logits in any float dtype (upcast to float32 here).
+        tokens_BL: (b, L) int64 targets.
+        weights_L: (L,) float32 per-position weights.
+
+    Returns:
+        ``(loss, mean cross-entropy, accuracy)``, 0-d; the last two detached.
+    """
+    batch, length = tokens_BL.shape
+    ce = F.cross_entropy(logits_BLV.float().flatten(0, 1), tokens_BL.flatten(), reduction="none")
+    loss = (ce.view(batch, length) * weights_L).sum(1).mean()
+    accuracy = (logits_BLV.detach().argmax(-1) == tokens_BL).float().mean()
+    return loss, ce.detach().mean(), accuracy
+
+
+def masked_loss(logits_BLV: torch.Tensor, tokens_BL: torch.Tensor, masked_BL: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage-2 loss: float32 cross-entropy averaged over each sample's masked positions.
+
+    Returns:
+        ``(loss, accuracy over the masked positions)``, 0-d; the accuracy detached.
+    """
+    batch, length = tokens_BL.shape
+    ce = F.cross_entropy(logits_BLV.float().flatten(0, 1), tokens_BL.flatten(), reduction="none")
+    weights = masked_BL.float()
+    per_sample = (ce.view(batch, length) * weights).sum(1) / weights.sum(1).clamp_min(1)
+    correct = (logits_BLV.detach().argmax(-1) == tokens_BL).float()
+    accuracy = (correct * weights).sum() / weights.sum().clamp_min(1)
+    return per_sample.mean(), accuracy
+
+
 class HMARObjective(nn.Module):
     """Transformer + frozen quantiser → losses of one step.
 
@@ -126,21 +166,31 @@ class HMARObjective(nn.Module):
         stage: which losses to compute.
         weights_L: (L,) next-scale loss weights (:func:`scale_loss_weights`).
         mask_loss_weight: weight of the mask loss in ``joint``.
+        speed: the step's speed options (``compile_blocks`` compiles the transformer's blocks
+            in place through :meth:`HMARTransformer.compile_blocks`).
     """
 
     def __init__(self, transformer: HMARTransformer, quantizer: MultiScaleQuantizer,
-                 stage: Stage, weights_L: torch.Tensor, mask_loss_weight: float = 1.0) -> None:
+                 stage: Stage, weights_L: torch.Tensor, mask_loss_weight: float = 1.0,
+                 speed: SpeedConfig | None = None) -> None:
         super().__init__()
         self.transformer = transformer
         self.quantizer = quantizer
         self.stage = stage
         self.mask_loss_weight = mask_loss_weight
+        self.speed = SpeedConfig() if speed is None else speed
         self.register_buffer("weights_L", weights_L.float(), persistent=False)
+        kwargs = self.speed.compile_kwargs
+        if self.speed.compile_blocks:
+            transformer.compile_blocks(**kwargs)
+        self._build_inputs = (torch.compile(self._teacher_inputs, **kwargs)
+                              if self.speed.compile_inputs else self._teacher_inputs)
+        compile_loss = self.speed.compile_loss
+        self._ns_loss = torch.compile(next_scale_loss, **kwargs) if compile_loss else next_scale_loss
+        self._mask_loss = torch.compile(masked_loss, **kwargs) if compile_loss else masked_loss
 
-    @torch.no_grad()
-    def inputs(self, tokens_BL: torch.Tensor, need_mask_input: bool
-               ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Teacher-forcing inputs (b, L − 1, C) float32: next-scale and (optionally) mask."""
+    def _teacher_inputs(self, tokens_BL: torch.Tensor, need_mask_input: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
         patch_nums = self.transformer.cfg.patch_nums
         tokens = pyramid.split_scales(tokens_BL, patch_nums)
         codebook, phis = self.quantizer.codebook.float(), self.quantizer.phis()
@@ -149,6 +199,23 @@ class HMARObjective(nn.Module):
             x_mask = (pyramid.masked_teacher_input(tokens, codebook, phis, patch_nums)
                       if need_mask_input else None)
         return x_ns, x_mask
+
+    @torch.no_grad()
+    def inputs(self, tokens_BL: torch.Tensor, need_mask_input: bool
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Teacher-forcing inputs (b, L − 1, C) float32: next-scale and (optionally) mask."""
+        if not self.transformer.training:  # evaluation runs the plain code
+            return self._teacher_inputs(tokens_BL, need_mask_input)
+        return self._build_inputs(tokens_BL, need_mask_input)
+
+    def _logits(self, labels: torch.Tensor, x_ns: torch.Tensor, x_mask: torch.Tensor | None = None,
+                masked: torch.Tensor | None = None) -> torch.Tensor:
+        """The transformer's (b, L, V) logits with the step's options (training passes)."""
+        speed = self.speed
+        return self.transformer(
+            labels, x_ns, x_mask, masked,
+            autocast_logits=speed.autocast_logits and self.transformer.training,
+            sync_label_check=not speed.async_label_check)
 
     def forward(self, tokens_BL: torch.Tensor, labels: torch.Tensor,
                 masked_BL: torch.Tensor | None = None
@@ -169,26 +236,23 @@ class HMARObjective(nn.Module):
         if use_mask and masked_BL is None:
             raise ValueError(f"stage {self.stage!r} needs masks (b, L) bool")
         x_ns, x_mask = self.inputs(tokens_BL, use_mask)
-        batch, length = tokens_BL.shape
         stats: dict[str, torch.Tensor] = {}
         loss = x_ns.new_zeros(())
+        training = self.transformer.training  # evaluation runs the plain code
+        ns_loss_fn = self._ns_loss if training else next_scale_loss
+        mask_loss_fn = self._mask_loss if training else masked_loss
         if use_ns:
-            logits = self.transformer(labels, x_ns)  # (b, L, V) float32
-            ce = F.cross_entropy(logits.flatten(0, 1), tokens_BL.flatten(), reduction="none")
-            ns_loss = (ce.view(batch, length) * self.weights_L).sum(1).mean()
+            logits = self._logits(labels, x_ns)  # (b, L, V)
+            ns_loss, ns_ce, ns_acc = ns_loss_fn(logits, tokens_BL, self.weights_L)
             loss = loss + ns_loss
             stats["ns_loss"] = ns_loss.detach()
-            stats["ns_ce"] = ce.detach().mean()
-            stats["ns_acc"] = (logits.detach().argmax(-1) == tokens_BL).float().mean()
+            stats["ns_ce"] = ns_ce
+            stats["ns_acc"] = ns_acc
         if use_mask and masked_BL is not None and x_mask is not None:
-            logits = self.transformer(labels, x_ns, x_mask, masked_BL[:, 1:])  # (b, L, V)
-            ce = F.cross_entropy(logits.flatten(0, 1), tokens_BL.flatten(), reduction="none")
-            weights = masked_BL.float()
-            per_sample = (ce.view(batch, length) * weights).sum(1) / weights.sum(1).clamp_min(1)
-            mask_loss = per_sample.mean()
+            logits = self._logits(labels, x_ns, x_mask, masked_BL[:, 1:])  # (b, L, V)
+            mask_loss, mask_acc = mask_loss_fn(logits, tokens_BL, masked_BL)
             loss = loss + (self.mask_loss_weight if use_ns else 1.0) * mask_loss
-            correct = (logits.detach().argmax(-1) == tokens_BL).float()
             stats["mask_loss"] = mask_loss.detach()
-            stats["mask_acc"] = (correct * weights).sum() / weights.sum().clamp_min(1)
+            stats["mask_acc"] = mask_acc
         stats["loss"] = loss.detach()
         return loss, stats
