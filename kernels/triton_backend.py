@@ -156,6 +156,30 @@ def _shared_memory(
     return stages * 2 * cols * tile + kept * rows * tile  # streams k, v (cols × D)
 
 
+def _fitting_configs(
+    kernel: str,
+    rows: str,
+    cols: str,
+    table: dict[int, list[tuple[int, int, int, int]]],
+    configs: list[triton.Config],
+    head_dim: int,
+    element_size: int,
+    limit: int,
+) -> list[triton.Config]:
+    """The configs of ``table[head_dim]`` whose shared memory fits in ``limit`` bytes; if none
+    does, the smallest one (the autotuner needs at least one)."""
+    wanted = set(table.get(head_dim, []))
+
+    def size(c: triton.Config) -> int:
+        return _shared_memory(kernel, c.kwargs[rows], c.kwargs[cols], head_dim, c.num_stages,
+                              element_size)
+
+    ours = [c for c in configs
+            if (c.kwargs[rows], c.kwargs[cols], c.num_warps, c.num_stages) in wanted]
+    kept = [c for c in ours if size(c) <= limit]
+    return kept or [min(ours or configs, key=size)]
+
+
 def _autotune(
     kernel: str, rows: str, cols: str, table: dict[int, list[tuple[int, int, int, int]]]
 ) -> Callable[[triton.JITFunction], triton.runtime.Autotuner]:
@@ -169,19 +193,11 @@ def _autotune(
     distinct = sorted({config for configs in table.values() for config in configs})
 
     def prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list:
-        head_dim = int(kwargs["HEAD_DIM"])
-        wanted = set(table.get(head_dim, []))
         query = named_args.get("Q")
         element_size = query.element_size() if isinstance(query, torch.Tensor) else 2
         limit = _device_shared_memory(torch.cuda.current_device())
-        def size(c: triton.Config) -> int:
-            return _shared_memory(kernel, c.kwargs[rows], c.kwargs[cols], head_dim,
-                                  c.num_stages, element_size)
-
-        ours = [c for c in configs
-                if (c.kwargs[rows], c.kwargs[cols], c.num_warps, c.num_stages) in wanted]
-        kept = [c for c in ours if size(c) <= limit]
-        return kept or [min(ours or configs, key=size)]
+        return _fitting_configs(kernel, rows, cols, table, configs, int(kwargs["HEAD_DIM"]),
+                                element_size, limit)
 
     return triton.autotune(
         configs=_configs(rows, cols, distinct),
@@ -195,9 +211,10 @@ def _autotune(
 # --------------------------------------------------------------------------------------------
 # Kernels. Each program owns one schedule item of one batch·head; its loop visits the item's
 # column tiles in phases: the tiles every row sees whole run without a mask, the boundary
-# tiles after them (and, for dK/dV of block-causal key tiles, before them) with a per-row mask. The per-tile work sits in small inlined helpers so that the
-# loop driver can be a ``for`` (compiled: software-pipelined) or a ``while`` (interpreter:
-# its ``range`` cannot take tensor bounds under NumPy >= 2.4).
+# tiles after them (and, for dK/dV of block-causal key tiles, before them) with a per-row
+# mask. The per-tile work sits in small inlined helpers so that the loop driver can be a
+# ``for`` (compiled: software-pipelined) or a ``while`` (interpreter: its ``range`` cannot
+# take tensor bounds under NumPy >= 2.4).
 # --------------------------------------------------------------------------------------------
 
 @triton.jit

@@ -268,3 +268,136 @@ def test_auto_uses_triton_on_cuda_even_for_non_contiguous_inputs():
             q.contiguous(), k.contiguous(), v.contiguous(), mask, 0.125
         )
     assert torch.equal(out, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# Launch plans: built once per (mask, device, B·H, D, dtype, scale), tuned config reused
+# --------------------------------------------------------------------------------------------
+
+@requires_triton
+def test_launch_plan_is_cached_and_later_calls_reuse_the_tuned_config():
+    mask = ScaleMask((1, 2, 3, 4), "block_causal")
+    inputs, grad_out = _inputs((1, 2, mask.length, 64), torch.float32, seed=21)
+    plan = triton_backend._Launch.of(inputs[0], mask, 0.125)
+    assert triton_backend._Launch.of(inputs[0].detach().clone(), ScaleMask((1, 2, 3, 4),
+                                     "block_causal"), 0.125) is plan
+    first = _run(lambda q, k, v: triton_backend.triton_attention(q, k, v, mask, 0.125),
+                 inputs, grad_out)
+    for kernel in (plan.fwd, plan.dq, plan.dkdv):
+        assert kernel.tuned is not None  # the first call recorded grid and config
+        grid, meta = kernel.tuned
+        assert grid == (kernel.schedule.counts[meta[kernel.row_block]] * 2,)
+    second = _run(lambda q, k, v: triton_backend.triton_attention(q, k, v, mask, 0.125),
+                  inputs, grad_out)  # through the recorded configs, not the autotuner
+    for name, a, b in zip(("out", "dq", "dk", "dv"), first, second, strict=True):
+        assert torch.equal(a, b), name
+
+
+@requires_triton
+def test_launch_plan_tables_equal_a_fresh_build():
+    mask = ScaleMask((1, 2, 4, 9), "block_diagonal")
+    q = torch.zeros(3, 1, mask.length, 64, device=DEVICE)
+    plan = triton_backend._Launch.of(q, mask, 0.125)
+    fresh = triton_backend._Launch(mask, q.device, 3, 64, torch.float32, 0.125)
+    for cached, built in zip(plan.fwd.tail + plan.dkdv.tail, fresh.fwd.tail + fresh.dkdv.tail,
+                             strict=True):
+        if isinstance(cached, torch.Tensor):
+            assert torch.equal(cached, built)
+        else:
+            assert cached == built
+
+
+@requires_triton
+def test_triton_without_grad_matches_the_autograd_path():
+    mask = ScaleMask((1, 2, 3, 4, 5), "block_diagonal")
+    inputs, _ = _inputs((2, 1, mask.length, 64), torch.float16, seed=4)
+    with_graph = triton_backend.triton_attention(*inputs, mask, 0.125)
+    assert with_graph.grad_fn is not None
+    with torch.no_grad():
+        plain = triton_backend.triton_attention(*inputs, mask, 0.125)
+    assert plain.grad_fn is None
+    assert torch.equal(with_graph.detach(), plain)
+
+
+@requires_triton
+def test_triton_grad_of_q_only():
+    """With k and v frozen the backward skips the dK/dV launch; dQ is unchanged."""
+    mask = ScaleMask((1, 2, 3, 4, 5), "block_causal")
+    inputs, grad_out = _inputs((1, 2, mask.length, 64), torch.float32, seed=9)
+    full = _run(lambda q, k, v: triton_backend.triton_attention(q, k, v, mask, 0.125),
+                inputs, grad_out)
+    q = inputs[0].detach().requires_grad_()
+    k, v = inputs[1].detach(), inputs[2].detach()
+    out = triton_backend.triton_attention(q, k, v, mask, 0.125)
+    (dq,) = torch.autograd.grad(out, [q], grad_out)
+    assert torch.equal(dq, full[1])
+
+
+@requires_triton
+def test_attention_triton_rejects_bad_scale():
+    q, k, v, mask = _valid()
+    for scale in (float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            attention(q, k, v, mask, scale=scale, backend="triton")
+
+
+# --------------------------------------------------------------------------------------------
+# Autotuning candidates (the compiled path; checked here without a GPU)
+# --------------------------------------------------------------------------------------------
+
+_TUNED_KERNELS = [
+    ("fwd", "BLOCK_M", "BLOCK_N", triton_backend._FWD_CONFIGS),
+    ("dq", "BLOCK_M", "BLOCK_N", triton_backend._DQ_CONFIGS),
+    ("dkdv", "BLOCK_N", "BLOCK_M", triton_backend._DKDV_CONFIGS),
+]
+H200_SHARED_MEMORY = 232448  # bytes per block (opt-in), as Triton's driver reports it
+
+
+@pytest.mark.parametrize(("kernel", "rows", "cols", "table"), _TUNED_KERNELS,
+                         ids=[k[0] for k in _TUNED_KERNELS])
+def test_autotune_candidates_fit_hopper_and_prune_to_the_smallest(kernel, rows, cols, table):
+    from kernels.schedule import SCHEDULE_BLOCKS
+
+    distinct = sorted({config for configs in table.values() for config in configs})
+    configs = triton_backend._configs(rows, cols, distinct)
+    for head_dim in (64, 128):
+        assert 5 <= len(table[head_dim]) <= 20  # first-call tuning stays a few seconds
+        kept = triton_backend._fitting_configs(kernel, rows, cols, table, configs, head_dim, 2,
+                                               H200_SHARED_MEMORY)
+        assert len(kept) == len(table[head_dim])  # every candidate fits an H200
+        assert all(c.kwargs[rows] in SCHEDULE_BLOCKS for c in kept)
+        assert all(c.kwargs[cols] in (16, 32, 64, 128) for c in kept)
+    tiny = triton_backend._fitting_configs(kernel, rows, cols, table, configs, 128, 2, 1024)
+    assert len(tiny) == 1
+    sizes = [triton_backend._shared_memory(kernel, r, c, 128, s, 2) for r, c, _, s in table[128]]
+    picked = (tiny[0].kwargs[rows], tiny[0].kwargs[cols], tiny[0].num_warps, tiny[0].num_stages)
+    assert picked in table[128]
+    assert triton_backend._shared_memory(kernel, picked[0], picked[1], 128, picked[3], 2) == min(
+        sizes)
+
+
+def test_compiled_module_prunes_configs_without_a_gpu():
+    """Import the kernels as compiled (not interpreted) and call the autotuners' prune hooks
+    as benchmarks/attention.py does before precompiling."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import torch; torch.cuda.current_device = lambda: 0\n"
+        "import kernels.triton_backend as tb\n"
+        "assert not tb._interpreted()\n"
+        "tb._device_shared_memory = lambda index: 232448\n"
+        "for name in ('_attn_fwd', '_attn_bwd_dq', '_attn_bwd_dkdv'):\n"
+        "    tuner = getattr(tb, name)\n"
+        "    for d in (64, 128):\n"
+        "        kept = tuner.early_config_prune(tuner.configs, {}, HEAD_DIM=d)\n"
+        "        print(name, d, len(kept))\n"
+    )
+    env = {**__import__("os").environ, "TRITON_INTERPRET": "0"}
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    counts = [int(line.split()[-1]) for line in result.stdout.split("\n") if line]
+    assert len(counts) == 6 and all(count >= 5 for count in counts)
