@@ -16,13 +16,21 @@ What changed:
   scale (small whole scales are packed together), and each program visits exactly the key (or
   query) range its rows need. The first tiles of that range, which every row sees whole, run
   without a mask; only boundary tiles are masked. No tile outside the pattern is ever loaded.
+* Block-causal dK/dV uses uniform key tiles across scale boundaries; such a tile's first
+  query tiles (the queries of its earlier scales) are masked, the middle ones are not.
 * One 1-D grid of (item, batch·head) programs, items fastest so that the programs of one head
   share its K/V in L2, and the longest items first.
 * The dQ kernel also computes ``delta`` for its rows, so the backward is two launches.
+* Host side: a launch plan per (mask, device, B·H, D, dtype, scale) holds the device tables,
+  scalars and argument tuples; after its first launch each kernel keeps the tuned grid and
+  config and launches through the JIT launcher directly (no autotuner key building per call).
+  Without autograd (``no_grad`` or no input requiring grad) the forward skips the
+  ``autograd.Function``.
 * fp16, bf16 and fp32 inputs (fp32 uses IEEE dot products, for the CPU interpreter tests).
 * Tile sizes, warps and pipeline depth are tuned by ``triton.autotune`` per (L, D, pyramid,
   pattern, power-of-two class of B·H, dtype), with the result cached in-process and on disk
-  (Triton's cache directory); no environment variable is needed.
+  (Triton's cache directory); no environment variable is needed. Candidates that do not fit
+  the GPU's shared memory (estimated) are pruned before tuning.
   Under ``TRITON_INTERPRET=1`` one small fixed config per kernel is used instead.
 
 Limits: D ∈ {64, 128}; q, k, v contiguous (B, H, L, D) of one dtype on one CUDA device (or CPU
