@@ -23,6 +23,7 @@ Every configuration fails soft: an error or OOM is printed and recorded, and the
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import os
@@ -72,6 +73,9 @@ ANCHORS: dict[tuple[int, int, int], dict[str, float]] = {
     (30, 256, 1): {"VAR fp16": 438.3, "HMAR fp16": 511.5},
 }
 EDIT_TARGET_MS = 50.0
+#: Edit schedules timed: the editor's steps knob at the library default (4) and at 2 (the
+#: bundled model's default), and the plain generation schedule (None).
+EDIT_STEPS = (4, 2, None)
 CPU_TARGET_S = 1.0
 DRY_RUN = [False]  # --dry-run: the GPU plan with toy models on CPU (checks the plumbing)
 
@@ -84,7 +88,7 @@ class Row:
     px: int
     batch: int
     family: str  # "hmar" | "var"
-    path: str  # "reference" | "fast"
+    path: str  # "reference" | "fast" | "fast-fp16" (the fast path in float16)
 
     @property
     def name(self) -> str:
@@ -106,6 +110,7 @@ def plan(quick: bool, skip_var: bool, extras: bool) -> list[Row]:
         return rows
     both(30, 256, 64)
     both(16, 256, 64)
+    rows.append(Row(16, 256, 64, "hmar", "fast-fp16"))
     both(30, 1024, 4)
     both(16, 256, 1)
     if not skip_var:
@@ -135,8 +140,10 @@ def fill_(module: torch.nn.Module, seed: int) -> None:
                 buffer.zero_()
 
 
-def build(depth: int, px: int, family: str, fast: bool, device: torch.device) -> Pipeline:
-    """A random pipeline on ``device``; for the fast path the blocks are bf16 from the start."""
+def build(depth: int, px: int, family: str, fast_dtype: torch.dtype | None,
+          device: torch.device) -> Pipeline:
+    """A random pipeline on ``device``; for the fast path the blocks are in ``fast_dtype``
+    from the start."""
     tok_cfg = TokenizerConfig.from_name(TOKENIZERS[px])
     patch_nums = tok_cfg.patch_nums
     if DRY_RUN[0]:  # toy sizes, same pyramid
@@ -151,8 +158,8 @@ def build(depth: int, px: int, family: str, fast: bool, device: torch.device) ->
     with torch.device("meta"):
         tokenizer = MultiScaleVQTokenizer(tok_cfg)
         transformer = HMARTransformer(tcfg)
-    if fast:
-        cast_blocks_(transformer, torch.bfloat16)
+    if fast_dtype is not None:
+        cast_blocks_(transformer, fast_dtype)
     tokenizer.to_empty(device=device)
     transformer.to_empty(device=device)
     fill_(tokenizer, 1)
@@ -256,13 +263,14 @@ def _regenerate_masks(pixel_mask: torch.Tensor, patch_nums: tuple[int, ...]) -> 
         return out
 
 
-def make_edit(pipe: Pipeline, engine: object, source: torch.Tensor, edit_steps: bool
+def make_edit(pipe: Pipeline, engine: object, source: torch.Tensor, edit_steps: int | None
               ) -> tuple[Callable, str]:
     """One inpaint as a function of the seed: encode, constrained sampling, decode, composite.
 
     ``engine`` has ``encode``, ``sample_tokens`` and ``decode_fhat`` (the fast pipeline, or the
-    reference tokenizer + pipeline); ``source`` is (1, 3, S, S) in [-1, 1]. Returns the
-    function and a description of the schedule.
+    reference tokenizer + pipeline); ``source`` is (1, 3, S, S) in [-1, 1]; ``edit_steps``
+    refinement steps of the partly kept scales (the editor's knob), ``None`` = the plain
+    generation schedule. Returns the function and a description of the schedule.
     """
     side = pipe.image_size
     device = pipe.device
@@ -273,7 +281,7 @@ def make_edit(pipe: Pipeline, engine: object, source: torch.Tensor, edit_steps: 
     settings = pipe.sampler_settings()
     base = pipe.resolve_schedule()
     try:
-        from hmar_core.editing import DEFAULT_EDIT_STEPS, EditSpec, edit_schedule
+        from hmar_core.editing import EditSpec, edit_schedule
         have_editing = True
     except ImportError:
         have_editing = False
@@ -284,7 +292,7 @@ def make_edit(pipe: Pipeline, engine: object, source: torch.Tensor, edit_steps: 
             regenerate = _regenerate_masks(pixel_mask, pipe.patch_nums)
             if have_editing:
                 spec = EditSpec(tuple(tokens), tuple(regenerate), labels)
-                schedule = (edit_schedule(base, spec, DEFAULT_EDIT_STEPS) if edit_steps
+                schedule = (edit_schedule(base, spec, edit_steps) if edit_steps is not None
                             else base)
             else:
                 spec, schedule = _BoxConstraint(tokens, regenerate), base
@@ -294,7 +302,7 @@ def make_edit(pipe: Pipeline, engine: object, source: torch.Tensor, edit_steps: 
             return source * (1 - weight) + images * weight
 
     how = ("hmar_core.editing EditSpec, " if have_editing else "fallback box constraint, ") + (
-        f"edit_schedule(steps={DEFAULT_EDIT_STEPS})" if have_editing and edit_steps
+        f"edit_schedule(steps={edit_steps})" if have_editing and edit_steps is not None
         else "benchmark generation schedule")
     return run, how
 
@@ -325,7 +333,8 @@ def teacher_forced_check(pipe: Pipeline, batch: int = 8) -> dict:
             with full_float32():
                 ref = pipe.transformer(labels, x_ns, x_mask, masked_BL)
             matmul = torch.backends.cuda.matmul
-            cases = [("bf16", torch.bfloat16, True), ("fp32", torch.float32, True)]
+            cases = [("bf16", torch.bfloat16, True), ("fp16", torch.float16, True),
+                     ("fp32", torch.float32, True)]
             if pipe.device.type == "cuda":  # does cuBLAS's bf16 split-K reduction cost accuracy?
                 cases.append(("bf16 (fp32 GEMM reductions)", torch.bfloat16, False))
             for name, dtype, reduced in cases:
@@ -342,7 +351,30 @@ def teacher_forced_check(pipe: Pipeline, batch: int = 8) -> dict:
                 result[f"{branch} {name}"] = {"rel_err": rel, "top1": top1,
                                               "tokens": int(ref.shape[0] * ref.shape[1])}
                 del runner
+            # The activations' share of the bf16 error: the same comparison on weights that
+            # bf16 represents exactly (a bf16 checkpoint; the reference then runs the very
+            # weights the fast path runs, so only bf16 activations/attention differ).
+            exact = copy.deepcopy(pipe.transformer)
+            with torch.no_grad():
+                for module in _block_lists(exact):
+                    for param in module.parameters():
+                        param.copy_(param.to(torch.bfloat16).float())
+            with full_float32():
+                ref = exact(labels, x_ns, x_mask, masked_BL)
+                fast = FastRunner(exact, torch.bfloat16, cuda_graphs=False).teacher_forced(
+                    labels, x_ns, x_mask, masked_BL)
+            result[f"{branch} bf16 (bf16-exact weights)"] = {
+                "rel_err": float((fast - ref).norm() / ref.norm()),
+                "top1": float((fast.argmax(-1) == ref.argmax(-1)).float().mean()),
+                "tokens": int(ref.shape[0] * ref.shape[1])}
+            del exact
     return result
+
+
+def _block_lists(transformer: HMARTransformer) -> list[torch.nn.Module]:
+    """The block stacks the fast path casts (heads and embeddings stay float32 there)."""
+    names = ("base_blocks", "ns_blocks", "mask_blocks")
+    return [getattr(transformer, n) for n in names if hasattr(transformer, n)]
 
 
 def save_images(path: Path, rows: list[torch.Tensor]) -> None:
@@ -385,14 +417,15 @@ def run_gpu(args: argparse.Namespace) -> dict:
         pipe = fast = None
         try:
             t0 = time.perf_counter()
-            pipe = build(depth, px, family, path == "fast", device)
-            engine = pipe.to_fast() if path == "fast" else pipe
-            fast = engine if path == "fast" else None
+            fast_dtype = {"fast": torch.bfloat16, "fast-fp16": torch.float16}.get(path)
+            pipe = build(depth, px, family, fast_dtype, device)
+            engine = pipe if fast_dtype is None else pipe.to_fast(dtype=fast_dtype)
+            fast = None if fast_dtype is None else engine
             print(f"[build] {family} d{depth} {px}px {path}: {time.perf_counter() - t0:.1f} s",
                   flush=True)
             for row in members:
                 report["rows"].append(measure(row, engine, reps, args))
-            if family == "hmar" and depth == 16 and px == 256:
+            if family == "hmar" and depth == 16 and px == 256 and path != "fast-fp16":
                 extra_d16(pipe, fast, path, report, out_dir, args)
         except Exception as err:  # noqa: BLE001 - fail soft per configuration
             message = f"{family} d{depth} {px}px {path}: {type(err).__name__}: {err}"
@@ -432,6 +465,8 @@ def measure(row: Row, engine: object, reps: int, args: argparse.Namespace) -> di
         if runner is not None and row.batch >= 4 and not DRY_RUN[0]:
             record["breakdown"] = breakdown(engine, batch)
             print(f"[breakdown] {row.name}: {record['breakdown']}", flush=True)
+        if args.profile and not DRY_RUN[0] and row.depth == 16 and row.px == 256:
+            record["profile"] = profile_table(row.name, lambda: generate(0))
         graphs = f"  graphs {record['graphs']}" if runner is not None else ""
         print(f"[row] {row.name}: {median:8.1f} ms/batch  {record['img_per_s']:7.1f} img/s  "
               f"peak {peak:5.1f} GiB (reserved {reserved:5.1f}){graphs}", flush=True)
@@ -446,10 +481,35 @@ def measure(row: Row, engine: object, reps: int, args: argparse.Namespace) -> di
     return record
 
 
+def profile_table(label: str, fn: Callable[[], object], rows: int = 22) -> dict:
+    """One run of ``fn`` under torch.profiler: the top CUDA kernels by total time, printed,
+    and the summed kernel time against the wall time (host-bound when much smaller)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    tick = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - tick) * 1000
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"
+              or getattr(e, "self_device_time_total", 0) > 0]
+    kernel_us = sum(getattr(e, "self_device_time_total", 0) for e in events)
+    launches = sum(e.count for e in events)
+    print(f"[profile] {label}: wall {wall_ms:.1f} ms (profiled), kernels {kernel_us / 1000:.1f} ms"
+          f" in {launches} launches", flush=True)
+    top = sorted(events, key=lambda e: -getattr(e, "self_device_time_total", 0))[:rows]
+    for e in top:
+        print(f"    {getattr(e, 'self_device_time_total', 0) / 1000:8.2f} ms {e.count:6d}x  "
+              f"{e.key[:110]}", flush=True)
+    return {"wall_ms": wall_ms, "kernel_ms": kernel_us / 1000, "launches": launches,
+            "top": [(e.key[:110], getattr(e, "self_device_time_total", 0) / 1000, e.count)
+                    for e in top]}
+
+
 def breakdown(fast: object, batch: int) -> dict:
     """Where a fast batch goes: sampling alone, and the decoder in three forms (ms)."""
-    import copy
-
     pipe = fast.pipe
     settings, schedule = pipe.sampler_settings(), pipe.resolve_schedule()
     result: dict = {}
@@ -511,11 +571,13 @@ def extra_d16(pipe: Pipeline, fast: object, path: str, report: dict, out_dir: Pa
         print(f"[samples] {png} token agreement {same / total:.3f}", flush=True)
     engine = fast if fast is not None else _Reference(pipe)
     source = sample.images[:1] * 2 - 1
-    for edit_steps in (True, False):
+    for edit_steps in EDIT_STEPS:
         try:
             run, how = make_edit(pipe, engine, source, edit_steps)
             median, times, peak, _ = time_gpu(run, reps=args.edit_reps, warmup=2,
                                               budget_s=args.row_budget)
+            if args.profile and fast is not None and not DRY_RUN[0]:
+                profile_table(f"edit d16 B=1 fast ({how})", lambda: run(0))
             report["edit"].append({"path": path, "ms": median, "times_ms": times,
                                    "peak_gib": peak, "how": how})
             print(f"[edit] d16 256px B=1 {path} ({how}): {median:.1f} ms", flush=True)
@@ -561,7 +623,7 @@ def run_cpu(args: argparse.Namespace) -> dict:
             print(f"[cpu] 64px generate B=1 {path}, {threads} thread(s): {median:.0f} ms wall "
                   f"(median of {len(times)}), process CPU {cpu:.0f} ms", flush=True)
     torch.set_num_threads(args.threads)
-    for edit_steps in (True, False):
+    for edit_steps in EDIT_STEPS:
         for path, engine in engines.items():
             run, how = make_edit(pipe, engine if path == "fast" else _Reference(pipe), source,
                                  edit_steps)
@@ -596,7 +658,7 @@ def gpu_markdown(report: dict) -> str:
                                 if k not in ("target", "target GiB")) or "–"
         target = anchors.get("target")
         target_text = "–"
-        if row["family"] == "hmar" and row["path"] == "fast" and target:
+        if row["family"] == "hmar" and row["path"].startswith("fast") and target:
             target_text = f"≤ {target:g} ms"
             if "target GiB" in anchors:
                 target_text += f", ≤ {anchors['target GiB']:g} GiB"
@@ -721,6 +783,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=0, help="timed runs per row")
     parser.add_argument("--edit-reps", type=int, default=0, help="timed edits (10; quick 5)")
     parser.add_argument("--cpu-reps", type=int, default=4, help="timed runs on CPU")
+    parser.add_argument("--profile", action="store_true",
+                        help="print the top CUDA kernels of the d16 256 px rows and edits")
     parser.add_argument("--budget", type=float, default=170.0,
                         help="seconds after which no new model is built (rows are skipped)")
     parser.add_argument("--row-budget", type=float, default=8.0,

@@ -148,7 +148,9 @@ def make_job(
 
 def _schedule(pipe: Pipeline, options: EditOptions, spec: EditSpec) -> Schedule:
     """Per scale: the generation schedule of that scale's ``steps`` knob, edited by the spec."""
-    default = DEFAULT_EDIT_STEPS if pipe.transformer.cfg.has_mask_branch else 0
+    configured = pipe.sampler_config.steps  # the model's own quality default, when it has one
+    default = (0 if not pipe.transformer.cfg.has_mask_branch
+               else DEFAULT_EDIT_STEPS if configured is None else configured)
     knobs = [options.steps_at(si) for si in range(len(pipe.patch_nums))]
     plain = {knob: pipe.resolve_schedule(None, knob) for knob in set(knobs)}
     base = tuple(plain[knob][si] for si, knob in enumerate(knobs))
