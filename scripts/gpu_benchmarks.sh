@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Every GPU figure of BENCHMARKS.md and the model card in one run (one H200: ~10 minutes).
+#   bash scripts/gpu_benchmarks.sh OUT_DIR [steps...]
+# steps (default all, in this order): quality attention inference train kernels-tests
+# Needs data/emoji64/emoji64.npz for `quality` (python -m train.data emoji --out data/emoji64
+# --npz). Each step logs to OUT_DIR/<step>.log and writes its JSON there; a failing step is
+# reported and the next one runs. Render the Markdown afterwards, off the GPU:
+#   python benchmarks/attention.py --render OUT/att.json --markdown BENCHMARKS.md
+#   python benchmarks/inference.py --render OUT/inf/inference.json --markdown BENCHMARKS.md
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:?usage: gpu_benchmarks.sh OUT_DIR [steps...]}
+shift
+STEPS=${*:-quality attention inference train kernels-tests}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt"
+python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
+  >> "$OUT/gpu.txt"
+step() {
+  local name=$1; shift
+  local start=$SECONDS
+  echo "== $name: $*" | tee -a "$OUT/steps.txt"
+  "$@" > "$OUT/$name.log" 2>&1
+  echo "== $name: exit $? after $((SECONDS - start)) s" | tee -a "$OUT/steps.txt"
+}
+for s in $STEPS; do
+  case $s in
+    quality) step quality env PYTHONPATH=.:benchmarks python benchmarks/quality.py \
+        --model assets/hmar-emoji64 --classifier benchmarks/models/emoji-classifier \
+        --data data/emoji64/emoji64.npz --samples 1020 --device cuda --skip-timing \
+        --grid "$OUT/grids" --json "$OUT/quality.json" --markdown ;;
+    attention) step attention python benchmarks/attention.py --with-1024-causal --breakdown \
+        --json "$OUT/att.json" ;;
+    inference) step inference python benchmarks/inference.py --out "$OUT/inf" --profile \
+        --budget "${INF_BUDGET:-200}" ;;
+    train) step train python benchmarks/train_step.py --steps 10 --warmup 3 \
+        --json "$OUT/train.json" ${TRAIN_ARGS:-} ;;
+    kernels-tests) step kernels-tests python -m pytest -q -m gpu tests/kernels ;;
+    *) echo "unknown step $s" | tee -a "$OUT/steps.txt" ;;
+  esac
+done
+echo "== all done" | tee -a "$OUT/steps.txt"
