@@ -1,4 +1,5 @@
-"""Milliseconds per HMAR training step (d16, 256 px, B = 32): SDPA reference vs Triton attention.
+"""Milliseconds per HMAR training step (d16, 256 px, B = 32): attention backends and the
+speed options of the step (``train.config.SpeedConfig``) side by side, with an optional profile.
 
 Shape legend: B = batch, L = tokens of the pyramid (680 at 256 px), V = vocab.
 
@@ -8,18 +9,28 @@ with the lognorm weights, backward, unscale, gradient clipping at 2.0 and a fuse
 the trained parameters (base + ns blocks: 310 M at d16, the size of VAR-d16). Two variants:
 
 * ``network``: teacher-forcing inputs precomputed once, like the official training benchmark
-  (which feeds random (B, L − 1, 32) inputs);
+  (which feeds random (B, L − 1, 32) inputs): ``HMARObjective.loss_from_inputs``;
 * ``trainer``: from token ids, including the float32 pyramid inputs (bicubic, area, phi convs).
 
 The attention backend is chosen per model through ``TransformerConfig.attention_backend``:
 ``reference`` (dense PyTorch SDPA with a boolean mask) and ``triton`` (our block-sparse kernel;
-it autotunes during the warm-up steps). Times are medians over ``--steps`` steps after
-``--warmup`` steps, measured with CUDA events; peak memory from ``max_memory_allocated``.
-The table sits next to the anchors of ``../shared/spec/perf-targets.md``.
+it autotunes during the warm-up steps). ``--options`` names sets of speed options
+(:data:`OPTION_SETS`: ``default`` = all off, one per option, ``all``, ``all-autotune``); one model
+per backend is built and shared by the option sets (compiled graphs are reset between them).
+
+Times are medians over ``--steps`` steps after ``--warmup`` steps, each step synchronised and
+measured with CUDA events (``median_ms``), plus the mean of the same number of steps run back to
+back without synchronisation (``pipelined_ms``, what a training loop without host syncs sees);
+peak memory from ``max_memory_allocated``. ``--profile`` then runs ``--profile-steps`` steps under
+``torch.profiler`` and prints the top CUDA kernels by total time per step (CPU ops on a CPU), with
+a breakdown into GEMMs, attention, optimizer and the rest; the rows also go into the JSON, which
+is rewritten after every row (a run cut short keeps what it measured). The table sits next to the
+anchors of ``../shared/spec/perf-targets.md``.
 
 Usage:
     python benchmarks/train_step.py                                   # on a GPU
     python benchmarks/train_step.py --json out.json --markdown BENCHMARKS.md
+    python benchmarks/train_step.py --backends triton --options default all --profile
     python benchmarks/train_step.py --device cpu --preset tiny --batch-size 2 --steps 2 \\
         --warmup 1 --backends reference                               # smoke test anywhere
 """
@@ -32,6 +43,7 @@ import json
 import statistics
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -42,12 +54,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hmar_core.config import TokenizerConfig, TransformerConfig  # noqa: E402
 from hmar_core.init import init_transformer_  # noqa: E402
 from hmar_core.tokenizer import MultiScaleQuantizer  # noqa: E402
-from hmar_core.transformer import HMARTransformer  # noqa: E402
+from hmar_core.transformer import AdaLNBlock, HMARTransformer  # noqa: E402
 from kernels import available_backends  # noqa: E402
-from train.config import OptimConfig  # noqa: E402
+from train.config import OptimConfig, SpeedConfig  # noqa: E402
 from train.loop import autocast, make_scaler, optimizer_step  # noqa: E402
 from train.objectives import HMARObjective, scale_loss_weights, set_trainable  # noqa: E402
 from train.optim import build_adamw  # noqa: E402
+
+#: Named sets of speed options compared side by side (``--options``).
+OPTION_SETS: dict[str, SpeedConfig] = {
+    "default": SpeedConfig(),
+    "autocast-logits": SpeedConfig(autocast_logits=True),
+    "async-labels": SpeedConfig(async_label_check=True),
+    "compile-blocks": SpeedConfig(compile_blocks=True),
+    "compile-inputs": SpeedConfig(compile_inputs=True),
+    "compile-loss": SpeedConfig(compile_loss=True),
+    "all": SpeedConfig.fastest(),
+    "all-autotune": dataclasses.replace(SpeedConfig.fastest(),
+                                        compile_mode="max-autotune-no-cudagraphs"),
+}
+#: Option sets that change nothing in the ``network`` variant (it has no input building).
+_TRAINER_ONLY = {"compile-inputs"}
 
 # perf-targets.md, measured on one H200 (d16, 256 px, B = 32, AMP, clip, fused AdamW).
 ANCHORS_MS = {
@@ -67,9 +94,24 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def build_step(preset: str, backend: str, variant: str, batch: int, precision: str,
-               device: torch.device, seed: int = 0) -> tuple[Callable[[], float], int]:
-    """A closure running one training step, and the number of trained parameters."""
+@dataclasses.dataclass
+class Bench:
+    """One model, its optimiser and a fixed batch, shared by the option sets of a backend."""
+
+    transformer: HMARTransformer
+    quantizer: MultiScaleQuantizer
+    weights_L: torch.Tensor
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    trainable: list[torch.nn.Parameter]
+    tokens: torch.Tensor
+    labels: torch.Tensor
+    grad_clip: float
+
+
+def build_bench(preset: str, backend: str, batch: int, precision: str, device: torch.device,
+                seed: int = 0) -> Bench:
+    """The model (stage-1 trainable), quantiser, fused AdamW and a random batch."""
     cfg = dataclasses.replace(TransformerConfig.from_name(preset), attention_backend=backend)
     generator = torch.Generator().manual_seed(seed)
     transformer = init_transformer_(HMARTransformer(cfg), generator)
@@ -77,39 +119,49 @@ def build_step(preset: str, backend: str, variant: str, batch: int, precision: s
     transformer = transformer.to(device)
     quantizer = MultiScaleQuantizer(TokenizerConfig(
         vocab_size=cfg.vocab_size, latent_channels=cfg.latent_channels, channels=32,
-        channel_mult=(1,), patch_nums=cfg.patch_nums)).to(device)
+        channel_mult=(1,), patch_nums=cfg.patch_nums)).to(device).requires_grad_(False)
     with torch.no_grad():
         quantizer.embedding.weight.normal_(generator=torch.Generator(device).manual_seed(seed))
-    objective = HMARObjective(transformer, quantizer, "stage1",
-                              scale_loss_weights(cfg.patch_nums, "lognorm")).to(device)
     optim_cfg = OptimConfig(base_lr=1e-4, grad_clip=2.0)
-    optimizer = build_adamw(transformer, optim_cfg, batch, device)
-    scaler = make_scaler(precision, device)  # type: ignore[arg-type]
-    trainable = [p for p in transformer.parameters() if p.requires_grad]
     tokens = torch.randint(cfg.vocab_size, (batch, cfg.seq_len), generator=generator)
-    tokens = tokens.to(device)
-    labels = torch.randint(cfg.num_classes + 1, (batch,), generator=generator).to(device)
-    weights = objective.weights_L
+    labels = torch.randint(cfg.num_classes + 1, (batch,), generator=generator)
+    return Bench(transformer, quantizer, scale_loss_weights(cfg.patch_nums, "lognorm"),
+                 build_adamw(transformer, optim_cfg, batch, device),
+                 make_scaler(precision, device),  # type: ignore[arg-type]
+                 [p for p in transformer.parameters() if p.requires_grad],
+                 tokens.to(device), labels.to(device), optim_cfg.grad_clip)
+
+
+def build_step(bench: Bench, variant: str, speed: SpeedConfig, precision: str,
+               device: torch.device) -> Callable[[], torch.Tensor]:
+    """A closure running one training step with these speed options."""
+    torch._dynamo.reset()  # a fresh compile cache per option set (no recompile limits hit)
+    for module in bench.transformer.modules():
+        if isinstance(module, AdaLNBlock):
+            module.compiled_parts = None  # HMARObjective sets them again if asked
+    objective = HMARObjective(bench.transformer, bench.quantizer, "stage1", bench.weights_L,
+                              speed=speed).to(device)
+    tokens, labels = bench.tokens, bench.labels
     x_ns, _ = objective.inputs(tokens, need_mask_input=False)
 
-    def trainer_step() -> float:
+    def step() -> torch.Tensor:
         with autocast(precision, device):  # type: ignore[arg-type]
-            loss, _ = objective(tokens, labels)
-        return optimizer_step(loss, optimizer, scaler, trainable, optim_cfg.grad_clip)
+            if variant == "trainer":
+                loss, _ = objective(tokens, labels)
+            else:
+                loss, _ = objective.loss_from_inputs(tokens, labels, x_ns)
+        return optimizer_step(loss, bench.optimizer, bench.scaler, bench.trainable,
+                              bench.grad_clip)
 
-    def network_step() -> float:
-        with autocast(precision, device):  # type: ignore[arg-type]
-            logits = transformer(labels, x_ns)  # (B, L, V) float32
-            ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten(),
-                                                   reduction="none")
-            loss = (ce.view(batch, -1) * weights).sum(1).mean()
-        return optimizer_step(loss, optimizer, scaler, trainable, optim_cfg.grad_clip)
-
-    return (trainer_step if variant == "trainer" else network_step), sum(
-        p.numel() for p in trainable)
+    return step
 
 
-def time_steps(step: Callable[[], float], device: torch.device, warmup: int, steps: int
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable[[], object], device: torch.device, warmup: int, steps: int
                ) -> list[float]:
     """Milliseconds of each timed step (CUDA events on a GPU, wall clock on CPU)."""
     for _ in range(warmup):
@@ -130,47 +182,163 @@ def time_steps(step: Callable[[], float], device: torch.device, warmup: int, ste
     return times
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def time_pipelined(step: Callable[[], object], device: torch.device, steps: int) -> float:
+    """Mean milliseconds per step of ``steps`` steps run back to back, one sync at the end."""
+    _synchronize(device)
+    begin = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _synchronize(device)
+    return (time.perf_counter() - begin) * 1e3 / steps
+
+
+_CATEGORIES = (  # first match wins; lower-case substrings of kernel (or op) names
+    ("attention", ("_attn_fwd", "_attn_bwd", "flash", "fmha", "attention")),
+    ("gemm", ("triton_tem", "gemm", "nvjet", "cutlass", "xmma", "cublas", "splitk", "aten::mm",
+              "aten::addmm", "aten::bmm")),
+    ("inductor fused", ("triton_poi", "triton_red", "triton_per", "compiledfxgraph")),
+    ("optimizer+clip", ("adam", "multi_tensor", "foreach", "lpnorm", "optimizer")),
+    ("layer norm", ("layer_norm", "layernorm", "gammabeta")),
+    ("softmax/ce", ("softmax", "nll", "cross_entropy")),
+    ("pyramid inputs", ("upsample", "bicubic", "adaptive", "avg_pool", "conv", "cudnn")),
+    ("reductions", ("reduce_kernel", "aten::sum", "aten::norm")),
+    ("elementwise/copy", ("elementwise", "copy", "fill", "cat", "index", "aten::")),
+)
+
+
+def _category(name: str) -> str:
+    lower = name.lower()
+    for category, needles in _CATEGORIES:
+        if any(needle in lower for needle in needles):
+            return category
+    return "other"
+
+
+def profile_steps(step: Callable[[], object], device: torch.device, steps: int, top: int
+                  ) -> dict:
+    """Top kernels (CUDA) or ops (CPU, by self time) per step under ``torch.profiler``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    _synchronize(device)
+    begin = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _synchronize(device)
+    wall_ms = (time.perf_counter() - begin) * 1e3 / steps
+    totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for event in prof.events():
+        if device.type == "cuda":
+            if event.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            duration = event.time_range.elapsed_us()
+        else:
+            if event.device_type != torch.autograd.DeviceType.CPU:
+                continue
+            duration = event.self_cpu_time_total
+        totals[event.name][0] += duration / 1e3
+        totals[event.name][1] += 1
+    busy = sum(ms for ms, _ in totals.values()) / steps
+    categories: dict[str, float] = defaultdict(float)
+    for name, (ms, _) in totals.items():
+        categories[_category(name)] += ms / steps
+    ranked = sorted(totals.items(), key=lambda item: -item[1][0])[:top]
+    return {
+        "kind": "cuda kernels" if device.type == "cuda" else "cpu ops (self time)",
+        "steps": steps, "wall_ms_per_step": wall_ms, "busy_ms_per_step": busy,
+        "categories_ms_per_step": dict(sorted(categories.items(), key=lambda kv: -kv[1])),
+        "top": [{"name": name, "ms_per_step": ms / steps, "calls_per_step": count / steps,
+                 "percent": 100 * ms / steps / max(busy, 1e-9)}
+                for name, (ms, count) in ranked],
+    }
+
+
+def profile_table(label: str, result: dict) -> str:
+    """A short text table of :func:`profile_steps`."""
+    lines = [f"profile {label}: {result['kind']}, {result['busy_ms_per_step']:.1f} ms busy of "
+             f"{result['wall_ms_per_step']:.1f} ms wall per step (profiler overhead included)",
+             "  by category: " + ", ".join(f"{name} {ms:.1f}"
+                                           for name, ms in result["categories_ms_per_step"].items()),
+             f"  {'ms/step':>8} {'%':>5} {'calls':>6}  kernel"]
+    for row in result["top"]:
+        name = row["name"] if len(row["name"]) <= 110 else row["name"][:107] + "..."
+        lines.append(f"  {row['ms_per_step']:8.2f} {row['percent']:5.1f} "
+                     f"{row['calls_per_step']:6.0f}  {name}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, on_row: Callable[[list[dict]], None] | None = None
+        ) -> list[dict]:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     usable = available_backends(device, dtype[args.precision])
-    rows = []
+    rows: list[dict] = []
+
+    def add(row: dict) -> None:
+        rows.append(row)
+        if on_row is not None:
+            on_row(rows)
+
     for backend in args.backends:
-        for variant in args.variants:
-            row = {"backend": backend, "variant": variant, "preset": args.preset,
-                   "batch": args.batch_size, "precision": args.precision}
-            if backend not in usable:
-                row["error"] = f"backend {backend} not available on {device} ({usable})"
-                log(row["error"])
-                rows.append(row)
-                continue
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-            log(f"{backend} / {variant}: building and warming up ({args.warmup} steps)")
-            try:
-                step, trained = build_step(args.preset, backend, variant, args.batch_size,
-                                           args.precision, device)
-                times = time_steps(step, device, args.warmup, args.steps)
-            except torch.cuda.OutOfMemoryError as err:
-                row["error"] = f"OOM: {err}"
-                rows.append(row)
-                continue
-            ordered = sorted(times)
-            row.update({
-                "trained_params": trained,
-                "median_ms": statistics.median(times),
-                "p10_ms": ordered[len(ordered) // 10],
-                "p90_ms": ordered[(9 * len(ordered)) // 10],
-                "peak_gib": (torch.cuda.max_memory_allocated(device) / 2**30
-                             if device.type == "cuda" else None),
-            })
-            log(f"{backend} / {variant}: median {row['median_ms']:.1f} ms")
-            rows.append(row)
-            del step
+        bench = None
+        for options in args.options:
+            for variant in args.variants:
+                row = {"backend": backend, "variant": variant, "options": options,
+                       "speed": dataclasses.asdict(OPTION_SETS[options]), "preset": args.preset,
+                       "batch": args.batch_size, "precision": args.precision}
+                label = f"{backend} / {variant} / {options}"
+                if backend not in usable:
+                    row["error"] = f"backend {backend} not available on {device} ({usable})"
+                    log(row["error"])
+                    add(row)
+                    continue
+                if variant == "network" and options in _TRAINER_ONLY:
+                    continue  # identical to the network's default row
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(device)
+                log(f"{label}: building and warming up ({args.warmup} steps)")
+                try:
+                    if bench is None:
+                        bench = build_bench(args.preset, backend, args.batch_size,
+                                            args.precision, device)
+                    step = build_step(bench, variant, OPTION_SETS[options], args.precision,
+                                      device)
+                    begin = time.perf_counter()
+                    step()  # compilation and autotuning happen here
+                    row["first_step_s"] = time.perf_counter() - begin
+                    times = time_steps(step, device, args.warmup, args.steps)
+                    pipelined = time_pipelined(step, device, args.steps)
+                    profiled = (profile_steps(step, device, args.profile_steps, args.profile_rows)
+                                if args.profile else None)
+                except torch.cuda.OutOfMemoryError as err:
+                    row["error"] = f"OOM: {err}"
+                    add(row)
+                    continue
+                ordered = sorted(times)
+                row.update({
+                    "trained_params": sum(p.numel() for p in bench.trainable),
+                    "median_ms": statistics.median(times),
+                    "p10_ms": ordered[len(ordered) // 10],
+                    "p90_ms": ordered[(9 * len(ordered)) // 10],
+                    "pipelined_ms": pipelined,
+                    "peak_gib": (torch.cuda.max_memory_allocated(device) / 2**30
+                                 if device.type == "cuda" else None),
+                })
+                log(f"{label}: median {row['median_ms']:.1f} ms, pipelined {pipelined:.1f} ms "
+                    f"(first step {row['first_step_s']:.1f} s)")
+                if profiled is not None:
+                    row["profile"] = profiled
+                    print(profile_table(label, profiled), flush=True)
+                add(row)
+                del step
+        del bench
     return rows
 
 
@@ -183,20 +351,23 @@ def table(rows: Sequence[dict], device_name: str) -> str:
         f"Training step, {first['preset']} (L = {length}), B = {first['batch']}, "
         f"{first['precision']}{amp}, clip 2.0, {fused}AdamW — {device_name}",
         "",
-        "| attention | step | median ms | p10–p90 ms | peak GiB | vs VAR 163.4 | "
-        f"vs HMAR 154.0 | target ≤ {TARGET_MS:.0f} |",
-        "|---|---|---|---|---|---|---|---|",
+        "| attention | step | options | median ms | p10–p90 ms | pipelined ms | peak GiB | "
+        f"vs VAR 163.4 | vs HMAR 154.0 | target ≤ {TARGET_MS:.0f} |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        options = row.get("options", "default")
         if "error" in row:
-            lines.append(f"| {row['backend']} | {row['variant']} | {row['error']} | | | | | |")
+            lines.append(f"| {row['backend']} | {row['variant']} | {options} | {row['error']} "
+                         "| | | | | | |")
             continue
         median = row["median_ms"]
         peak = f"{row['peak_gib']:.1f}" if row["peak_gib"] is not None else "–"
         lines.append(
-            f"| {row['backend']} | {row['variant']} | {median:.1f} | "
-            f"{row['p10_ms']:.1f}–{row['p90_ms']:.1f} | {peak} | {VAR_MS / median:.2f}x | "
-            f"{HMAR_MS / median:.2f}x | {'yes' if median <= TARGET_MS else 'no'} |")
+            f"| {row['backend']} | {row['variant']} | {options} | {median:.1f} | "
+            f"{row['p10_ms']:.1f}–{row['p90_ms']:.1f} | {row['pipelined_ms']:.1f} | {peak} | "
+            f"{VAR_MS / median:.2f}x | {HMAR_MS / median:.2f}x | "
+            f"{'yes' if median <= TARGET_MS else 'no'} |")
     lines += ["", "Anchors (perf-targets.md, H200): "
               + "; ".join(f"{name} {ms:.1f} ms" for name, ms in ANCHORS_MS.items())
               + f"; our target ≤ {TARGET_MS:.0f} ms (≥ 1.7x VAR)."]
@@ -224,19 +395,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                         choices=("reference", "flex", "triton"))
     parser.add_argument("--variants", nargs="+", default=["network", "trainer"],
                         choices=("network", "trainer"))
+    parser.add_argument("--options", nargs="+", default=["default"], choices=tuple(OPTION_SETS),
+                        help="speed option sets to compare (train.config.SpeedConfig)")
     parser.add_argument("--warmup", type=int, default=15)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--json", type=Path, help="write the rows as JSON")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile every row after timing it and print its top kernels")
+    parser.add_argument("--profile-steps", type=int, default=3)
+    parser.add_argument("--profile-rows", type=int, default=25)
+    parser.add_argument("--json", type=Path, help="write the rows as JSON (after every row)")
     parser.add_argument("--markdown", type=Path, help="update this file's section")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     log(f"device {device_name}, torch {torch.__version__}")
-    rows = run(args)
+
+    def save(rows: list[dict]) -> None:
+        if args.json:
+            args.json.write_text(json.dumps({"device": device_name, "torch": torch.__version__,
+                                             "rows": rows}, indent=2))
+
+    rows = run(args, save)
+    save(rows)
     text = table(rows, device_name)
     print(text)
-    if args.json:
-        args.json.write_text(json.dumps({"device": device_name, "rows": rows}, indent=2))
     if args.markdown:
         write_markdown(args.markdown, text)
     return 0

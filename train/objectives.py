@@ -231,11 +231,19 @@ class HMARObjective(nn.Module):
             ``(loss, stats)``; stats are detached scalars (``ns_loss``, ``ns_acc``,
             ``mask_loss``, ``mask_acc`` as computed).
         """
-        use_ns = self.stage in ("stage1", "joint")
         use_mask = self.stage in ("stage2", "joint")
         if use_mask and masked_BL is None:
             raise ValueError(f"stage {self.stage!r} needs masks (b, L) bool")
         x_ns, x_mask = self.inputs(tokens_BL, use_mask)
+        return self.loss_from_inputs(tokens_BL, labels, x_ns, x_mask, masked_BL)
+
+    def loss_from_inputs(self, tokens_BL: torch.Tensor, labels: torch.Tensor,
+                         x_ns: torch.Tensor, x_mask: torch.Tensor | None = None,
+                         masked_BL: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`forward` after :meth:`inputs` (``x_ns``, ``x_mask``: (b, L − 1, C))."""
+        use_ns = self.stage in ("stage1", "joint")
+        use_mask = self.stage in ("stage2", "joint")
         stats: dict[str, torch.Tensor] = {}
         loss = x_ns.new_zeros(())
         training = self.transformer.training  # evaluation runs the plain code
