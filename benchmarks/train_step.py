@@ -100,7 +100,7 @@ class Bench:
 
     transformer: HMARTransformer
     quantizer: MultiScaleQuantizer
-    weights_L: torch.Tensor
+    loss_weights: torch.Tensor  # (L,)
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     trainable: list[torch.nn.Parameter]
@@ -139,7 +139,7 @@ def build_step(bench: Bench, variant: str, speed: SpeedConfig, precision: str,
     for module in bench.transformer.modules():
         if isinstance(module, AdaLNBlock):
             module.compiled_parts = None  # HMARObjective sets them again if asked
-    objective = HMARObjective(bench.transformer, bench.quantizer, "stage1", bench.weights_L,
+    objective = HMARObjective(bench.transformer, bench.quantizer, "stage1", bench.loss_weights,
                               speed=speed).to(device)
     tokens, labels = bench.tokens, bench.labels
     x_ns, _ = objective.inputs(tokens, need_mask_input=False)
@@ -260,8 +260,8 @@ def profile_table(label: str, result: dict) -> str:
     """A short text table of :func:`profile_steps`."""
     lines = [f"profile {label}: {result['kind']}, {result['busy_ms_per_step']:.1f} ms busy of "
              f"{result['wall_ms_per_step']:.1f} ms wall per step (profiler overhead included)",
-             "  by category: " + ", ".join(f"{name} {ms:.1f}"
-                                           for name, ms in result["categories_ms_per_step"].items()),
+             "  by category: " + ", ".join(
+                 f"{name} {ms:.1f}" for name, ms in result["categories_ms_per_step"].items()),
              f"  {'ms/step':>8} {'%':>5} {'calls':>6}  kernel"]
     for row in result["top"]:
         name = row["name"] if len(row["name"]) <= 110 else row["name"][:107] + "..."

@@ -52,6 +52,7 @@ from .loop import (
     optimizer_step,
     resolve_precision,
     seed_process,
+    to_device_async,
     wrap_ddp,
 )
 from .objectives import HMARObjective, drop_labels, sample_masks, scale_loss_weights, set_trainable
@@ -255,7 +256,8 @@ def _train(cfg: HMARTrainConfig, ctx: DistContext, write_hook: WriteHook | None
                                   derived_generator(run.seed, Purpose.MASK, step),
                                   per_sample=cfg.mask_per_sample,
                                   ratio_min=cfg.mask_ratio_min,
-                                  ratio_max=cfg.mask_ratio_max)[local].to(device)
+                                  ratio_max=cfg.mask_ratio_max)[local]
+            masked = to_device_async(masked, device)
         lr = apply_schedule(optimizer, step, total, cfg.optim, peak)
         with autocast(run.precision, device):
             loss, stats = model(tokens_BL, labels, masked)

@@ -28,6 +28,7 @@ __all__ = [
     "make_scaler",
     "optimizer_step",
     "seed_process",
+    "to_device_async",
     "wrap_ddp",
 ]
 
@@ -62,6 +63,17 @@ def make_scaler(precision: Precision, device: torch.device) -> torch.amp.GradSca
     """A GradScaler enabled only for fp16 (official settings: initial scale 2^11)."""
     return torch.amp.GradScaler(device.type, init_scale=2.0**11, growth_interval=1000,
                                 enabled=precision == "fp16")
+
+
+def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor.to(device)`` without a host synchronisation for CPU → CUDA copies.
+
+    A plain copy from pageable memory waits for every kernel queued on the stream; a pinned
+    copy with ``non_blocking`` is ordered on the stream instead (same values, no stall).
+    """
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.contiguous().pin_memory().to(device, non_blocking=True)
 
 
 def seed_process(ctx: DistContext, seed: int) -> None:

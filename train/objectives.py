@@ -32,6 +32,7 @@ from hmar_core.tokenizer import MultiScaleQuantizer
 from hmar_core.transformer import HMARTransformer
 
 from .config import LossWeighting, SpeedConfig, Stage
+from .loop import to_device_async
 
 __all__ = [
     "HMARObjective",
@@ -79,7 +80,7 @@ def drop_labels(labels_b: torch.Tensor, null_class: int, probability: float,
     if probability <= 0:
         return labels_b
     drop_B = torch.rand(global_batch, generator=generator) < probability
-    drop_b = drop_B[local].to(labels_b.device)
+    drop_b = to_device_async(drop_B[local], labels_b.device)
     return torch.where(drop_b, torch.full_like(labels_b, null_class), labels_b)
 
 
@@ -186,7 +187,8 @@ class HMARObjective(nn.Module):
         self._build_inputs = (torch.compile(self._teacher_inputs, **kwargs)
                               if self.speed.compile_inputs else self._teacher_inputs)
         compile_loss = self.speed.compile_loss
-        self._ns_loss = torch.compile(next_scale_loss, **kwargs) if compile_loss else next_scale_loss
+        self._ns_loss = (torch.compile(next_scale_loss, **kwargs) if compile_loss
+                         else next_scale_loss)
         self._mask_loss = torch.compile(masked_loss, **kwargs) if compile_loss else masked_loss
 
     def _teacher_inputs(self, tokens_BL: torch.Tensor, need_mask_input: bool

@@ -27,6 +27,7 @@ from hmar_core.tokenizer import MultiScaleVQTokenizer
 
 from .batches import StepBatchSampler, image_batches
 from .distributed import DistContext
+from .loop import to_device_async
 
 __all__ = ["CachedTokens", "OnTheFlyTokens", "encode_keys"]
 
@@ -101,8 +102,8 @@ class CachedTokens:
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens (b, L) int64 and labels (b,) of this rank's share of ``step``."""
         keys = torch.tensor(self.sampler.local_keys(step), dtype=torch.int64)  # (b, 2)
-        crop = (keys[:, 0] % self.crops).to(self.tokens.device)
-        index = keys[:, 1].to(self.tokens.device)
+        keys = to_device_async(keys, self.tokens.device)  # no host sync on a GPU
+        crop, index = keys[:, 0] % self.crops, keys[:, 1]
         return self.tokens[crop, index].long(), self.labels[index]
 
 
