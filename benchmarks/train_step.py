@@ -21,11 +21,12 @@ per backend is built and shared by the option sets (compiled graphs are reset be
 Times are medians over ``--steps`` steps after ``--warmup`` steps, each step synchronised and
 measured with CUDA events (``median_ms``), plus the mean of the same number of steps run back to
 back without synchronisation (``pipelined_ms``, what a training loop without host syncs sees);
-peak memory from ``max_memory_allocated``. ``--profile`` then runs ``--profile-steps`` steps under
-``torch.profiler`` and prints the top CUDA kernels by total time per step (CPU ops on a CPU), with
-a breakdown into GEMMs, attention, optimizer and the rest; the rows also go into the JSON, which
-is rewritten after every row (a run cut short keeps what it measured). The table sits next to the
-anchors of ``../shared/spec/perf-targets.md``.
+peak memory from ``max_memory_allocated``; the host synchronisations of one step are counted
+with ``torch.cuda.set_sync_debug_mode`` (``host_syncs``, ``host_sync_sites``). ``--profile``
+then runs ``--profile-steps`` steps under ``torch.profiler`` and prints the top CUDA kernels by
+total time per step (CPU ops on a CPU), with a breakdown into GEMMs, attention, optimizer and
+the rest; the rows also go into the JSON, which is rewritten after every row (a run cut short
+keeps what it measured). The table sits next to the anchors of ``../shared/spec/perf-targets.md``.
 
 Usage:
     python benchmarks/train_step.py                                   # on a GPU
@@ -43,9 +44,11 @@ import json
 import statistics
 import sys
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -94,8 +97,7 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-@dataclasses.dataclass
-class Bench:
+class Bench(NamedTuple):
     """One model, its optimiser and a fixed batch, shared by the option sets of a backend."""
 
     transformer: HMARTransformer
@@ -190,6 +192,21 @@ def time_pipelined(step: Callable[[], object], device: torch.device, steps: int)
         step()
     _synchronize(device)
     return (time.perf_counter() - begin) * 1e3 / steps
+
+
+def host_syncs(step: Callable[[], object], device: torch.device) -> list[str]:
+    """Where one step synchronises with the host (``torch.cuda.set_sync_debug_mode``)."""
+    if device.type != "cuda":
+        return []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return [f"{Path(w.filename).name}:{w.lineno}" for w in caught
+            if "synchroniz" in str(w.message)]
 
 
 _CATEGORIES = (  # first match wins; lower-case substrings of kernel (or op) names
@@ -315,6 +332,7 @@ def run(args: argparse.Namespace, on_row: Callable[[list[dict]], None] | None = 
                     row["first_step_s"] = time.perf_counter() - begin
                     times = time_steps(step, device, args.warmup, args.steps)
                     pipelined = time_pipelined(step, device, args.steps)
+                    syncs = host_syncs(step, device)
                     profiled = (profile_steps(step, device, args.profile_steps, args.profile_rows)
                                 if args.profile else None)
                 except torch.cuda.OutOfMemoryError as err:
@@ -328,11 +346,14 @@ def run(args: argparse.Namespace, on_row: Callable[[list[dict]], None] | None = 
                     "p10_ms": ordered[len(ordered) // 10],
                     "p90_ms": ordered[(9 * len(ordered)) // 10],
                     "pipelined_ms": pipelined,
+                    "host_syncs": len(syncs),
+                    "host_sync_sites": sorted(set(syncs)),
                     "peak_gib": (torch.cuda.max_memory_allocated(device) / 2**30
                                  if device.type == "cuda" else None),
                 })
                 log(f"{label}: median {row['median_ms']:.1f} ms, pipelined {pipelined:.1f} ms "
-                    f"(first step {row['first_step_s']:.1f} s)")
+                    f"(first step {row['first_step_s']:.1f} s), {len(syncs)} host syncs "
+                    f"{sorted(set(syncs))}")
                 if profiled is not None:
                     row["profile"] = profiled
                     print(profile_table(label, profiled), flush=True)

@@ -23,6 +23,7 @@ from hmar_core.tokenizer import MultiScaleQuantizer
 from hmar_core.transformer import AdaLNBlock, HMARTransformer
 from train.cli import build_hmar_config
 from train.config import SpeedConfig
+from train.loop import to_device_async
 from train.objectives import HMARObjective, scale_loss_weights, set_trainable
 
 BATCH = 4
@@ -247,3 +248,34 @@ def test_speed_section_of_the_yaml_config():
     assert all(getattr(fastest, name) for name in (
         "compile_blocks", "compile_inputs", "compile_loss", "autocast_logits",
         "async_label_check"))
+
+
+def test_to_device_async_keeps_values():
+    keys = torch.arange(12).view(6, 2)[:, 0]  # a strided view
+    moved = to_device_async(keys, torch.device("cpu"))
+    assert torch.equal(moved, keys)
+
+
+def test_benchmark_compares_option_sets_and_profiles_on_cpu(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "train_step.py"
+    spec = importlib.util.spec_from_file_location("train_step_benchmark_options", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "rows.json"
+    assert module.main(["--device", "cpu", "--preset", "tiny", "--batch-size", "2",
+                        "--steps", "2", "--warmup", "1", "--precision", "fp32",
+                        "--backends", "reference", "--variants", "trainer", "network",
+                        "--options", "default", "autocast-logits", "async-labels",
+                        "--profile", "--profile-steps", "1",
+                        "--profile-rows", "5", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    labels = [(row["variant"], row["options"]) for row in rows]
+    assert ("network", "async-labels") in labels and len(rows) == 6
+    assert all(row["median_ms"] > 0 and row["pipelined_ms"] > 0 for row in rows)
+    assert all(len(row["profile"]["top"]) == 5 for row in rows)
+    printed = capsys.readouterr().out
+    assert "| reference | trainer | autocast-logits |" in printed and "by category" in printed
