@@ -279,3 +279,22 @@ def test_benchmark_compares_option_sets_and_profiles_on_cpu(tmp_path, capsys):
     assert all(len(row["profile"]["top"]) == 5 for row in rows)
     printed = capsys.readouterr().out
     assert "| reference | trainer | autocast-logits |" in printed and "by category" in printed
+
+
+def test_trainer_runs_with_every_speed_option(tokenizer_run, image_root, tmp_path):
+    """``python -m train.hmar`` with the ``speed`` section all on (bf16 autocast, compiled
+    parts): the loss stays finite and falls, evaluation and export still work."""
+    from train_helpers import hmar_config, one_thread
+
+    from train.hmar import main
+
+    cfg = hmar_config(image_root, tmp_path, tokenizer_run.export_dir, steps=40, log_interval=10,
+                      precision="bf16", fields={"speed": SpeedConfig.fastest()},
+                      transformer={"drop_path_rate": 0.1})
+    with one_thread():
+        result = main(cfg)
+    losses = [loss for _, loss in result.losses]
+    assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
+    assert losses[-1] < losses[0]
+    assert result.val_loss[-1][1] < result.val_loss[0][1]
+    assert (result.export_dir / "config.json").is_file()
