@@ -12,6 +12,11 @@ of :mod:`hmar_core.pyramid` (see :class:`hmar_core.model.TokenModel`).
   :func:`kernels.attention` with the block-diagonal (HMAR) or block-causal (VAR) scale mask.
 * :meth:`HMARTransformer.forward_scale` — one scale as its own sequence, no mask (HMAR is
   Markovian over scales); VAR instead appends to a :class:`KVCache` given by the caller.
+
+Every block runs as two pure functions around its attention, :func:`_pre_attention` and
+:func:`_post_attention` (:class:`BlockParts`), so training can ``torch.compile`` them
+(:meth:`HMARTransformer.compile_blocks`) while the attention kernel stays outside the graphs.
+By default nothing is compiled and every forward computes exactly what it did before the split.
 """
 
 from __future__ import annotations
