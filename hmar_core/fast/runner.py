@@ -44,8 +44,14 @@ _NORM_EPS = 1e-12  # F.normalize's eps
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 on accelerators, float32 on CPU (where bf16 matmuls are usually slower)."""
-    return torch.float32 if device.type == "cpu" else torch.bfloat16
+    """float16 blocks on accelerators, float32 on CPU (where half matmuls are usually slower).
+
+    float16 rather than bfloat16: the same tensor-core speed, 8x finer rounding (top-1 agreement
+    with the float32 path 99.7 % vs 98.2 % at d16 on the H200, BENCHMARKS.md). Overflow is not a
+    concern here: the residual stream stays float32 and every block matmul reads LayerNorm-
+    normalised, modulated inputs. ``dtype=torch.bfloat16`` is one argument away.
+    """
+    return torch.float32 if device.type == "cpu" else torch.float16
 
 
 @dataclass
