@@ -41,7 +41,7 @@ from .schedules import Schedule
 
 __all__ = ["DEFAULT_EDIT_STEPS", "FIT_MODES", "EditOptions", "EditSpec", "edit_schedule"]
 
-DEFAULT_EDIT_STEPS = 4
+DEFAULT_EDIT_STEPS = 2
 FIT_MODES = ("whole", "masked")
 
 

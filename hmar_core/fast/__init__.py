@@ -1,4 +1,4 @@
-"""The fast inference path: bf16 blocks, per-scale CUDA graphs, sync-free fused sampling.
+"""The fast inference path: half-precision blocks, per-scale CUDA graphs, sync-free sampling.
 
 Opt-in and checked against the float32 reference (``tests/test_fast.py``,
 ``benchmarks/inference.py``); the reference path is unchanged. Entry point:
@@ -6,7 +6,7 @@ Opt-in and checked against the float32 reference (``tests/test_fast.py``,
 ``decode_fhat``), or :class:`FastRunner` as a drop-in :class:`~hmar_core.sampler.ScaleModel`.
 """
 
-from .engine import FastPipeline, cast_blocks_
+from .engine import CompiledOrEager, FastPipeline, cast_blocks_
 from .graphs import GraphCache
 from .runner import FastRunner, default_dtype
 from .sampling import (
@@ -18,6 +18,7 @@ from .sampling import (
 )
 
 __all__ = [
+    "CompiledOrEager",
     "FastPipeline",
     "FastRunner",
     "GraphCache",
