@@ -18,6 +18,11 @@ What differs from :meth:`HMARTransformer.forward_scale` (the float32 reference),
 * :meth:`FastRunner.guided` computes both CFG halves and their combination in one pass, so a
   whole scale (embedding → blocks → heads → CFG) is one CUDA graph per (scale, branch, batch)
   (:class:`~hmar_core.fast.graphs.GraphCache`); CPU runs the same code eagerly.
+* With ``fused`` (default on CUDA when Triton works, checked once against the torch ops), the
+  elementwise work runs in Triton kernels (:mod:`~hmar_core.fast.fused`): a block is
+  ``[LN+mod] → qkv → [qk-norm] → SDPA → proj → [residual+LN+mod] → fc1+GELU → fc2 →
+  [residual + next block's LN+mod]``, the last block's kernel producing the head's modulated
+  input; same math (float32 statistics), 5 elementwise kernels per block instead of 9.
 * VAR models keep their keys/values in static per-run buffers (one slice per scale) instead of
   a growing :class:`~hmar_core.transformer.KVCache`, so their scales are graphs too.
 * No label validation inside the pass (no host reads): :meth:`begin` validates once per run.
@@ -25,8 +30,10 @@ What differs from :meth:`HMARTransformer.forward_scale` (the float32 reference),
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import weakref
+from types import ModuleType
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +76,7 @@ class _Block:
     ada_w: torch.Tensor
     ada_b: torch.Tensor
     qk_mult: torch.Tensor  # (1, 1, 2, H, 1) float32: q's temperature exp(clamped log), k's 1
+    q_mult: torch.Tensor  # (H,) float32: q's temperature (the fused kernel's input)
 
     @classmethod
     def from_module(cls, block: AdaLNBlock, dtype: torch.dtype) -> _Block:
@@ -82,6 +90,7 @@ class _Block:
                 block.ffn.fc1.weight, block.ffn.fc1.bias, block.ffn.fc2.weight,
                 block.ffn.fc2.bias, block.ada_lin.weight, block.ada_lin.bias)),
             qk_mult=qk_mult.view(1, 1, 2, -1, 1),
+            q_mult=scale_mul.view(-1).contiguous(),
         )
 
 
@@ -131,6 +140,12 @@ class FastRunner:
             :func:`~hmar_core.fast.engine.cast_blocks_` to avoid the copy).
         dtype: block dtype; default :func:`default_dtype` of the transformer's device.
         cuda_graphs: capture each (scale, branch, batch) as a CUDA graph on CUDA devices.
+        residual_dtype: dtype of the residual stream; default ``dtype``
+            (:class:`~hmar_core.fast.engine.FastPipeline` passes float32).
+        fused: run the elementwise work in the Triton kernels of :mod:`hmar_core.fast.fused`.
+            ``None`` (auto): on CUDA when Triton imports and the kernels agree with the torch
+            ops on a first check, else the torch ops (logged). ``True`` forces them and raises
+            if they cannot run (on CPU they need ``TRITON_INTERPRET=1``, for tests).
     """
 
     def __init__(
@@ -139,6 +154,7 @@ class FastRunner:
         dtype: torch.dtype | None = None,
         cuda_graphs: bool = True,
         residual_dtype: torch.dtype | None = None,
+        fused: bool | None = None,
     ) -> None:
         cfg = transformer.cfg
         self.cfg = cfg
@@ -171,10 +187,15 @@ class FastRunner:
         self._rows: dict[int, _Rows] = {}
         self._both_cache: tuple | None = None  # (weakref to labels, version, null, (2B,) labels)
         self.fused_gelu = self.device.type == "cuda" and _fused_gelu_works(self._blocks[0])
+        self._fused = _fused_kernels(fused, self.device, self.dtype, self.residual_dtype,
+                                     cfg.norm_eps, self._blocks[0])
+        self.fused = self._fused is not None
         self._cfg_a = torch.ones((), device=self.device)  # 1 + weight (float32)
         self._cfg_b = torch.zeros((), device=self.device)  # weight
-        logger.info("FastRunner: %s blocks in %s, CUDA graphs %s", len(self._blocks), self.dtype,
-                    "on" if cuda_graphs and self.device.type == "cuda" else "off")
+        logger.info("FastRunner: %s blocks in %s, CUDA graphs %s, fused kernels %s",
+                    len(self._blocks), self.dtype,
+                    "on" if cuda_graphs and self.device.type == "cuda" else "off",
+                    "on" if self.fused else "off")
 
     # --------------------------------------------------------------------------- per run
     def begin(self, labels: torch.Tensor, null_class: int | None = None) -> None:
@@ -353,9 +374,14 @@ class FastRunner:
         x_RnC = x_BnC.to(self.residual_dtype)
         if duplicate and scale > 0:
             x_RnC = torch.cat([x_RnC, x_RnC])  # both CFG halves see the same tokens
-        for block in self._branches[branch]:
-            x_RnC = self._block(x_RnC, block, state, pos)
-        logits = self._head(x_RnC, self._heads[branch], state.head_ada[branch])
+        if self._fused is not None:  # x_RnC is this pass's own intermediate: updated in place
+            h = self._blocks_fused(x_RnC.contiguous(), branch, state, pos)
+            head = self._heads[branch]
+            logits = F.linear(h, head.out_w, head.out_b)  # (R, n, V)
+        else:
+            for block in self._branches[branch]:
+                x_RnC = self._block(x_RnC, block, state, pos)
+            logits = self._head(x_RnC, self._heads[branch], state.head_ada[branch])
         if not combine:
             return logits
         cond, uncond = logits.chunk(2)
@@ -384,6 +410,35 @@ class FastRunner:
         hidden = self._fc1_gelu(h, block)
         return _addcmul(x, F.linear(hidden, block.fc2_w, block.fc2_b), gamma2, residual)
 
+    def _blocks_fused(self, x: torch.Tensor, branch: str, state: _Rows, pos: slice) -> torch.Tensor:
+        """All blocks of ``branch`` with the fused kernels; returns the head's input (R, n, C)
+        float32, ``LN(x)·(scale + 1) + shift`` of the head. ``x`` (R, n, C) is updated in place.
+
+        Each residual kernel also applies the next LayerNorm + modulation (the next block's
+        first, or the head's after the last block), so a block launches three of them.
+        """
+        kernels, eps, run = self._fused, self.cfg.norm_eps, self.dtype
+        blocks = self._branches[branch]
+        first = state.ada[self._block_index[id(blocks[0])]]  # (R, 6, C)
+        h = kernels.ln_modulate(x, first[:, 2], first[:, 4], eps=eps, out_dtype=run)
+        for position, block in enumerate(blocks):
+            index = self._block_index[id(block)]
+            ada = state.ada[index]  # gamma1, gamma2, scale1+1, scale2+1, shift1, shift2
+            out = self._attention(h, block, state, index, pos)
+            h = kernels.residual_ln_modulate(x, out, ada[:, 0], ada[:, 3], ada[:, 5], eps=eps,
+                                             out_dtype=run)
+            out = F.linear(self._fc1_gelu(h, block), block.fc2_w, block.fc2_b)
+            if position + 1 < len(blocks):
+                after = state.ada[self._block_index[id(blocks[position + 1])]]
+                h = kernels.residual_ln_modulate(x, out, ada[:, 1], after[:, 2], after[:, 4],
+                                                 eps=eps, out_dtype=run)
+            else:  # the head: float32, and nothing reads the residual afterwards
+                head_ada = state.head_ada[branch]  # (R, 2, C): scale+1, shift
+                h = kernels.residual_ln_modulate(x, out, ada[:, 1], head_ada[:, 0],
+                                                 head_ada[:, 1], eps=eps,
+                                                 out_dtype=torch.float32, write_x=False)
+        return h
+
     def _attention(
         self, h: torch.Tensor, block: _Block, state: _Rows, index: int, pos: slice
     ) -> torch.Tensor:
@@ -391,11 +446,15 @@ class FastRunner:
         heads = self.cfg.heads
         qkv = F.linear(h, block.qkv_w, block.qkv_b).view(rows, n, 3, heads, -1)
         # q and k L2-normalised (norms in float32), q times its temperature: one pass for both
-        qk = qkv[:, :, :2]  # (R, n, 2, H, D)
-        factor = block.qk_mult / torch.linalg.vector_norm(
-            qk, dim=-1, keepdim=True, dtype=torch.float32).clamp_min(_NORM_EPS)
-        qk = torch.mul(qk, factor, out=torch.empty(qk.shape, dtype=qk.dtype, device=qk.device))
-        q, k = qk.unbind(2)  # (R, n, H, D) each
+        if self._fused is not None:
+            q, k = self._fused.qk_normalize(qkv, block.q_mult)  # (R, n, H, D) each
+        else:
+            qk = qkv[:, :, :2]  # (R, n, 2, H, D)
+            factor = block.qk_mult / torch.linalg.vector_norm(
+                qk, dim=-1, keepdim=True, dtype=torch.float32).clamp_min(_NORM_EPS)
+            qk = torch.mul(qk, factor, out=torch.empty(qk.shape, dtype=qk.dtype,
+                                                       device=qk.device))
+            q, k = qk.unbind(2)  # (R, n, H, D) each
         v = qkv[:, :, 2]
         if self.stateful:  # VAR: this scale's slice of the static cache, attend to all so far
             keys, values = state.keys[index], state.values[index]
@@ -445,6 +504,95 @@ def _fused_gelu_works(block: _Block, rows: int = 256) -> bool:
                        "using two ops", error)
         return False
     return True
+
+
+def _fused_kernels(
+    requested: bool | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    residual_dtype: torch.dtype,
+    eps: float,
+    block: _Block,
+) -> ModuleType | None:
+    """The :mod:`hmar_core.fast.fused` module if the fused path is to run, else ``None``.
+
+    Auto (``requested is None``): CUDA devices with Triton importable, after one check of both
+    kernels against the torch ops at this width and these dtypes (it also compiles them before
+    any graph capture); any failure or disagreement is logged and the torch ops are used.
+    ``True`` raises instead.
+    """
+    if requested is False or (requested is None and device.type != "cuda"):
+        return None
+    try:
+        if importlib.util.find_spec("triton") is None:
+            raise ImportError("triton is not installed")
+        from . import fused
+
+        if device.type != "cuda" and not (device.type == "cpu" and fused.INTERPRETED):
+            raise ValueError(f"fused kernels need a CUDA device (or CPU under TRITON_INTERPRET=1),"
+                             f" got {device}")
+        error = _fused_error(fused, device, dtype, residual_dtype, eps, block)
+    except Exception as err:  # noqa: BLE001 (auto mode falls back on any failure, logged)
+        if requested:
+            raise
+        logger.warning("fused kernels unavailable (%s: %s); using torch ops",
+                       type(err).__name__, err)
+        return None
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    if not error < tolerance:
+        message = f"fused kernels disagree with the torch ops (rel. error {error:.2e})"
+        if requested:
+            raise RuntimeError(message)
+        logger.warning("%s; using torch ops", message)
+        return None
+    return fused
+
+
+def _fused_error(
+    fused: ModuleType,
+    device: torch.device,
+    dtype: torch.dtype,
+    residual_dtype: torch.dtype,
+    eps: float,
+    block: _Block,
+    rows: int = 2,
+    tokens: int = 5,
+) -> float:
+    """Largest relative error of the fused kernels vs the torch ops on random inputs."""
+    width = block.proj_w.shape[0]
+    heads = block.q_mult.shape[0]
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def randn(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.randn(shape, generator=gen, device=device).to(dtype)
+
+    x, delta = randn(rows, tokens, width, dtype=residual_dtype), randn(rows, tokens, width,
+                                                                      dtype=dtype)
+    gamma, scale, shift = randn(rows, width), randn(rows, width), randn(rows, width)
+    errors = []
+
+    def compare(got: torch.Tensor, want: torch.Tensor) -> None:
+        want = want.float()
+        errors.append(float((got.float() - want).norm() / want.norm().clamp_min(1e-30)))
+
+    def modulate(value: torch.Tensor) -> torch.Tensor:
+        normed = F.layer_norm(value.float(), (width,), eps=eps)
+        return torch.addcmul(shift[:, None], normed, scale[:, None])
+
+    compare(fused.ln_modulate(x, scale, shift, eps=eps, out_dtype=dtype), modulate(x))
+    new_x = _addcmul(x, delta, gamma[:, None], residual_dtype)
+    for out_dtype, write_x in ((dtype, True), (torch.float32, False)):
+        x_copy = x.clone()
+        h = fused.residual_ln_modulate(x_copy, delta, gamma, scale, shift, eps=eps,
+                                       out_dtype=out_dtype, write_x=write_x)
+        compare(h, modulate(new_x))
+        if write_x:
+            compare(x_copy, new_x)
+    qkv = randn(rows, tokens, 3 * width, dtype=dtype).view(rows, tokens, 3, heads, -1)
+    q, k = fused.qk_normalize(qkv, block.q_mult)
+    compare(q, F.normalize(qkv[:, :, 0].float(), dim=-1) * block.q_mult[:, None])
+    compare(k, F.normalize(qkv[:, :, 1].float(), dim=-1))
+    return max(errors)
 
 
 def _addcmul(
