@@ -66,7 +66,7 @@ from train.optim import build_adamw  # noqa: E402
 
 #: Named sets of speed options compared side by side (``--options``).
 OPTION_SETS: dict[str, SpeedConfig] = {
-    "default": SpeedConfig(),
+    "default": SpeedConfig().resolved("cpu"),  # every switch off: the eager step
     "autocast-logits": SpeedConfig(autocast_logits=True),
     "async-labels": SpeedConfig(async_label_check=True),
     "compile-blocks": SpeedConfig(compile_blocks=True),

@@ -169,7 +169,7 @@ def _train(cfg: HMARTrainConfig, ctx: DistContext, write_hook: WriteHook | None
     transformer = _build_transformer(cfg, device)
     weights_L = scale_loss_weights(cfg.transformer.patch_nums, cfg.loss_weighting)
     objective = HMARObjective(transformer, tokenizer.quantize, cfg.stage, weights_L,
-                              cfg.mask_loss_weight, cfg.speed).to(device)
+                              cfg.mask_loss_weight, cfg.speed.resolved(device)).to(device)
     model = wrap_ddp(objective, ctx)
     if run.compile:
         model = torch.compile(model)

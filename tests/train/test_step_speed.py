@@ -298,3 +298,17 @@ def test_trainer_runs_with_every_speed_option(tokenizer_run, image_root, tmp_pat
     assert losses[-1] < losses[0]
     assert result.val_loss[-1][1] < result.val_loss[0][1]
     assert (result.export_dir / "config.json").is_file()
+
+
+def test_speed_switches_auto_resolve_per_device():
+    """Unset switches mean auto: all on for CUDA, all off on CPU; explicit values win."""
+    auto = SpeedConfig()
+    names = ("compile_blocks", "compile_inputs", "compile_loss", "autocast_logits",
+             "async_label_check")
+    assert all(getattr(auto.resolved("cuda"), n) is True for n in names)
+    assert all(getattr(auto.resolved("cpu"), n) is False for n in names)
+    mixed = SpeedConfig(compile_loss=False, autocast_logits=True).resolved("cuda")
+    assert mixed.compile_loss is False and mixed.autocast_logits is True
+    assert SpeedConfig(compile_blocks=True).resolved("cpu").compile_blocks is True
+    with pytest.raises(ValueError, match="compile_blocks"):
+        SpeedConfig(compile_blocks="yes")  # type: ignore[arg-type]
