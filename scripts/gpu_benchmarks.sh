@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU figure of BENCHMARKS.md and the model card in one run (one H200: ~10 minutes).
 #   bash scripts/gpu_benchmarks.sh OUT_DIR [steps...]
-# steps (default all, in this order): quality attention inference train kernels-tests
+# steps (default all, in this order): quality attention inference train kernels-tests;
+# also cfg-sweep (class accuracy of the bundled model against cfg; no dataset needed)
 # Needs data/emoji64/emoji64.npz for `quality` (python -m train.data emoji --out data/emoji64
 # --npz). Each step logs to OUT_DIR/<step>.log and writes its JSON there; a failing step is
 # reported and the next one runs. Render the Markdown afterwards, off the GPU:
@@ -37,6 +38,9 @@ for s in $STEPS; do
     train) step train python benchmarks/train_step.py --steps 10 --warmup 3 \
         --json "$OUT/train.json" ${TRAIN_ARGS:-} ;;
     kernels-tests) step kernels-tests python -m pytest -q -m gpu tests/kernels ;;
+    cfg-sweep) step cfg-sweep env PYTHONPATH=.:benchmarks python benchmarks/cfg_sweep.py \
+        --cfg ${SWEEP_CFG:-2 3 4 5 6 8} --samples 1020 --device cuda \
+        --real-balanced "${REAL_BALANCED:-0.5514}" --json "$OUT/cfg.json" ;;
     *) echo "unknown step $s" | tee -a "$OUT/steps.txt" ;;
   esac
 done
