@@ -426,7 +426,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile-rows", type=int, default=25)
     parser.add_argument("--json", type=Path, help="write the rows as JSON (after every row)")
     parser.add_argument("--markdown", type=Path, help="update this file's section")
+    parser.add_argument("--render", type=Path, nargs="+",
+                        help="only print (and --markdown) the table of these --json files")
     args = parser.parse_args(argv)
+    if args.render:
+        reports = [json.loads(path.read_text()) for path in args.render]
+        text = table([row for report in reports for row in report["rows"]],
+                     f"{reports[0]['device']} (torch {reports[0]['torch']})")
+        print(text)
+        if args.markdown:
+            write_markdown(args.markdown, text)
+        return 0
     device = torch.device(args.device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     log(f"device {device_name}, torch {torch.__version__}")
