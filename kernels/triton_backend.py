@@ -20,6 +20,9 @@ What changed:
   query tiles (the queries of its earlier scales) are masked, the middle ones are not.
 * One 1-D grid of (item, batch·head) programs, items fastest so that the programs of one head
   share its K/V in L2, and the longest items first.
+* Forward interior tiles take the row maximum of the raw scores and fold the softmax scale
+  into the exponent's multiply-add (one multiply per score fewer than scaling first); boundary
+  tiles scale, mask, then take the maximum.
 * The dQ kernel also computes ``delta`` for its rows, so the backward is two launches.
 * Host side: a launch plan per (mask, device, B·H, D, dtype, scale) holds the device tables,
   scalars and argument tuples; after its first launch each kernel keeps the tuned grid and
@@ -30,7 +33,8 @@ What changed:
 * Tile sizes, warps and pipeline depth are tuned by ``triton.autotune`` per (L, D, pyramid,
   pattern, power-of-two class of B·H, dtype), with the result cached in-process and on disk
   (Triton's cache directory); no environment variable is needed. Candidates that do not fit
-  the GPU's shared memory (estimated) are pruned before tuning.
+  the GPU's shared memory (estimated) are pruned before tuning, and a candidate that fails to
+  compile is skipped (timed as infinitely slow) rather than failing the call.
   Under ``TRITON_INTERPRET=1`` one small fixed config per kernel is used instead.
 
 Limits: D ∈ {64, 128}; q, k, v contiguous (B, H, L, D) of one dtype on one CUDA device (or CPU
@@ -95,24 +99,41 @@ def is_available() -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Autotune configs: (row tile of the program, column tile of its loop, warps, stages).
+# Autotune configs: (row tile of the program, column tile of its loop, warps, stages), and
+# optionally a fifth entry, the register cap per thread (``maxnreg``).
 # --------------------------------------------------------------------------------------------
 
-def _configs(rows: str, cols: str, table: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+ConfigEntry = tuple[int, ...]  # (rows, cols, warps, stages) or (rows, cols, warps, stages, maxnreg)
+
+
+def _configs(rows: str, cols: str, table: list[ConfigEntry]) -> list[triton.Config]:
     return [
-        triton.Config({rows: r, cols: c}, num_warps=w, num_stages=s) for r, c, w, s in table
+        triton.Config({rows: r, cols: c}, num_warps=w, num_stages=s,
+                      maxnreg=registers[0] if registers else None)
+        for r, c, w, s, *registers in table
     ]
+
+
+def _config_entry(config: triton.Config, rows: str, cols: str) -> ConfigEntry:
+    """The table entry that :func:`_configs` built ``config`` from."""
+    entry = (config.kwargs[rows], config.kwargs[cols], config.num_warps, config.num_stages)
+    return entry if config.maxnreg is None else (*entry, config.maxnreg)
 
 
 # Candidates per head dim, chosen for Hopper (H200: 227 KiB of shared memory per block): row
 # tiles 64/128, column tiles 32/64/128, 4 or 8 warps, 2-5 pipeline stages. Configs whose
 # estimated shared memory (:func:`_shared_memory`) exceeds the device's are pruned before
 # tuning; one that still does not fit is timed as infinite by the autotuner. About 15 configs per
-# kernel at D = 64 keep the first call's tuning to a few seconds per shape.
+# kernel at D = 64 keep the first call's tuning to a few seconds per shape. The forward's
+# 128-row, 8-warp tile is also tried capped at 128 registers per thread (uncapped, ptxas uses
+# ~254): then two programs fit on one SM (64 K registers), so that one's softmax can overlap
+# the other's matrix products, at the price of some spilling; the autotuner keeps the cap only
+# where it wins.
 _FWD_CONFIGS = {
     64: [(128, 64, 4, 3), (128, 64, 4, 4), (128, 64, 8, 2), (128, 64, 8, 3), (128, 64, 8, 4),
          (128, 128, 8, 2), (128, 128, 8, 3), (128, 128, 8, 4), (128, 32, 4, 4), (64, 64, 4, 2),
-         (64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3), (64, 128, 4, 4), (64, 32, 4, 5)],
+         (64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3), (64, 128, 4, 4), (64, 32, 4, 5),
+         (128, 64, 8, 3, 128)],
     128: [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (128, 32, 4, 4), (128, 128, 8, 2),
           (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 4)],
 }
@@ -141,8 +162,17 @@ _INTERPRETER_CONFIG = (32, 16, 4, 1)
 
 def _tuning_bench(kernel_call: Callable[[], None], quantiles: tuple[float, ...]) -> list[float]:
     """Shorter timing than Triton's default (25 ms warm-up, 100 ms of runs): these kernels
-    take 0.05-10 ms, and a first call should not spend seconds tuning."""
-    return triton.testing.do_bench(kernel_call, warmup=10, rep=40, quantiles=quantiles)
+    take 0.05-10 ms, and a first call should not spend seconds tuning.
+
+    A candidate whose compilation fails (any compiler error, not only the resource errors that
+    ``triton.autotune`` itself forgives) is timed as infinitely slow, so the tuner picks
+    another instead of failing the call; if every candidate fails, the call raises.
+    """
+    try:
+        return triton.testing.do_bench(kernel_call, warmup=10, rep=40, quantiles=quantiles)
+    except Exception as error:  # noqa: BLE001 - any failed candidate must lose, not crash
+        logger.debug("autotuning candidate failed, skipped: %s", error)
+        return [float("inf")] * len(quantiles)
 
 
 @functools.cache
@@ -168,7 +198,7 @@ def _fitting_configs(
     kernel: str,
     rows: str,
     cols: str,
-    table: dict[int, list[tuple[int, int, int, int]]],
+    table: dict[int, list[ConfigEntry]],
     configs: list[triton.Config],
     head_dim: int,
     element_size: int,
@@ -182,14 +212,13 @@ def _fitting_configs(
         return _shared_memory(kernel, c.kwargs[rows], c.kwargs[cols], head_dim, c.num_stages,
                               element_size)
 
-    ours = [c for c in configs
-            if (c.kwargs[rows], c.kwargs[cols], c.num_warps, c.num_stages) in wanted]
+    ours = [c for c in configs if _config_entry(c, rows, cols) in wanted]
     kept = [c for c in ours if size(c) <= limit]
     return kept or [min(ours or configs, key=size)]
 
 
 def _autotune(
-    kernel: str, rows: str, cols: str, table: dict[int, list[tuple[int, int, int, int]]]
+    kernel: str, rows: str, cols: str, table: dict[int, list[ConfigEntry]]
 ) -> Callable[[triton.JITFunction], triton.runtime.Autotuner]:
     """``triton.autotune`` keyed on (L, D, pyramid and pattern, dtypes), cached on disk.
 
@@ -263,7 +292,7 @@ def _fwd_tile(
     K_TILE, V_TILE, cols, k_end,
     # each query row's allowed key range (BLOCK_M,), and scale·log2(e)
     allowed_lo, allowed_hi, qk_scale,
-    MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    MASKED: tl.constexpr, NEGATIVE_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One online-softmax step over one key tile; returns the new (acc, l_i, m_i)."""
     if MASKED:
@@ -273,16 +302,24 @@ def _fwd_tile(
     else:
         k = tl.load(K_TILE)
         v = tl.load(V_TILE)
-    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
     if MASKED:
+        scores = qk * qk_scale
         allowed = (cols[None, :] >= allowed_lo[:, None]) & (cols[None, :] < allowed_hi[:, None])
         scores = tl.where(allowed, scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw nothing yet
+        p = tl.exp2(scores - m_ref[:, None])
     else:
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        # Interior tile, every score finite: the row maximum of the scaled scores is the
+        # scaled row maximum (minimum, for a negative scale; rounding is monotonic, so this is
+        # exact), and the scale folds into one multiply-add per score.
+        if NEGATIVE_SCALE:
+            m_new = tl.maximum(m_i, tl.min(qk, 1) * qk_scale)
+        else:
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         m_ref = m_new
-    p = tl.exp2(scores - m_ref[:, None])
+        p = tl.exp2(qk * qk_scale - m_ref[:, None])
     alpha = tl.exp2(m_i - m_ref)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
@@ -300,9 +337,9 @@ def _attn_fwd(
     count_16, count_32, count_64, count_128,
     # sizes and scalars
     seq_len, qk_scale, tune_key,
-    # meta-parameters
+    # meta-parameters (NEGATIVE_SCALE: qk_scale < 0, so row maxima come from row minima)
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, WHILE_LOOPS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    NEGATIVE_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # query schedules have no masked head (col_full_start == col_start): two phases suffice
     bh, q_start, q_end, k_start, k_end, _, k_full_end = _load_item(
@@ -333,13 +370,13 @@ def _attn_fwd(
             acc, l_i, m_i = _fwd_tile(
                 acc, l_i, m_i, q, K_TILES + tile * STEP, V_TILES + tile * STEP,
                 k_start + tile * BLOCK_N + offs_n, k_end, allowed_lo, allowed_hi, qk_scale,
-                False, DOT_PRECISION)
+                False, NEGATIVE_SCALE, DOT_PRECISION)
             tile += 1
         while tile < n_tiles:  # phase 2
             acc, l_i, m_i = _fwd_tile(
                 acc, l_i, m_i, q, K_TILES + tile * STEP, V_TILES + tile * STEP,
                 k_start + tile * BLOCK_N + offs_n, k_end, allowed_lo, allowed_hi, qk_scale,
-                True, DOT_PRECISION)
+                True, NEGATIVE_SCALE, DOT_PRECISION)
             tile += 1
     else:
         # Phase 1: key tiles that every row of the item sees whole; no mask.
@@ -347,13 +384,13 @@ def _attn_fwd(
             acc, l_i, m_i = _fwd_tile(
                 acc, l_i, m_i, q, K_TILES + tile * STEP, V_TILES + tile * STEP,
                 k_start + tile * BLOCK_N + offs_n, k_end, allowed_lo, allowed_hi, qk_scale,
-                False, DOT_PRECISION)
+                False, NEGATIVE_SCALE, DOT_PRECISION)
         # Phase 2: boundary tiles; each row keeps only the keys inside its own range.
         for tile in range(n_full, n_tiles):
             acc, l_i, m_i = _fwd_tile(
                 acc, l_i, m_i, q, K_TILES + tile * STEP, V_TILES + tile * STEP,
                 k_start + tile * BLOCK_N + offs_n, k_end, allowed_lo, allowed_hi, qk_scale,
-                True, DOT_PRECISION)
+                True, NEGATIVE_SCALE, DOT_PRECISION)
 
     # Epilogue: normalise; store O and the base-2 log-sum-exp.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -674,7 +711,8 @@ class _Launch:
         }
         query_args = (row_start, row_end, *_schedule_args(self.query))
         key_args = (row_start, row_end, *_schedule_args(self.key))
-        self.fwd = _KernelLaunch(_attn_fwd, "BLOCK_M", self.query, batch_heads, meta,
+        self.fwd = _KernelLaunch(_attn_fwd, "BLOCK_M", self.query, batch_heads,
+                                 {**meta, "NEGATIVE_SCALE": qk_scale < 0},
                                  (*query_args, self.seq_len, qk_scale, tune_key))
         self.dq = _KernelLaunch(_attn_bwd_dq, "BLOCK_M", self.query, batch_heads, meta,
                                 (*query_args, self.seq_len, qk_scale, scale, tune_key))

@@ -110,6 +110,22 @@ def test_triton_odd_batch_and_heads_and_scale(batch, heads):
 
 @requires_triton
 @pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("scale", [-0.37, 0.0, 2.5])
+def test_triton_negative_zero_and_large_scales(pattern, scale):
+    """The forward's interior tiles take the row maximum before scaling (the row minimum for a
+    negative scale); (1, 2, 4, 9) has several interior key tiles per program. Large queries
+    spread the scores over hundreds of units, so a wrong row maximum overflows exp2."""
+    mask = ScaleMask((1, 2, 4, 9), pattern)
+    inputs, grad_out = _inputs((1, 2, mask.length, 64), torch.float32, seed=7)
+    inputs[0] = (inputs[0].detach() * 8).requires_grad_()
+    _check_against_reference(
+        lambda q, k, v: attention(q, k, v, mask, scale=scale, backend="triton"),
+        mask, inputs, grad_out, scale,
+    )
+
+
+@requires_triton
+@pytest.mark.parametrize("pattern", PATTERNS)
 def test_backends_agree(pattern):
     """triton, reference and flex (forward; FlexAttention has no CPU backward) agree."""
     mask = ScaleMask((1, 2, 3, 4, 5), pattern)
@@ -369,11 +385,30 @@ def test_autotune_candidates_fit_hopper_and_prune_to_the_smallest(kernel, rows, 
         assert all(c.kwargs[cols] in (16, 32, 64, 128) for c in kept)
     tiny = triton_backend._fitting_configs(kernel, rows, cols, table, configs, 128, 2, 1024)
     assert len(tiny) == 1
-    sizes = [triton_backend._shared_memory(kernel, r, c, 128, s, 2) for r, c, _, s in table[128]]
-    picked = (tiny[0].kwargs[rows], tiny[0].kwargs[cols], tiny[0].num_warps, tiny[0].num_stages)
+    sizes = [triton_backend._shared_memory(kernel, r, c, 128, s, 2)
+             for r, c, _, s, *_ in table[128]]
+    picked = triton_backend._config_entry(tiny[0], rows, cols)
     assert picked in table[128]
     assert triton_backend._shared_memory(kernel, picked[0], picked[1], 128, picked[3], 2) == min(
         sizes)
+
+
+def test_config_entries_round_trip_with_register_caps():
+    table = [(128, 64, 8, 3), (128, 64, 8, 3, 128), (64, 32, 4, 2)]
+    configs = triton_backend._configs("BLOCK_M", "BLOCK_N", table)
+    assert [c.maxnreg for c in configs] == [None, 128, None]
+    assert [triton_backend._config_entry(c, "BLOCK_M", "BLOCK_N") for c in configs] == table
+    kept = triton_backend._fitting_configs("fwd", "BLOCK_M", "BLOCK_N", {64: table[1:]},
+                                           configs, 64, 2, H200_SHARED_MEMORY)
+    assert kept == configs[1:]  # the capped and the uncapped 128x64 are distinct candidates
+    assert configs[1].all_kwargs()["maxnreg"] == 128
+
+
+def test_tuning_bench_times_a_failing_candidate_as_infinitely_slow():
+    def fails() -> None:
+        raise RuntimeError("PassManager::run failed")
+
+    assert triton_backend._tuning_bench(fails, (0.5, 0.2, 0.8)) == [float("inf")] * 3
 
 
 def test_compiled_module_prunes_configs_without_a_gpu():
