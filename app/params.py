@@ -143,16 +143,34 @@ def parse_seed(value: float | int | str | None) -> int:
     """
     if value is None or (isinstance(value, str) and not value.strip()):
         return random_seed()
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"The seed must be a whole number, got {value!r}.") from None
-    if not math.isfinite(number) or number != int(number):
+    seed = _exact_int(value)
+    if seed is None:
         raise InputError(f"The seed must be a whole number, got {value!r}.")
-    seed = int(number)
     if not 0 <= seed < 2**63:
         raise InputError(f"The seed must be between 0 and 2^63 - 1, got {seed}.")
     return seed
+
+
+def _exact_int(value: object) -> int | None:
+    """``value`` as an exact int (ints and digit strings without going through float, so
+    seeds above 2**53 survive; whole floats and "42.0" too), else ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number) or number != int(number):
+        return None
+    return int(number)
 
 
 # ---------------------------------------------------------------------------------- classes

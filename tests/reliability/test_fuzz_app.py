@@ -218,13 +218,11 @@ def test_oversized_pictures_get_a_clear_message(tiny_pipe, session):
         run(handlers.inpaint_events(tiny_pipe, session, editor, -1, 0, c))
 
 
-@pytest.mark.xfail(strict=True, reason="known defect in app/params.py (reported in "
-                   "docs/RELIABILITY.md): parse_seed goes through float()")
-@pytest.mark.parametrize("seed", [2**53 + 1, 2**63 - 1])
+@pytest.mark.parametrize("seed", [2**53 + 1, 2**63 - 1, str(2**63 - 1), f" {2**53 + 1} "])
 def test_large_seeds_are_kept_exactly(seed):
-    """The seed box accepts 0 .. 2**63 - 1 (the engine's range) and the message says so, but
-    ``parse_seed`` converts through float: 2**53 + 1 silently becomes 2**53 (another picture
-    than the seed shown) and 2**63 - 1 is refused as 2**63."""
+    """The seed box accepts 0 .. 2**63 - 1 (the engine's range), exactly: parsing once went
+    through float, so 2**53 + 1 silently became 2**53 (another picture than the seed shown)
+    and 2**63 - 1 was refused as 2**63."""
     from app.params import parse_seed
 
-    assert parse_seed(seed) == seed
+    assert parse_seed(seed) == int(seed)
