@@ -24,11 +24,12 @@ Hardware tested: CPU interpreter (``TRITON_INTERPRET=1``, torch 2.13, triton 3.6
 ``tests/test_fast_fused.py``; the H200 run is pending (see the benchmark).
 """
 
+# ruff: noqa: ANN001 (the @triton.jit kernels' arguments are typed by Triton, not annotated)
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+import triton  # type: ignore[import-untyped]
+import triton.language as tl  # type: ignore[import-untyped]
 
 __all__ = ["INTERPRETED", "ln_modulate", "qk_normalize", "residual_ln_modulate"]
 
@@ -66,7 +67,7 @@ def _residual_ln_modulate_kernel(
     mean = tl.sum(x, axis=1)[:, None] / width
     centred = tl.where(valid, x - mean, 0.0)
     variance = tl.sum(centred * centred, axis=1)[:, None] / width
-    rstd = tl.div_rn(1.0, tl.sqrt_rn(variance + eps))
+    rstd = tl.div_rn(tl.zeros_like(variance) + 1.0, tl.sqrt_rn(variance + eps))  # (ROWS, 1)
     # -- modulation: LN(x)·(scale + 1) + shift (scale already holds the +1)
     scale = tl.load(scale_ptr + batch * scale_stride + cols, mask=valid, other=0.0)
     shift = tl.load(shift_ptr + batch * shift_stride + cols, mask=valid, other=0.0)
@@ -95,8 +96,10 @@ def _qk_normalize_kernel(
     # -- per-head L2 norms in float32, clamped like F.normalize
     q_norm = tl.maximum(tl.sqrt_rn(tl.sum(q * q, axis=2)), eps)  # (ROWS, BLOCK_H)
     k_norm = tl.maximum(tl.sqrt_rn(tl.sum(k * k, axis=2)), eps)
-    q_mult = tl.load(q_mult_ptr + head, mask=head < heads, other=0.0)  # (1, BLOCK_H, 1)
-    q = q * tl.div_rn(q_mult, q_norm[:, :, None])
+    head_row = tl.arange(0, BLOCK_H)[None, :]
+    q_mult = tl.load(q_mult_ptr + head_row, mask=head_row < heads, other=0.0)  # (1, BLOCK_H)
+    # (div_rn neither broadcasts nor takes scalars: operands of one shape)
+    q = q * tl.div_rn(q_mult + tl.zeros_like(q_norm), q_norm)[:, :, None]
     k = k * tl.div_rn(tl.zeros_like(k_norm) + 1.0, k_norm)[:, :, None]  # as 1 / norm
     tl.store(q_ptr + row * width + offsets, q.to(q_ptr.dtype.element_ty), mask=valid)
     tl.store(k_ptr + row * width + offsets, k.to(k_ptr.dtype.element_ty), mask=valid)
@@ -168,7 +171,7 @@ def residual_ln_modulate(
         raise ValueError(f"width {width} exceeds the fused kernel's limit {_MAX_WIDTH}")
     if (delta is None) != (gamma is None):
         raise ValueError("delta and gamma are given together or not at all")
-    if delta is not None:
+    if delta is not None and gamma is not None:
         if delta.shape != x.shape or not delta.is_contiguous() or delta.device != x.device:
             raise ValueError(f"delta must be contiguous {tuple(x.shape)} on {x.device}, got "
                              f"{tuple(delta.shape)} on {delta.device}")
@@ -179,12 +182,13 @@ def residual_ln_modulate(
     if h.numel() == 0:
         return h
     block = triton.next_power_of_2(width)
-    has_residual = delta is not None
+    has_residual = delta is not None and gamma is not None
+    gamma_stride = gamma.stride(0) if gamma is not None else 0
     per_program = _rows_per_program(block, rows_per_program)
     total = rows * tokens
     _residual_ln_modulate_kernel[(triton.cdiv(total, per_program),)](
         x, delta if has_residual else x, gamma if has_residual else scale, scale, shift, h,
-        total, tokens, width, gamma.stride(0) if has_residual else 0, scale.stride(0),
+        total, tokens, width, gamma_stride, scale.stride(0),
         shift.stride(0), eps,
         HAS_RESIDUAL=has_residual, WRITE_X=write_x, ROWS=per_program, BLOCK_C=block,
         num_warps=_warps(block * per_program),

@@ -33,8 +33,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import weakref
-from types import ModuleType
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -84,11 +84,15 @@ class _Block:
         qkv_b = torch.cat([attn.q_bias, torch.zeros_like(attn.q_bias), attn.v_bias])
         scale_mul = attn.log_scale.detach().float().clamp_max(attn.max_scale_mul).exp()
         qk_mult = torch.stack([scale_mul.view(-1), torch.ones_like(scale_mul.view(-1))])
+        def cast(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.detach().to(dtype)
+
         return cls(
-            *(t.detach().to(dtype) for t in (
-                attn.qkv.weight, qkv_b, attn.proj.weight, attn.proj.bias,
-                block.ffn.fc1.weight, block.ffn.fc1.bias, block.ffn.fc2.weight,
-                block.ffn.fc2.bias, block.ada_lin.weight, block.ada_lin.bias)),
+            qkv_w=cast(attn.qkv.weight), qkv_b=cast(qkv_b),
+            proj_w=cast(attn.proj.weight), proj_b=cast(attn.proj.bias),
+            fc1_w=cast(block.ffn.fc1.weight), fc1_b=cast(block.ffn.fc1.bias),
+            fc2_w=cast(block.ffn.fc2.weight), fc2_b=cast(block.ffn.fc2.bias),
+            ada_w=cast(block.ada_lin.weight), ada_b=cast(block.ada_lin.bias),
             qk_mult=qk_mult.view(1, 1, 2, -1, 1),
             q_mult=scale_mul.view(-1).contiguous(),
         )
@@ -375,7 +379,7 @@ class FastRunner:
         if duplicate and scale > 0:
             x_RnC = torch.cat([x_RnC, x_RnC])  # both CFG halves see the same tokens
         if self._fused is not None:  # x_RnC is this pass's own intermediate: updated in place
-            h = self._blocks_fused(x_RnC.contiguous(), branch, state, pos)
+            h = self._blocks_fused(self._fused, x_RnC.contiguous(), branch, state, pos)
             head = self._heads[branch]
             logits = F.linear(h, head.out_w, head.out_b)  # (R, n, V)
         else:
@@ -410,14 +414,16 @@ class FastRunner:
         hidden = self._fc1_gelu(h, block)
         return _addcmul(x, F.linear(hidden, block.fc2_w, block.fc2_b), gamma2, residual)
 
-    def _blocks_fused(self, x: torch.Tensor, branch: str, state: _Rows, pos: slice) -> torch.Tensor:
+    def _blocks_fused(
+        self, kernels: ModuleType, x: torch.Tensor, branch: str, state: _Rows, pos: slice
+    ) -> torch.Tensor:
         """All blocks of ``branch`` with the fused kernels; returns the head's input (R, n, C)
         float32, ``LN(x)·(scale + 1) + shift`` of the head. ``x`` (R, n, C) is updated in place.
 
         Each residual kernel also applies the next LayerNorm + modulation (the next block's
         first, or the head's after the last block), so a block launches three of them.
         """
-        kernels, eps, run = self._fused, self.cfg.norm_eps, self.dtype
+        eps, run = self.cfg.norm_eps, self.dtype
         blocks = self._branches[branch]
         first = state.ada[self._block_index[id(blocks[0])]]  # (R, 6, C)
         h = kernels.ln_modulate(x, first[:, 2], first[:, 4], eps=eps, out_dtype=run)
