@@ -88,7 +88,8 @@ class Row:
     px: int
     batch: int
     family: str  # "hmar" | "var"
-    path: str  # "reference" | "fast" | "fast-bf16" (the fast path with bf16 blocks)
+    path: str  # "reference" | "fast" | "fast-bf16" (bf16 blocks) | "fast-unfused" (no Triton
+    #            residual/LayerNorm kernels: torch ops)
 
     @property
     def name(self) -> str:
@@ -111,6 +112,7 @@ def plan(quick: bool, skip_var: bool, extras: bool) -> list[Row]:
     both(30, 256, 64)
     both(16, 256, 64)
     rows.append(Row(16, 256, 64, "hmar", "fast-bf16"))
+    rows.append(Row(16, 256, 64, "hmar", "fast-unfused"))
     both(30, 1024, 4)
     both(16, 256, 1)
     if not skip_var:
@@ -417,15 +419,17 @@ def run_gpu(args: argparse.Namespace) -> dict:
         pipe = fast = None
         try:
             t0 = time.perf_counter()
-            fast_dtype = {"fast": torch.float16, "fast-bf16": torch.bfloat16}.get(path)
+            fast_dtype = {"fast": torch.float16, "fast-bf16": torch.bfloat16,
+                          "fast-unfused": torch.float16}.get(path)
             pipe = build(depth, px, family, fast_dtype, device)
-            engine = pipe if fast_dtype is None else pipe.to_fast(dtype=fast_dtype)
+            options = {"fused": False} if path == "fast-unfused" else {}
+            engine = pipe if fast_dtype is None else pipe.to_fast(dtype=fast_dtype, **options)
             fast = None if fast_dtype is None else engine
             print(f"[build] {family} d{depth} {px}px {path}: {time.perf_counter() - t0:.1f} s",
                   flush=True)
             for row in members:
                 report["rows"].append(measure(row, engine, reps, args))
-            if family == "hmar" and depth == 16 and px == 256 and path != "fast-bf16":
+            if family == "hmar" and depth == 16 and px == 256 and path in ("reference", "fast"):
                 extra_d16(pipe, fast, path, report, out_dir, args)
         except Exception as err:  # noqa: BLE001 - fail soft per configuration
             message = f"{family} d{depth} {px}px {path}: {type(err).__name__}: {err}"
@@ -462,13 +466,15 @@ def measure(row: Row, engine: object, reps: int, args: argparse.Namespace) -> di
         if runner is not None:
             record["graphs"] = len(runner.graphs)
             record["graph_error"] = runner.graphs.error
+            record["fused"] = bool(getattr(runner, "fused", False))
         if runner is not None and row.batch >= 4 and not DRY_RUN[0]:
             record["breakdown"] = breakdown(engine, batch)
             print(f"[breakdown] {row.name}: {record['breakdown']}", flush=True)
         if args.profile and not DRY_RUN[0] and row.px == 256 and (
                 row.depth == 16 or row.batch == 64):
             record["profile"] = profile_table(row.name, lambda: generate(0))
-        graphs = f"  graphs {record['graphs']}" if runner is not None else ""
+        graphs = (f"  graphs {record['graphs']} fused {record['fused']} "
+                  f"graph error {record['graph_error']}" if runner is not None else "")
         print(f"[row] {row.name}: {median:8.1f} ms/batch  {record['img_per_s']:7.1f} img/s  "
               f"peak {peak:5.1f} GiB (reserved {reserved:5.1f}){graphs}", flush=True)
     except torch.cuda.OutOfMemoryError as err:

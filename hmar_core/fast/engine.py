@@ -88,6 +88,8 @@ class FastPipeline:
             the layout conversions around the convolutions). Default: on CUDA only. The
             first call per image batch size compiles (tens of seconds); a compile failure
             logs a warning and falls back to the eager modules.
+        fused: the runner's fused Triton residual/LayerNorm/modulation and q/k-norm kernels
+            (``None``: on CUDA when Triton works, see :class:`FastRunner`).
     """
 
     def __init__(
@@ -101,11 +103,12 @@ class FastPipeline:
         decode_batch: int = 16,
         vae_channels_last: bool = False,
         compile_vae: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         if decode_batch < 1:
             raise ValueError(f"decode_batch must be >= 1, got {decode_batch}")
         self.pipe = pipe
-        self.runner = FastRunner(pipe.transformer, dtype, cuda_graphs, residual_dtype)
+        self.runner = FastRunner(pipe.transformer, dtype, cuda_graphs, residual_dtype, fused)
         accelerator = self.runner.device.type != "cpu"
         self.vae_dtype = vae_dtype if vae_dtype is not None else (
             torch.bfloat16 if accelerator else self.runner.dtype)
