@@ -124,16 +124,18 @@ def _config_entry(config: triton.Config, rows: str, cols: str) -> ConfigEntry:
 # tiles 64/128, column tiles 32/64/128, 4 or 8 warps, 2-5 pipeline stages. Configs whose
 # estimated shared memory (:func:`_shared_memory`) exceeds the device's are pruned before
 # tuning; one that still does not fit is timed as infinite by the autotuner. About 15 configs per
-# kernel at D = 64 keep the first call's tuning to a few seconds per shape. The forward's
-# 128-row, 8-warp tile is also tried capped at 128 registers per thread (uncapped, ptxas uses
-# ~254): then two programs fit on one SM (64 K registers), so that one's softmax can overlap
-# the other's matrix products, at the price of some spilling; the autotuner keeps the cap only
-# where it wins.
+# kernel at D = 64 keep the first call's tuning to a few seconds per shape.
+#
+# Register caps (fifth entry): uncapped, ptxas gives the forward's 128x64 tile with 8 warps
+# 142 registers per thread (sm_90, triton 3.6) and its 64x64 tile with 4 warps 133, so only one
+# (three) programs fit an SM's 64 K registers; capped at 128 they take 125-128 without spilling
+# and two (four) fit, so that one program's softmax overlaps another's matrix products. The
+# backward's caps spill a little (12-80 bytes), so there they are extra candidates only.
 _FWD_CONFIGS = {
-    64: [(128, 64, 4, 3), (128, 64, 4, 4), (128, 64, 8, 2), (128, 64, 8, 3), (128, 64, 8, 4),
-         (128, 128, 8, 2), (128, 128, 8, 3), (128, 128, 8, 4), (128, 32, 4, 4), (64, 64, 4, 2),
-         (64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3), (64, 128, 4, 4), (64, 32, 4, 5),
-         (128, 64, 8, 3, 128)],
+    64: [(128, 64, 4, 3), (128, 64, 4, 4), (128, 64, 8, 2, 128), (128, 64, 8, 3),
+         (128, 64, 8, 3, 128), (128, 64, 8, 4, 128), (128, 128, 8, 2), (128, 128, 8, 3),
+         (128, 128, 8, 4), (128, 32, 4, 4), (64, 64, 4, 2, 128), (64, 64, 4, 3, 128),
+         (64, 64, 4, 4, 128), (64, 128, 4, 3), (64, 128, 4, 4), (64, 32, 4, 5)],
     128: [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (128, 32, 4, 4), (128, 128, 8, 2),
           (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 4)],
 }
@@ -142,7 +144,7 @@ _DQ_CONFIGS = {
     64: [(128, 32, 4, 3), (128, 32, 4, 4), (128, 32, 4, 5), (128, 32, 8, 3), (128, 64, 4, 3),
          (128, 64, 8, 2), (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (64, 64, 4, 2),
          (64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 2), (64, 32, 4, 3), (64, 32, 4, 4),
-         (64, 128, 4, 3)],
+         (64, 128, 4, 3), (64, 64, 4, 2, 128)],
     128: [(128, 32, 8, 2), (128, 32, 8, 3), (128, 32, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3),
           (64, 64, 4, 2), (64, 64, 4, 3)],
 }
@@ -151,7 +153,7 @@ _DKDV_CONFIGS = {
     64: [(128, 32, 4, 3), (128, 32, 4, 4), (128, 32, 4, 5), (128, 32, 8, 2), (128, 32, 8, 3),
          (128, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2),
          (64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 2), (64, 32, 4, 3),
-         (64, 32, 4, 4), (64, 128, 4, 3)],
+         (64, 32, 4, 4), (64, 128, 4, 3), (64, 32, 4, 3, 128)],
     128: [(128, 32, 8, 2), (128, 32, 8, 3), (128, 32, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3),
           (64, 32, 4, 4), (64, 64, 4, 2), (64, 64, 4, 3)],
 }
