@@ -40,7 +40,7 @@ for s in $STEPS; do
     kernels-tests) step kernels-tests python -m pytest -q -m gpu tests/kernels ;;
     cfg-sweep) step cfg-sweep env PYTHONPATH=.:benchmarks python benchmarks/cfg_sweep.py \
         --cfg ${SWEEP_CFG:-2 3 4 5 6 8} --samples 1020 --device cuda \
-        --real-balanced "${REAL_BALANCED:-0.5514}" --json "$OUT/cfg.json" ;;
+        --real-balanced "${REAL_BALANCED:-0.5514}" --json "$OUT/cfg.json" ${SWEEP_ARGS:-} ;;
     *) echo "unknown step $s" | tee -a "$OUT/steps.txt" ;;
   esac
 done
