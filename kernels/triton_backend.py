@@ -129,13 +129,16 @@ def _config_entry(config: triton.Config, rows: str, cols: str) -> ConfigEntry:
 # Register caps (fifth entry): uncapped, ptxas gives the forward's 128x64 tile with 8 warps
 # 142 registers per thread (sm_90, triton 3.6) and its 64x64 tile with 4 warps 133, so only one
 # (three) programs fit an SM's 64 K registers; capped at 128 they take 125-128 without spilling
-# and two (four) fit, so that one program's softmax overlaps another's matrix products. The
-# backward's caps spill a little (12-80 bytes), so there they are extra candidates only.
+# and two (four) fit, so that one program's softmax overlaps another's matrix products (within
+# a program, each dot waits for the one before). Tighter caps trade a few spills outside or
+# once per tile for one more program per SM: 64x64 forward at 104 (five), 64x32 dQ at 96
+# (five). The backward's caps are extra candidates only (dK/dV at 128 spills in its loop).
 _FWD_CONFIGS = {
     64: [(128, 64, 4, 3), (128, 64, 4, 4), (128, 64, 8, 2, 128), (128, 64, 8, 3),
          (128, 64, 8, 3, 128), (128, 64, 8, 4, 128), (128, 128, 8, 2), (128, 128, 8, 3),
          (128, 128, 8, 4), (128, 32, 4, 4), (64, 64, 4, 2, 128), (64, 64, 4, 3, 128),
-         (64, 64, 4, 4, 128), (64, 128, 4, 3), (64, 128, 4, 4), (64, 32, 4, 5)],
+         (64, 64, 4, 4, 128), (64, 64, 4, 2, 104), (64, 128, 4, 3), (64, 128, 4, 4),
+         (64, 32, 4, 5)],
     128: [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (128, 32, 4, 4), (128, 128, 8, 2),
           (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 4)],
 }
@@ -144,7 +147,7 @@ _DQ_CONFIGS = {
     64: [(128, 32, 4, 3), (128, 32, 4, 4), (128, 32, 4, 5), (128, 32, 8, 3), (128, 64, 4, 3),
          (128, 64, 8, 2), (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (64, 64, 4, 2),
          (64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 2), (64, 32, 4, 3), (64, 32, 4, 4),
-         (64, 128, 4, 3), (64, 64, 4, 2, 128)],
+         (64, 128, 4, 3), (64, 64, 4, 2, 128), (64, 32, 4, 3, 96)],
     128: [(128, 32, 8, 2), (128, 32, 8, 3), (128, 32, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3),
           (64, 64, 4, 2), (64, 64, 4, 3)],
 }
