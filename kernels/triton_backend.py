@@ -34,7 +34,9 @@ What changed:
   pattern, power-of-two class of B·H, dtype), with the result cached in-process and on disk
   (Triton's cache directory); no environment variable is needed. Candidates that do not fit
   the GPU's shared memory (estimated) are pruned before tuning, and a candidate that fails to
-  compile is skipped (timed as infinitely slow) rather than failing the call.
+  compile is skipped (timed as infinitely slow) rather than failing the call. Some candidates
+  cap the registers per thread (``maxnreg``) so that more programs share an SM; their register
+  counts were checked by compiling for sm_90 on the CPU (``tests/kernels/test_hopper_registers``).
   Under ``TRITON_INTERPRET=1`` one small fixed config per kernel is used instead.
 
 Limits: D ∈ {64, 128}; q, k, v contiguous (B, H, L, D) of one dtype on one CUDA device (or CPU
