@@ -1,7 +1,7 @@
 """Class accuracy of generated samples against the guidance scale: how to pick a model's cfg.
 
-For each ``--cfg`` value and each refinement setting (the model's default schedule and
-``steps=0``), generates ``--samples`` images with labels cycling over the classes that have
+For each ``--cfg`` value, mask-step guidance ratio and refinement setting (default: the
+model's own schedule and ``steps=0``), generates ``--samples`` images with labels cycling over the classes that have
 training images (the labels and seeds of ``benchmarks/quality.py``) and reports the domain
 classifier's class / category / style accuracy, class-balanced, next to its accuracy on real
 held-out images (from ``--data``, or ``--real-balanced`` when the dataset is not at hand, e.g.
@@ -37,6 +37,7 @@ from benchmarks.classifier import (  # noqa: E402
 )
 from benchmarks.quality import Setting, cycling_labels, generate_set  # noqa: E402
 from hmar_core import Pipeline  # noqa: E402
+from hmar_core.schedules import default_schedule  # noqa: E402
 
 logger = logging.getLogger("cfg_sweep")
 
@@ -52,8 +53,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the classifier's class-balanced accuracy on real held-out images "
                         "(when --data is not given)")
     parser.add_argument("--cfg", type=float, nargs="+", required=True)
-    parser.add_argument("--steps", type=int, nargs="+", default=None,
-                        help="refinement settings (default: the model's own and 0)")
+    parser.add_argument("--steps", nargs="+", default=None,
+                        help="refinement settings: ints (the steps knob) or 'official' (the "
+                        "official default schedule); default: the model's own and 0")
+    parser.add_argument("--mask-cfg-ratio", type=float, nargs="+", default=None,
+                        help="guidance of the mask steps as a fraction of cfg (default: the "
+                        "model's own)")
     parser.add_argument("--samples", type=int, default=1020)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
@@ -77,27 +82,39 @@ def main(argv: list[str] | None = None) -> int:
         empty = set(config.get("empty_classes", ()))  # classes without training images
         present = np.array([c for c in range(pipe.num_classes) if c not in empty])
     labels = cycling_labels(args.samples, present)
-    steps = args.steps if args.steps is not None else [pipe.sampler_config.steps or 0, 0]
+    steps = args.steps if args.steps is not None else [str(pipe.sampler_config.steps or 0), "0"]
+    ratios = args.mask_cfg_ratio or [pipe.sampler_config.mask_cfg_ratio]
+    settings = {}
+    for step in dict.fromkeys(steps):
+        if step == "official":
+            settings[step] = Setting(step, default_schedule(pipe.patch_nums), None, "")
+        elif step.isdigit():
+            settings[step] = Setting(f"steps{step}", None, int(step), "")
+        else:
+            parser.error(f"--steps takes ints or 'official', got {step!r}")
     rows = []
     for cfg in args.cfg:
-        pipe.sampler_config = pipe.sampler_settings(cfg=cfg)
-        for step in dict.fromkeys(steps):
-            start = time.perf_counter()
-            images = generate_set(pipe, labels, Setting(f"steps{step}", None, step, ""),
-                                  args.seed, args.batch_size)
-            acc = accuracy_report(predict_logits(classifier, images)[0], labels)
-            rows.append({"cfg": cfg, "steps": step, "seconds": time.perf_counter() - start,
-                         "ratio": acc["class_top1_balanced"] / real, **acc})
-            logger.info("cfg %.2f steps %d: class %.3f (ratio %.3f), category %.3f, style %.3f",
-                        cfg, step, acc["class_top1_balanced"], rows[-1]["ratio"],
-                        acc["category_top1_balanced"], acc["style_top1_balanced"])
+        for ratio in ratios:
+            pipe.sampler_config = pipe.sampler_settings(cfg=cfg, mask_cfg_ratio=ratio)
+            for step, setting in settings.items():
+                start = time.perf_counter()
+                images = generate_set(pipe, labels, setting, args.seed, args.batch_size)
+                acc = accuracy_report(predict_logits(classifier, images)[0], labels)
+                rows.append({"cfg": cfg, "mask_cfg_ratio": ratio, "steps": step,
+                             "seconds": time.perf_counter() - start,
+                             "ratio": acc["class_top1_balanced"] / real, **acc})
+                logger.info("cfg %g mask ratio %g steps %s: class %.3f (ratio %.3f), category "
+                            "%.3f, style %.3f", cfg, ratio, step, acc["class_top1_balanced"],
+                            rows[-1]["ratio"], acc["category_top1_balanced"],
+                            acc["style_top1_balanced"])
     print(f"real held-out class accuracy (balanced): {real:.4f}; {args.samples} samples per row")
-    print("| cfg | steps | class acc | ratio to real | category acc | style acc |")
-    print("|---|---|---|---|---|---|")
+    print("| cfg | mask-step cfg ratio | steps | class acc | ratio to real | category acc | "
+          "style acc |")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['cfg']:g} | {row['steps']} | {row['class_top1_balanced']:.3f} | "
-              f"{row['ratio']:.3f} | {row['category_top1_balanced']:.3f} | "
-              f"{row['style_top1_balanced']:.3f} |")
+        print(f"| {row['cfg']:g} | {row['mask_cfg_ratio']:g} | {row['steps']} | "
+              f"{row['class_top1_balanced']:.3f} | {row['ratio']:.3f} | "
+              f"{row['category_top1_balanced']:.3f} | {row['style_top1_balanced']:.3f} |")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"real_balanced": real, "samples": args.samples,
