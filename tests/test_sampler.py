@@ -122,6 +122,24 @@ def test_sampler_passes_follow_schedule_and_cfg():
     assert bool((changed[0] <= sets[0]).all())
 
 
+def test_unconditional_runs_skip_the_second_cfg_half():
+    """All labels null: guidance between identical conditions is the identity, so every pass
+    runs the B rows once and the tokens equal those of the two-half computation."""
+    schedule = ((1,), (1, 3), (1, 1, 2, 5), (16,))
+    cfg = SamplerConfig(cfg=2.0, top_k=0, top_p=0.0, mask_cfg_ratio=1.0)
+    null = torch.tensor([9, 9])
+    model = _TableModel(8, (1, 2, 3, 4))
+    out = _run(model, cfg, schedule, null, seed=5)
+    assert {n for _, _, n, _ in model.calls} == {2}, "no pass may run the doubled batch"
+    twice = _TableModel(8, (1, 2, 3, 4))
+    doubled = _run(twice, SamplerConfig(cfg=0.0, top_k=0, top_p=0.0), schedule, null, seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(out.tokens, doubled.tokens))
+    # one conditional label keeps guidance on
+    mixed = _TableModel(8, (1, 2, 3, 4))
+    _run(mixed, cfg, schedule, torch.tensor([9, 3]), seed=5)
+    assert 4 in {n for _, _, n, _ in mixed.calls}
+
+
 def test_sampler_remasks_the_least_confident():
     vocab = 8
     model = _TableModel(vocab, (1, 2, 3, 4))
