@@ -18,8 +18,11 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "MatrixBicubicUp",
+    "Upsample",
     "accumulate",
     "area_down",
+    "bicubic_matrix",
     "bicubic_up",
     "embed_tokens",
     "fhat_from_tokens",
@@ -71,6 +74,58 @@ def bicubic_up(h_BChw: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(h_BChw, size=(size, size), mode="bicubic")
 
 
+Upsample = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def bicubic_matrix(pn: int, size: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(size, pn) matrix M with ``bicubic_up(h, size) = M · h · Mᵀ`` per channel.
+
+    The weights of ``F.interpolate(mode="bicubic", align_corners=False)``: source coordinate
+    ``(i + 0.5)·pn/size - 0.5``, Keys' cubic with a = -0.75 on the 4 neighbouring taps, taps
+    beyond the border clamped to it (their weights add up on the edge pixel). Built in float64.
+    """
+    a = -0.75
+    src = (torch.arange(size, dtype=torch.float64) + 0.5) * (pn / size) - 0.5
+    left = torch.floor(src)
+    t = src - left
+
+    def near(x: torch.Tensor) -> torch.Tensor:  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x: torch.Tensor) -> torch.Tensor:  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    weights = torch.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], dim=1)  # (size, 4)
+    taps = (left[:, None] + torch.arange(-1, 3, dtype=torch.float64)).long().clamp(0, pn - 1)
+    matrix = torch.zeros(size, pn, dtype=torch.float64)
+    matrix.scatter_add_(1, taps, weights)
+    return matrix.to(device=device, dtype=dtype)
+
+
+class MatrixBicubicUp:
+    """:func:`bicubic_up` as two small matrix products per map (the same weights; sums in
+    another order, so results agree to float rounding, not bit for bit).
+
+    PyTorch's CUDA bicubic kernel parallelises over output pixels only and loops over batch ×
+    channels: at B·C = 4096 maps of 16×16 one call takes ~1.5 ms on an H200, the products
+    ~0.02 ms. Matrices are cached per (pn, size, device, dtype) in the instance.
+    """
+
+    def __init__(self) -> None:
+        self._matrices: dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, h_BChw: torch.Tensor, size: int) -> torch.Tensor:
+        pn = h_BChw.shape[-1]
+        if h_BChw.shape[-2] != pn:
+            raise ValueError(f"expected square maps, got {tuple(h_BChw.shape)}")
+        key = (pn, size, h_BChw.device, h_BChw.dtype)
+        matrix = self._matrices.get(key)
+        if matrix is None:
+            matrix = self._matrices[key] = bicubic_matrix(pn, size, h_BChw.device, h_BChw.dtype)
+        return torch.matmul(torch.matmul(matrix, h_BChw), matrix.T)
+
+
 def embed_tokens(tokens_Bl: torch.Tensor, codebook: torch.Tensor, pn: int) -> torch.Tensor:
     """Look up one scale's tokens (B, pn²) in the (V, C) codebook → (B, C, pn, pn)."""
     batch = tokens_Bl.shape[0]
@@ -92,11 +147,12 @@ def nearest_code(z_BChw: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
 
 def accumulate(
-    f_hat: torch.Tensor, h_BChw: torch.Tensor, phi: Phi, is_last: bool
+    f_hat: torch.Tensor, h_BChw: torch.Tensor, phi: Phi, is_last: bool,
+    upsample: Upsample = bicubic_up,
 ) -> torch.Tensor:
     """Add one scale's contribution: ``f_hat + phi(up(h))`` (no upsampling at the last scale)."""
     size = f_hat.shape[-1]
-    up = h_BChw if is_last else bicubic_up(h_BChw, size)
+    up = h_BChw if is_last else upsample(h_BChw, size)
     return f_hat + phi(up)
 
 
@@ -151,7 +207,8 @@ def next_scale_input(f_hat: torch.Tensor, next_pn: int) -> torch.Tensor:
 
 
 def mask_step_input(
-    f_hat_before: torch.Tensor, h_BChw: torch.Tensor, phi: Phi, pn: int
+    f_hat_before: torch.Tensor, h_BChw: torch.Tensor, phi: Phi, pn: int,
+    upsample: Upsample = bicubic_up,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs of a masked-refinement step at one scale.
 
@@ -166,7 +223,7 @@ def mask_step_input(
     """
     size = f_hat_before.shape[-1]
     x_ns = area_down(f_hat_before, pn).flatten(2).transpose(1, 2)
-    x_mask = area_down(phi(bicubic_up(h_BChw, size)), pn).flatten(2).transpose(1, 2)
+    x_mask = area_down(phi(upsample(h_BChw, size)), pn).flatten(2).transpose(1, 2)
     return x_ns, x_mask
 
 

@@ -206,6 +206,7 @@ def sample(
     resume: ScaleState | None = None,
     record_steps: bool = False,
     draw: DrawFn | None = None,
+    upsample: pyramid.Upsample | None = None,
 ) -> SampleOutput:
     """Generate a token pyramid scale by scale.
 
@@ -224,6 +225,9 @@ def sample(
         record_steps: keep the tokens after every step in ``SampleOutput.steps``.
         draw: filter-and-draw function (default :func:`sample_from_logits`); the fast path
             passes a fused, sync-free one with the same distribution and random stream.
+        upsample: the bicubic upsampling of the pyramid (default
+            :func:`~hmar_core.pyramid.bicubic_up`, the official op); the fast path passes
+            :class:`~hmar_core.pyramid.MatrixBicubicUp` (same weights, faster on GPUs).
 
     Returns:
         A :class:`SampleOutput`.
@@ -251,6 +255,7 @@ def sample(
         confidences = [torch.ones_like(t, dtype=codebook.dtype) for t in tokens]
         confidences[-1] = resume.confidence
     draw = sample_from_logits if draw is None else draw
+    upsample = pyramid.bicubic_up if upsample is None else upsample
     keeps = [constraint.keep(si) if constraint is not None else None for si in range(num_scales)]
     fully_kept = _fully_kept(keeps, start)  # one host read for all scales, none in the loop
     steps: list[list[torch.Tensor]] = []
@@ -280,11 +285,12 @@ def sample(
                 idx, confidence = _refine(
                     model_fn, cfg, labels, null_class, si, pn, idx, confidence, keep,
                     remaining, f_hat, phis[si], codebook, generator, scale_steps, draw,
+                    upsample,
                 )
             if keep is not None:
                 confidence = torch.where(keep, torch.ones_like(confidence), confidence)
         h_BChw = pyramid.embed_tokens(idx, codebook, pn)
-        f_hat = pyramid.accumulate(f_hat, h_BChw, phis[si], si == num_scales - 1)
+        f_hat = pyramid.accumulate(f_hat, h_BChw, phis[si], si == num_scales - 1, upsample)
         tokens.append(idx)
         confidences.append(confidence)
         if record_steps:
@@ -313,6 +319,7 @@ def _refine(
     generator: torch.Generator,
     scale_steps: list[torch.Tensor],
     draw: DrawFn,
+    upsample: pyramid.Upsample,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Masked refinement of one scale: re-predict the least confident tokens, step by step.
 
@@ -336,7 +343,7 @@ def _refine(
             masked = masked & lowest_confidence(confidence.masked_fill(~masked, float("inf")),
                                                 counts_B)
         x_ns, x_mask = pyramid.mask_step_input(f_hat, pyramid.embed_tokens(idx, codebook, pn),
-                                               phi, pn)
+                                               phi, pn, upsample)
         logits = guided_logits(model_fn, labels, null_class, si, weight, x_ns,
                                x_mask=x_mask, masked=masked, branch="mask")
         new_idx, probs = draw(logits, cfg.top_k, cfg.top_p, generator)

@@ -115,6 +115,7 @@ class FastPipeline:
         self.decode_batch = decode_batch
         self.vae_channels_last = vae_channels_last
         compile_vae = self.runner.device.type == "cuda" if compile_vae is None else compile_vae
+        self._upsample = pyramid.MatrixBicubicUp()  # the sampler's bicubic, as matmuls
         tokenizer = pipe.tokenizer
         decoder = self._in_vae_dtype(nn.Sequential(tokenizer.post_quant_conv, tokenizer.decoder),
                                      vae_channels_last)
@@ -180,6 +181,7 @@ class FastPipeline:
             self.runner, self.pipe.tokenizer.quantize, self.patch_nums, settings, schedule,
             labels=labels, null_class=null_class, generator=generator, constraint=constraint,
             on_scale=on_scale, resume=resume, record_steps=record_steps,
+            upsample=self._upsample,
         )
 
     @torch.no_grad()
