@@ -27,6 +27,7 @@ import copy
 import gc
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -402,6 +403,8 @@ def run_gpu(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     out_dir = Path(args.out)
     rows = plan(args.quick, args.no_var, args.extras)
+    if args.only:
+        rows = [row for row in rows if re.search(args.only, row.name)]
     reps = args.reps or (2 if args.quick else 5)
     args.edit_reps = args.edit_reps or (5 if args.quick else 10)
     groups: dict[tuple, list[Row]] = {}
@@ -795,6 +798,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=0, help="timed runs per row")
     parser.add_argument("--edit-reps", type=int, default=0, help="timed edits (10; quick 5)")
     parser.add_argument("--cpu-reps", type=int, default=4, help="timed runs on CPU")
+    parser.add_argument("--only", default=None,
+                        help="regular expression: only the rows whose name matches")
     parser.add_argument("--profile", action="store_true",
                         help="print the top CUDA kernels of the d16 256 px rows and edits")
     parser.add_argument("--budget", type=float, default=170.0,
