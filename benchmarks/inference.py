@@ -720,10 +720,13 @@ def gpu_markdown(report: dict) -> str:
                   f"{samples['token_agreement'] * 100:.1f} % (first differing scale "
                   f"{samples['first_scale_differing']}), mean |Δpixel| "
                   f"{samples['mean_abs_pixel_diff']:.4f}. Sampling is chaotic: one flipped "
-                  "token changes every later draw, so bf16 images are compared visually."]
+                  "token changes every later draw, so half-precision images are compared visually."]
     for err in report.get("errors", []):
         lines.append(f"- error: {err}")
-    lines += ["", f"Wall time of the run: {report.get('wall_s', 0):.0f} s.", "", MARK_END]
+    lines += ["", f"Wall time of the run: {report.get('wall_s', 0):.0f} s."]
+    for note in report.get("notes", []):
+        lines += ["", note]
+    lines += ["", MARK_END]
     return "\n".join(lines) + "\n"
 
 
