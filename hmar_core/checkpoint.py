@@ -23,6 +23,7 @@ from .config import TokenizerConfig, TransformerConfig
 
 __all__ = [
     "CheckpointError",
+    "check_declared_structure",
     "convert_official_hmar_state_dict",
     "convert_official_var_state_dict",
     "convert_official_vqvae_state_dict",
@@ -298,6 +299,59 @@ def _patch_nums_for(seq_len: int, num_scales: int) -> tuple[int, ...]:
         return tuple(range(1, num_scales + 1))
     raise CheckpointError(f"cannot infer patch_nums for L={seq_len} with {num_scales} scales; "
                           "pass patch_nums=... explicitly")
+
+
+def _indices(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
+    """How many distinct ``prefix.<i>.`` sub-modules the keys hold."""
+    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    return len({match.group(1) for key in sd if (match := pattern.match(key))})
+
+
+def check_declared_structure(
+    tokenizer_cfg: TokenizerConfig,
+    tokenizer_sd: Mapping[str, torch.Tensor],
+    transformer_cfg: TransformerConfig,
+    transformer_sd: Mapping[str, torch.Tensor],
+) -> None:
+    """Refuse a config that declares more (or other) structure than the weights hold, before
+    anything is built: block counts, levels and res-blocks from the key names, widths and the
+    pyramid from a few shapes. Building first would cost time and memory in proportion to what
+    an untrusted ``config.json`` declares (depth 20000: 21 s, +625 MiB) just to fail the strict
+    load. A consistent pair passes; :func:`load_into` still checks every key and shape.
+
+    Raises:
+        CheckpointError: naming each declared value next to what the weights hold.
+    """
+    t, k = transformer_cfg, tokenizer_cfg
+    n_branch = t.n_layers_train
+    checks = [
+        ("transformer depth - n_layers_train (base blocks)", t.depth - n_branch,
+         _indices(transformer_sd, "base_blocks")),
+        ("transformer n_layers_train (ns blocks)", n_branch, _indices(transformer_sd, "ns_blocks")),
+        ("transformer mask blocks", n_branch if t.has_mask_branch else 0,
+         _indices(transformer_sd, "mask_blocks")),
+        ("tokenizer len(channel_mult) (encoder levels)", len(k.channel_mult),
+         _indices(tokenizer_sd, "encoder.down")),
+        ("tokenizer num_res_blocks (encoder)", k.num_res_blocks,
+         _indices(tokenizer_sd, "encoder.down.0.block")),
+        ("tokenizer num_res_blocks + 1 (decoder)", k.num_res_blocks + 1,
+         _indices(tokenizer_sd, "decoder.up.0.block")),
+    ]
+    shapes = [
+        ("transformer (1, seq_len, width) from patch_nums and width", (1, t.seq_len, t.width),
+         transformer_sd.get("pos_embed")),
+        ("transformer (num_classes + 1, width)", (t.num_classes + 1, t.width),
+         transformer_sd.get("class_embed.weight")),
+        ("tokenizer (vocab_size, latent_channels)", (k.vocab_size, k.latent_channels),
+         tokenizer_sd.get("quantize.embedding.weight")),
+    ]
+    problems = [f"{name}: config.json declares {declared}, the weights hold {held}"
+                for name, declared, held in checks if declared != held]
+    problems += [f"{name}: config.json declares {declared}, the weights hold "
+                 f"{tuple(tensor.shape)}" for name, declared, tensor in shapes
+                 if tensor is not None and tuple(tensor.shape) != declared]
+    if problems:
+        raise CheckpointError("config does not match the weights: " + "; ".join(problems))
 
 
 def load_into(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:

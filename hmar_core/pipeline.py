@@ -476,6 +476,8 @@ class Pipeline(nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> Pipeline:
         """Build on the meta device and load (strictly) our-layout state dicts."""
+        ckpt.check_declared_structure(tokenizer_cfg, tokenizer_sd, transformer_cfg,
+                                      transformer_sd)
         with torch.device("meta"):
             tokenizer = MultiScaleVQTokenizer(tokenizer_cfg)
             transformer = HMARTransformer(transformer_cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,23 @@ def test_sharded_weights_roundtrip_and_incomplete_sets(tiny_pipe, tmp_path):
     (folder / shards[-1]).unlink()
     with pytest.raises(CheckpointError, match="incomplete or mixed shard set"):
         Pipeline.from_pretrained(folder)
+
+
+def test_declared_structure_is_checked_before_building():
+    """A config that declares more blocks, levels or a wider model than the weights hold is
+    refused by name (before any module is built); the matching pair passes."""
+    import dataclasses
+
+    pipe = Pipeline.random(seed=0)
+    tok_cfg, tr_cfg = pipe.tokenizer.cfg, pipe.transformer.cfg
+    tok_sd, tr_sd = pipe.tokenizer.state_dict(), pipe.transformer.state_dict()
+    ckpt.check_declared_structure(tok_cfg, tok_sd, tr_cfg, tr_sd)
+    cases = [
+        (tok_cfg, dataclasses.replace(tr_cfg, depth=tr_cfg.depth + 5), "base blocks"),
+        (tok_cfg, dataclasses.replace(tr_cfg, width=tr_cfg.width * 2), "seq_len, width"),
+        (dataclasses.replace(tok_cfg, num_res_blocks=7), tr_cfg, "num_res_blocks"),
+        (dataclasses.replace(tok_cfg, channel_mult=(1, 1, 2, 2)), tr_cfg, "encoder levels"),
+    ]
+    for tok, tr, words in cases:
+        with pytest.raises(CheckpointError, match=re.escape(words)):
+            ckpt.check_declared_structure(tok, tok_sd, tr, tr_sd)

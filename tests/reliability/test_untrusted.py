@@ -29,7 +29,7 @@ import torch
 from gradio_client import Client
 from hypothesis import given
 from hypothesis import strategies as st
-from reliability_support import FULL, REPO, PeakRss, count_case, fuzz_settings, record
+from reliability_support import REPO, PeakRss, count_case, fuzz_settings, record
 from safetensors.torch import save_file
 
 import app
@@ -363,13 +363,13 @@ def test_a_filedata_pointing_outside_the_uploads_is_refused(served, tmp_path):
     assert httpx.get(url + "gradio_api/info", timeout=30).status_code == 200  # still serving
 
 
-@pytest.mark.skipif(not FULL, reason="about 10 s: HMAR_RELIABILITY_FULL=1 runs it")
-@pytest.mark.xfail(strict=True, reason="known defect in Pipeline.from_pretrained (reported in "
-                   "docs/RELIABILITY.md)")
-def test_a_hostile_config_is_refused_before_building_the_model(model_folder, tmp_path):
-    """config.json says depth 2000 while the weights hold 2 blocks: from_pretrained builds all
-    2000 blocks (meta device, ~1-5 ms and ~100 KiB each) before the strict load names the
-    missing keys, so a downloaded folder can stall start-up and take memory in proportion to
+@pytest.mark.parametrize(("part", "field", "value"), [("transformer", "depth", 2000),
+                                                    ("tokenizer", "num_res_blocks", 1000)])
+def test_a_hostile_config_is_refused_before_building_the_model(model_folder, tmp_path, part,
+                                                               field, value):
+    """config.json says depth 2000 while the weights hold 2 blocks: from_pretrained once built
+    all 2000 blocks (meta device, ~1-5 ms and ~100 KiB each) before the strict load named the
+    missing keys, so a downloaded folder could stall start-up and take memory in proportion to
     what it declares (depth 20000: 21 s and +625 MiB; num_res_blocks=1000: 27 s). Refusing
     must not cost memory in proportion to the declared size (checked on memory, which does not
     depend on the machine's load)."""
@@ -378,7 +378,7 @@ def test_a_hostile_config_is_refused_before_building_the_model(model_folder, tmp
 
     folder = _copy(model_folder, tmp_path)
     config = json.loads((folder / "config.json").read_text())
-    config["transformer"]["depth"] = 2000
+    config[part][field] = value
     (folder / "config.json").write_text(json.dumps(config))
     # a fresh process, so that freed memory of earlier tests cannot hide the growth
     script = (
