@@ -1,8 +1,9 @@
 """Class accuracy of generated samples against the guidance scale: how to pick a model's cfg.
 
 For each ``--cfg`` value, mask-step guidance ratio and refinement setting (default: the
-model's own schedule and ``steps=0``), generates ``--samples`` images with labels cycling over the classes that have
-training images (the labels and seeds of ``benchmarks/quality.py``) and reports the domain
+model's own schedule and ``steps=0``), generates ``--samples`` images with labels cycling over
+the classes that have training images (the labels and seeds of ``benchmarks/quality.py``) and
+reports the domain
 classifier's class / category / style accuracy, class-balanced, next to its accuracy on real
 held-out images (from ``--data``, or ``--real-balanced`` when the dataset is not at hand, e.g.
 on a GPU machine). The chosen value goes into the model's ``config.json`` (``sampler.cfg``);

@@ -590,7 +590,7 @@ def extra_d16(pipe: Pipeline, fast: object, path: str, report: dict, out_dir: Pa
             median, times, peak, _ = time_gpu(run, reps=args.edit_reps, warmup=2,
                                               budget_s=args.row_budget)
             if args.profile and fast is not None and not DRY_RUN[0]:
-                profile_table(f"edit d16 B=1 fast ({how})", lambda: run(0))
+                profile_table(f"edit d16 B=1 fast ({how})", lambda run=run: run(0))
             report["edit"].append({"path": path, "ms": median, "times_ms": times,
                                    "peak_gib": peak, "how": how})
             print(f"[edit] d16 256px B=1 {path} ({how}): {median:.1f} ms", flush=True)
