@@ -5,15 +5,18 @@ They turn control values into engine calls (through :mod:`app.params`, :mod:`app
 :class:`~app.runs.RunResult`, the selected gallery item) travels through ``gr.State``; the
 pipeline is an argument, never a global. Every model handler is a generator that yields each
 decoded scale, and maps any failure to a short ``gr.Error`` (the traceback goes to the log only).
+
+Images reach Gradio as PNG file paths written by :class:`~app.outputs.OutputFolder`, never as
+PIL images or arrays: Gradio rewrites the cached file of a PIL output in place, which breaks
+another user's download of the same picture (docs/RELIABILITY.md, item 8). Handlers that show
+images are therefore generators, which delete their files once Gradio has copied them.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -27,6 +30,7 @@ from hmar_core.editing_session import EditSession
 from .editor import background_image, editor_value, mask_from_layers
 from .errors import InputError, friendly_message
 from .imaging import confidence_overlay
+from .outputs import OutputFolder
 from .params import (
     SamplingParams,
     Timing,
@@ -60,12 +64,14 @@ __all__ = [
     "randomize_seed",
     "remember_selection",
     "request_stop",
+    "save_gallery",
     "toggle_heatmap",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: (preview, gallery, download files, status, result state): what every model handler yields.
+#: (preview, gallery, download files, status, result state): what every model handler yields;
+#: the preview is a PNG path, the gallery a list of (PNG path, caption), the downloads PNG paths.
 RunOutputs = tuple[Any, Any, Any, str, Any]
 #: What an editing mode validates before running: (picture, mask, options, outpaint extents).
 Prepared = tuple[Image.Image, np.ndarray | None, EditOptions, dict[str, int] | None]
@@ -102,9 +108,33 @@ def gallery_items(result: RunResult | None, heatmap: bool) -> list[tuple[Image.I
     return items
 
 
-def toggle_heatmap(result: RunResult | None, heatmap: bool) -> list[tuple[Image.Image, str]]:
-    """The heatmap checkbox: redraw the gallery from the stored result (no model work)."""
-    return gallery_items(result, heatmap)
+def _file_name(result: RunResult, index: int) -> str:
+    """The download name of a result, e.g. ``hmar-class-edit-seed42-1.png``."""
+    return f"hmar-{result.mode.replace(' ', '-')}-seed{result.seed}-{index + 1}.png"
+
+
+def save_gallery(result: RunResult | None, heatmap: bool, files: OutputFolder
+                 ) -> list[tuple[str, str]]:
+    """:func:`gallery_items` written as PNG files: the gallery value Gradio receives."""
+    if result is None:
+        return []
+    items = []
+    for index, (image, caption) in enumerate(gallery_items(result, heatmap)):
+        name = _file_name(result, index)
+        if heatmap and result.confidences[index]:  # as gallery_items: the overlay
+            name = name.replace(".png", "-confidence.png")
+        items.append((files.png(image, name), caption))
+    return items
+
+
+def toggle_heatmap(result: RunResult | None, heatmap: bool
+                   ) -> Iterator[list[tuple[str, str]]]:
+    """The heatmap checkbox: redraw the gallery from the stored result (no model work).
+
+    A generator of one value, so that its files are deleted once Gradio has copied them.
+    """
+    with OutputFolder() as files:
+        yield save_gallery(result, heatmap, files)
 
 
 def request_stop(stop: StopSignal | None) -> str:
@@ -123,8 +153,11 @@ def remember_selection(event: gr.SelectData) -> int:
     return int(event.index) if isinstance(event.index, int) else 0
 
 
-def edit_result(result: RunResult | None, selected: int | None) -> dict[str, Any]:
+def edit_result(result: RunResult | None, selected: int | None) -> Iterator[dict[str, Any]]:
     """"Edit this result": put the selected result into the editor as the new background.
+
+    A generator of one value (the editor value, with the picture as an RGBA PNG path), so that
+    its file is deleted once Gradio has copied it.
 
     Raises:
         gr.Error: no result yet.
@@ -132,18 +165,15 @@ def edit_result(result: RunResult | None, selected: int | None) -> dict[str, Any
     if result is None or not result.images:
         raise gr.Error("Nothing to edit yet: run Generate (or an edit) first.")
     index = selected if selected is not None and 0 <= selected < len(result.images) else 0
-    picture = np.asarray(result.images[index].convert("RGBA"))
-    return {"background": picture, "layers": [], "composite": picture}
+    with OutputFolder() as files:
+        picture = files.png(result.images[index].convert("RGBA"), _file_name(result, index))
+        yield {"background": picture, "layers": [], "composite": picture}
 
 
-def _save_pngs(result: RunResult, folder: Path) -> list[str]:
+def _save_pngs(result: RunResult, files: OutputFolder) -> list[str]:
     """Write the results as PNG files (the download list) and return their paths."""
-    paths = []
-    for index, image in enumerate(result.images):
-        path = folder / f"hmar-{result.mode.replace(' ', '-')}-seed{result.seed}-{index + 1}.png"
-        image.save(path, format="PNG")
-        paths.append(str(path))
-    return paths
+    return [files.png(image, _file_name(result, index))
+            for index, image in enumerate(result.images)]
 
 
 def stream_outputs(
@@ -152,22 +182,25 @@ def stream_outputs(
     """Map :class:`RunUpdate`s to component values; failures become a friendly ``gr.Error``.
 
     Intermediate updates change only the preview and the status (the gallery, downloads and
-    state keep the previous run until the new one is finished).
+    state keep the previous run until the new one is finished). Images are yielded as PNG
+    paths; the files of one value are deleted when the next update arrives (Gradio has copied
+    them by then) and the rest when the stream ends.
     """
-    with tempfile.TemporaryDirectory(prefix="hmar-studio-") as folder:
+    with OutputFolder() as files:
         try:
             finished = False
             for update in updates:
+                files.clear()
                 if progress is not None:
                     progress(update.fraction, desc=update.message)
-                preview = update.preview if update.preview is not None else gr.skip()
+                preview = (files.png(update.preview, "preview.png")
+                           if update.preview is not None else gr.skip())
                 if update.result is None:
                     yield preview, gr.skip(), gr.skip(), update.message, gr.skip()
                 else:
                     finished = True
-                    files = _save_pngs(update.result, Path(folder))
-                    yield (preview, gallery_items(update.result, heatmap), files, update.message,
-                           update.result)
+                    yield (preview, save_gallery(update.result, heatmap, files),
+                           _save_pngs(update.result, files), update.message, update.result)
             if not finished:
                 yield gr.skip(), gr.skip(), gr.skip(), "Stopped.", gr.skip()
         except gr.Error:

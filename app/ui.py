@@ -175,8 +175,10 @@ def build_demo(
 
             # ----------------------------------------------------------------- outputs
             with gr.Column(scale=5):
-                preview = gr.Image(label="Live preview (sharpens scale by scale)", type="pil",
-                                   format="png", interactive=False, height=280,
+                # Image outputs are PNG paths (app.outputs), never PIL: Gradio rewrites the
+                # cached file of a PIL output in place, breaking other users' downloads.
+                preview = gr.Image(label="Live preview (sharpens scale by scale)",
+                                   type="filepath", format="png", interactive=False, height=280,
                                    elem_id="preview")
                 status = gr.Markdown("Ready.", label="Status", elem_id="status")
                 stop_btn = gr.Button("⏹ Stop", variant="stop", elem_id="stop-button")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -28,6 +29,7 @@ from app.imaging import (
     preview_strip,
     to_pil_images,
 )
+from app.outputs import OutputFolder
 from app.params import (
     MAX_SEED,
     NO_CLASS,
@@ -318,13 +320,59 @@ def test_run_generate_previews_every_scale(app_pipe):
     assert np.array_equal(np.asarray(again.images[1]), np.asarray(result.images[1]))
 
 
+def pngs_on_disk(value: object) -> list[str]:
+    """The PNG paths in an output value (str, or nested lists/tuples), checked to exist."""
+    if isinstance(value, str) and value.endswith(".png"):
+        assert Path(value).is_file(), value
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [path for item in value for path in pngs_on_disk(item)]
+    return []
+
+
 def test_generate_handler_streams_then_fills_the_gallery(app_pipe):
-    outputs = list(generate_events(app_pipe, 2, 1, 1.5, 0, 0.0, 11, 2, False))
+    outputs, written = [], []
+    for output in generate_events(app_pipe, 2, 1, 1.5, 0, 0.0, 11, 2, False):
+        outputs.append(output)
+        written += pngs_on_disk(output[:3])  # on disk while Gradio copies them
     assert len(outputs) >= len(app_pipe.patch_nums)
     preview, gallery, files, status, state = outputs[-1]
     assert len(gallery) == 2 and len(files) == 2 and all(f.endswith(".png") for f in files)
     assert isinstance(state, RunResult) and "seed 11" in status
-    assert isinstance(preview, Image.Image)
+    # images go to Gradio as PNG paths (never PIL: Gradio rewrites those in place), with the
+    # same pixels as the result
+    assert isinstance(preview, str) and Path(preview).name == "preview.png"
+    assert [Path(path).name for path, _ in gallery] == [Path(f).name for f in files]
+    assert len(written) == len(set(written))  # a new file for every value
+    assert not any(Path(path).exists() for path in written)  # deleted when the run ended
+
+
+def test_stream_outputs_deletes_a_value_s_files_at_the_next_update(app_pipe):
+    previews = []
+    for output in generate_events(app_pipe, 2, 0, 1.5, 0, 0.0, 11, 1, False):
+        if isinstance(output[0], str):
+            assert Path(output[0]).is_file()
+            assert not any(Path(path).exists() for path in previews)  # earlier values'
+            previews.append(output[0])
+    assert len(previews) >= 2
+
+
+def test_output_folder_writes_new_files_and_cleans_up():
+    image = Image.new("RGB", (3, 2), (10, 20, 30))
+    with OutputFolder() as files:
+        first, second = files.png(image, "a.png"), files.png(image, "a.png")
+        assert first != second and Path(first).name == Path(second).name == "a.png"
+        with Image.open(second) as saved:
+            assert saved.format == "PNG" and np.array_equal(np.asarray(saved),
+                                                            np.asarray(image))
+        files.clear()
+        assert not Path(first).exists() and files.root.is_dir()
+        third = files.png(image, "b.png")
+    assert not Path(third).exists() and not files.root.exists()
+    dropped = OutputFolder()  # a generator dropped without being closed
+    root = dropped.root
+    del dropped
+    assert not root.exists()
 
 
 def test_generate_handler_bad_input_is_a_friendly_error(app_pipe):
@@ -340,13 +388,23 @@ def test_heatmap_toggle_and_edit_result():
     result = RunResult("generate", (image,), ((ConfidenceTile(np.zeros((2, 2)), 0, 0, 4),),), 5,
                        0.1)
     plain = gallery_items(result, heatmap=False)[0][0]
-    overlaid = toggle_heatmap(result, True)[0][0]
-    assert plain is image and np.asarray(overlaid).mean() < 255
-    assert gallery_items(None, True) == []
-    value = edit_result(result, 0)
-    assert value["background"].shape == (4, 4, 4) and value["layers"] == []
+    assert plain is image
+    toggle = toggle_heatmap(result, True)
+    (path, caption), = next(toggle)
+    with Image.open(path) as overlaid:
+        assert np.asarray(overlaid).mean() < 255 and caption.endswith("confidence")
+    assert list(toggle) == [] and not Path(path).exists()  # deleted once Gradio copied it
+    assert gallery_items(None, True) == [] and list(toggle_heatmap(None, True)) == [[]]
+    editor = edit_result(result, 0)
+    value = next(editor)
+    assert value["background"] == value["composite"] and value["layers"] == []
+    with Image.open(value["background"]) as picture:
+        assert picture.mode == "RGBA" and np.array_equal(
+            np.asarray(picture.convert("RGB")), np.asarray(image))
+    editor.close()
+    assert not Path(value["background"]).exists()
     with pytest.raises(gr.Error):
-        edit_result(None, 0)
+        next(edit_result(None, 0))
 
 
 # ------------------------------------------------------------------------------------- stop

@@ -255,19 +255,17 @@ def test_excess_requests_get_a_clean_queue_full_answer(serve):
             client.close()
 
 
-@pytest.mark.xfail(strict=True, reason="known defect (Gradio's save_pil_to_cache, reached by "
-                   "the app's PIL outputs; reported in docs/RELIABILITY.md)")
 def test_identical_outputs_never_rewrite_a_served_file_in_place(serve, gradio_temp_dir):
     """Two users pressing Generate with the same settings (the seed box defaults to 42) get
     byte-identical images, which Gradio caches under the same content-hash path. For PIL
-    outputs (the preview and the gallery) ``save_pil_to_cache`` rewrites that file in place
-    (``write_bytes``) while the other user may still be downloading it: the server then logs
-    h11 "Too little data for declared Content-Length" and that client gets
-    ``RemoteProtocolError`` (seen under load: 1 of 32 identical requests, 10 server errors).
-    File-path outputs go through ``save_file_to_cache``, which skips existing files and
-    writes atomically. Deterministic check: after the first run every cached file is
-    overwritten (same inode) with a marker; after an identical second run, a file that still
-    has its inode but lost the marker was rewritten in place."""
+    outputs ``save_pil_to_cache`` rewrites that file in place (``write_bytes``) while the other
+    user may still be downloading it: the server then logged h11 "Too little data for declared
+    Content-Length" and that client got ``RemoteProtocolError`` (seen under load: 1 of 32
+    identical requests, 10 server errors). The app now returns PNG paths (``app.outputs``),
+    which go through ``save_file_to_cache``: it skips existing files and writes atomically.
+    Deterministic check: after the first run every cached file is overwritten (same inode)
+    with a marker; after an identical second run, a file that still has its inode but lost
+    the marker was rewritten in place."""
     url = serve(Pipeline.random(seed=0))
     client = Client(url, verbose=False)
     args = (*GENERATE, 42, 1, False)
