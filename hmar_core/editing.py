@@ -66,7 +66,8 @@ class EditOptions:
         seed: generator seed (``None``: a fresh random one, reported in the result).
         steps: refinement steps: the generation schedule's ``steps`` knob for fully
             regenerated scales and the step count of partly kept scales (``None``: the
-            pipeline's default schedule and :data:`DEFAULT_EDIT_STEPS`; 0: no refinement).
+            pipeline's default schedule, and its sampler's ``steps`` for partly kept scales,
+            :data:`DEFAULT_EDIT_STEPS` when it has none; 0: no refinement).
         cfg, top_k, top_p, mask_cfg_ratio: sampler overrides (``None``: pipeline defaults).
         strength: number of coarse scales kept entirely from the source (0 … num_scales).
         grow: dilation of the final token mask, in tokens.
