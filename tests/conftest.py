@@ -1,9 +1,12 @@
-"""Shared fixtures: the official fixture folder, a tiny random pipeline."""
+"""Shared fixtures: the official fixture folder, a tiny random pipeline, launch.py as a module,
+a private Gradio cache folder."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -56,3 +59,22 @@ def tiny_pipe():
     from hmar_core import Pipeline
 
     return Pipeline.random(seed=0)
+
+
+@pytest.fixture(scope="module")
+def launch() -> ModuleType:
+    """``launch.py`` imported as a module (a fresh copy per test module)."""
+    spec = importlib.util.spec_from_file_location("hmar_launch", ROOT / "launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture()
+def gradio_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A test's own Gradio cache folder (``GRADIO_TEMP_DIR``); app and reliability tests use it
+    automatically."""
+    folder = tmp_path / "gradio"
+    folder.mkdir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(folder))
+    return folder

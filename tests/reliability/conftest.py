@@ -66,9 +66,6 @@ def tiny_pipe():
 
 
 @pytest.fixture(autouse=True)
-def gradio_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test caches Gradio files in its own folder."""
-    folder = tmp_path / "gradio"
-    folder.mkdir()
-    monkeypatch.setenv("GRADIO_TEMP_DIR", str(folder))
-    return folder
+def _own_gradio_cache(gradio_temp_dir: Path) -> Path:
+    """Each test caches Gradio files in its own folder (``gradio_temp_dir``, tests/conftest.py)."""
+    return gradio_temp_dir

@@ -21,7 +21,6 @@ deterministically (the model blocked on a gate) and checks that exactly the requ
 from __future__ import annotations
 
 import gc
-import importlib.util
 import json
 import logging
 import socket
@@ -81,22 +80,14 @@ def load_model() -> tuple[Pipeline, str]:
     return Pipeline.random(seed=0), "tiny random model (CI size)"
 
 
-@pytest.fixture(scope="module")
-def launch_module():
-    spec = importlib.util.spec_from_file_location("hmar_launch_load", REPO / "launch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture()
-def serve(launch_module) -> Iterator[Callable[[Pipeline], str]]:
+def serve(launch) -> Iterator[Callable[[Pipeline], str]]:
     """``serve(pipeline) -> url``: the app with launch.py's settings on 127.0.0.1."""
     demos = []
 
     def start(pipeline: Pipeline) -> str:
-        args = launch_module.parse_args(["--no-browser", "--port", str(free_port())])
-        options = launch_module.launch_options(args, app.MAX_FILE_SIZE)
+        args = launch.parse_args(["--no-browser", "--port", str(free_port())])
+        options = launch.launch_options(args, app.MAX_FILE_SIZE)
         demo = app.build_demo(pipeline, warning="load test")
         demos.append(demo)
         _, url, _ = demo.launch(**options, prevent_thread_lock=True, quiet=True)

@@ -8,7 +8,6 @@ in-process with exactly those arguments (on 127.0.0.1, never opening a browser).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import socket
@@ -23,18 +22,10 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
-from reliability_support import REPO, PeakRss, record
+from reliability_support import PeakRss, record
 
 import app
 from hmar_core import Pipeline
-
-
-@pytest.fixture(scope="module")
-def launch():
-    spec = importlib.util.spec_from_file_location("hmar_launch_defaults", REPO / "launch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def free_port() -> int:
