@@ -26,7 +26,8 @@ What changed:
 * The dQ kernel also computes ``delta`` for its rows, so the backward is two launches.
 * Host side: a launch plan per (mask, device, B·H, D, dtype, scale) holds the device tables,
   scalars and argument tuples; after its first launch each kernel keeps the tuned grid and
-  config and launches through the JIT launcher directly (no autotuner key building per call).
+  config (no autotuner per call), and after its second the compiled kernel's own launcher (no
+  JIT argument binding per call; half the host time of a fwd+bwd call on the H200).
   Without autograd (``no_grad`` or no input requiring grad) the forward skips the
   ``autograd.Function``.
 * fp16, bf16 and fp32 inputs (fp32 uses IEEE dot products, for the CPU interpreter tests).
@@ -650,15 +651,21 @@ def _schedule_args(schedule: PackedSchedule) -> tuple:
 
 class _KernelLaunch:
     """One kernel of one plan: its trailing (non-tensor-data) arguments and, after the first
-    launch, the tuned grid and meta-parameters, so that later launches skip the autotuner's
-    per-call key building and go straight to the JIT launcher.
+    launch, the tuned grid and meta-parameters, so that later launches skip the autotuner.
 
     The first launch goes through ``triton.autotune`` (tuning, or its cached result for the
     key), and the config it ran with is kept. The autotuning key (L, D, pyramid and pattern,
-    B·H class, dtypes) is fixed by the plan, so the config cannot change for this plan.
+    B·H class, dtypes) is fixed by the plan, so the config cannot change for this plan. The
+    second launch goes through the JIT launcher with that config and keeps the compiled
+    kernel's own launcher (``CompiledKernel[grid]``); later launches call it directly, which
+    skips the JIT's argument binding, specialisation and cache lookup (tens of microseconds
+    of host time per launch). The one specialisation that can differ between calls of a plan
+    is the 16-byte alignment of the tensors' addresses, so a call whose tensors are not all
+    aligned like the kept kernel's goes through the JIT launcher again.
     """
 
-    __slots__ = ("batch_heads", "meta", "row_block", "schedule", "tail", "tuned", "tuner")
+    __slots__ = ("batch_heads", "constants", "meta", "row_block", "runner", "schedule", "tail",
+                 "tuned", "tuner")
 
     def __init__(
         self,
@@ -676,18 +683,44 @@ class _KernelLaunch:
         self.meta = meta
         self.tail = tail
         self.tuned: tuple[tuple[int], dict] | None = None
+        self.runner: Callable[..., None] | None = None
+        self.constants: tuple = ()
 
     def _grid(self, meta: dict) -> tuple[int]:
         return (self.schedule.counts[meta[self.row_block]] * self.batch_heads,)
 
     def __call__(self, *tensors: torch.Tensor) -> None:
+        if self.runner is not None and all(t.data_ptr() % 16 == 0 for t in tensors):
+            self.runner(*tensors, *self.tail, *self.constants)
+            return
         if self.tuned is not None:
             grid, kwargs = self.tuned
-            self.tuner.fn.run(*tensors, *self.tail, grid=grid, warmup=False, **kwargs)
+            kernel = self.tuner.fn.run(*tensors, *self.tail, grid=grid, warmup=False, **kwargs)
+            if self.runner is None:
+                self._keep_runner(kernel, tensors, grid, kwargs)
             return
         self.tuner[self._grid](*tensors, *self.tail, **self.meta)
         config = self.tuner.best_config
         self.tuned = (self._grid(config.kwargs), {**self.meta, **config.all_kwargs()})
+
+    def _keep_runner(
+        self, kernel: object, tensors: tuple[torch.Tensor, ...], grid: tuple[int], kwargs: dict
+    ) -> None:
+        """Keep ``kernel``'s launcher if it was compiled for aligned tensors and the kernel's
+        parameters are the positional arguments followed by the constexprs (not in the
+        interpreter, whose kernels have no launcher)."""
+        if _BUILT_FOR_INTERPRETER or not isinstance(kernel, triton.compiler.CompiledKernel):
+            return
+        if not all(t.data_ptr() % 16 == 0 for t in tensors):
+            return
+        params = self.tuner.fn.params
+        constexprs = [p.name for p in params if p.is_constexpr]
+        positional = len(tensors) + len(self.tail)
+        if [p.name for p in params[positional:]] != constexprs or positional + len(
+                constexprs) != len(params):
+            return
+        self.constants = tuple(kwargs[name] for name in constexprs)
+        self.runner = kernel[(grid[0], 1, 1)]
 
 
 class _Launch:

@@ -309,6 +309,32 @@ def test_launch_plan_is_cached_and_later_calls_reuse_the_tuned_config():
         assert torch.equal(a, b), name
 
 
+@gpu
+@requires_cuda
+def test_launch_plan_keeps_the_compiled_launchers_and_respects_alignment():
+    """From the third call on, each kernel launches through the compiled kernel's own launcher;
+    tensors at an address that is not 16-byte aligned go through the JIT launcher (which
+    compiles for them) and still give the right answer."""
+    mask = ScaleMask(PYRAMID_256, "block_diagonal")
+    inputs, grad_out = _inputs((2, 2, mask.length, 64), torch.float16, seed=23)
+    plan = triton_backend._Launch.of(inputs[0], mask, 0.125)
+
+    def call(q, k, v):
+        return triton_backend.triton_attention(q, k, v, mask, 0.125)
+
+    runs = [_run(call, inputs, grad_out) for _ in range(3)]
+    for kernel in (plan.fwd, plan.dq, plan.dkdv):
+        assert kernel.runner is not None
+    for name, *values in zip(("out", "dq", "dk", "dv"), *runs, strict=True):
+        assert all(torch.equal(values[0], other) for other in values[1:]), name
+    flat = torch.empty(inputs[0].numel() + 1, device=DEVICE, dtype=torch.float16)
+    shifted = flat[1:].view(inputs[0].shape)  # 2 bytes past an aligned address
+    assert shifted.data_ptr() % 16 != 0
+    shifted.copy_(inputs[0].detach())
+    shifted.requires_grad_()
+    _check_against_reference(call, mask, [shifted, *inputs[1:]], grad_out, 0.125)
+
+
 @requires_triton
 def test_launch_plan_tables_equal_a_fresh_build():
     mask = ScaleMask((1, 2, 4, 9), "block_diagonal")
