@@ -64,8 +64,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="official VQVAE .pth (with --hmar)")
     model.add_argument("--hmar", type=Path, default=None,
                        help="official HMAR/VAR .pth (with --vae)")
+    model.add_argument("--kind", choices=("hmar-stage1", "var"), default=None,
+                       help="what a blocks.* --hmar file holds (when its bias does not say)")
     parser.add_argument("--device", default=None,
                         help='"cuda", "cpu", "cuda:1", ... (default: cuda if available, else cpu)')
+    parser.add_argument("--engine", choices=("auto", "fast", "reference"), default="auto",
+                        help="fast: half precision, fused kernels and CUDA graphs on GPUs; "
+                             "reference: the float32 modules; auto (default): fast")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on (0.0.0.0 exposes the app on your network)")
     parser.add_argument("--port", type=int, default=None,
@@ -143,15 +148,18 @@ def load_pipeline(args: argparse.Namespace, device: torch.device) -> tuple[Pipel
 
     if args.vae is not None:
         logger.info("loading official checkpoints %s + %s on %s", args.vae, args.hmar, device)
-        return hmar_core.load_official(args.vae, args.hmar, device=device), None
+        return hmar_core.load_official(args.vae, args.hmar, kind=args.kind, device=device,
+                                       engine=args.engine), None
     folder = args.checkpoint
     if folder is None and (DEFAULT_CHECKPOINT / "config.json").is_file():
         folder = DEFAULT_CHECKPOINT
     if folder is not None:
         logger.info("loading %s on %s", folder, device)
-        return hmar_core.Pipeline.from_pretrained(folder, device=device), None
+        return hmar_core.Pipeline.from_pretrained(folder, device=device,
+                                                  engine=args.engine), None
     logger.warning("WARNING: %s", RANDOM_MODEL_WARNING)
-    return hmar_core.Pipeline.random().to(device), RANDOM_MODEL_WARNING
+    return (hmar_core.Pipeline.random(device=device, engine=args.engine),
+            RANDOM_MODEL_WARNING)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,8 +24,7 @@ import numpy as np
 from PIL import Image
 
 from hmar_core import Pipeline
-from hmar_core.editing import EditOptions
-from hmar_core.editing_session import EditSession
+from hmar_core.editing import EditOptions, EditSession
 
 from .editor import background_image, editor_value, mask_from_layers
 from .errors import InputError, friendly_message
@@ -236,7 +235,7 @@ def generate_events(
 
 
 def _max_steps(pipeline: Pipeline) -> int:
-    return max_quality_steps(pipeline.patch_nums, pipeline.transformer.cfg.has_mask_branch)
+    return max_quality_steps(pipeline.patch_nums, pipeline.has_mask_branch)
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,7 @@ import torch
 from PIL import Image
 
 from hmar_core import GenerateOutput, Pipeline, ScaleState
-from hmar_core.editing import EditOptions
-from hmar_core.editing_ops import EditPreview, EditResult
-from hmar_core.editing_outpaint import outpaint
-from hmar_core.editing_session import EditSession
+from hmar_core.editing import EditOptions, EditPreview, EditResult, EditSession, outpaint
 
 from .imaging import ConfidenceTile, preview_strip, to_pil_images
 from .params import SamplingParams, Timing, max_quality_steps, refinement_passes
@@ -77,9 +74,8 @@ class _ScalePreview:
 
 def _preview_from_state(pipeline: Pipeline, state: ScaleState) -> _ScalePreview:
     """Decode the running latent of a scale into images (runs in the worker thread)."""
-    with torch.no_grad():
-        images = pipeline.tokenizer.decode_fhat(state.f_hat)  # (B, 3, H, W) in [-1, 1]
-    return _ScalePreview(state.scale, to_pil_images(images, (-1.0, 1.0)))
+    images = pipeline.decode_latent(state.f_hat)  # (B, 3, H, W) in [0, 1], on its engine
+    return _ScalePreview(state.scale, to_pil_images(images, (0.0, 1.0)))
 
 
 def run_generate(
@@ -229,7 +225,7 @@ def calibrate(pipeline: Pipeline, repeats: int = 1) -> Timing:
     Returns:
         The :class:`Timing` used by the expected-time label.
     """
-    max_steps = max_quality_steps(pipeline.patch_nums, pipeline.transformer.cfg.has_mask_branch)
+    max_steps = max_quality_steps(pipeline.patch_nums, pipeline.has_mask_branch)
 
     def seconds(steps: int) -> float:
         best = float("inf")

@@ -16,8 +16,7 @@ from typing import Any
 import gradio as gr
 
 from hmar_core import Pipeline
-from hmar_core.editing_ops import default_class_strength
-from hmar_core.editing_session import EditSession
+from hmar_core.editing import EditSession, default_class_strength
 
 from . import handlers
 from .params import MAX_VARIANTS, NO_CLASS, Timing, class_choices, max_quality_steps
@@ -67,7 +66,7 @@ def build_demo(
     Returns:
         The ``gr.Blocks`` with its queue configured (bounded); call ``launch()`` on it.
     """
-    max_steps = max_quality_steps(pipeline.patch_nums, pipeline.transformer.cfg.has_mask_branch)
+    max_steps = max_quality_steps(pipeline.patch_nums, pipeline.has_mask_branch)
     default_steps = min(pipeline.sampler_config.steps or min(3, max_steps), max_steps)
     scales = len(pipeline.patch_nums)
     names = pipeline.class_names

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hmar_core import EditOptions, Pipeline  # noqa: E402
-from hmar_core.editing_ops import default_class_strength  # noqa: E402
+from hmar_core.editing import default_class_strength  # noqa: E402
 from hmar_core.images import to_rgb  # noqa: E402
 
 logger = logging.getLogger("editing_quality")

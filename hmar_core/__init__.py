@@ -1,33 +1,37 @@
-"""HMAR Studio engine: configs, pyramid math, tokenizer, transformer, sampler, editing, pipeline."""
+"""HMAR Studio engine: configs, pyramid math, tokenizer, transformer, sampler, engines, editing,
+pipeline."""
 
 from .checkpoint import CheckpointError
 from .config import SamplerConfig, TokenizerConfig, TransformerConfig
-from .editing import EditOptions, EditSpec, edit_schedule
-from .editing_ops import EditPreview, EditResult
-from .editing_ops import edit as edit_image
-from .editing_outpaint import outpaint as outpaint_image
-from .editing_session import EditSession
-from .fast import FastPipeline, FastRunner
+from .editing import EditOptions, EditPreview, EditResult, EditSession, EditSpec, edit_schedule
+from .engine import ENGINE_CHOICES, EditModel, Engine
+from .fast import FastEngine, FastRunner
 from .model import TokenModel
-from .pipeline import GenerateOutput, Pipeline, load_official
+from .official import load_official
+from .pipeline import GenerateOutput, Pipeline
+from .reference_engine import ReferenceEngine
 from .sampler import SampleOutput, ScaleConstraint, ScaleState, sample
 from .schedules import default_schedule, schedule_from_steps, validate_schedule
 from .tokenizer import MultiScaleVQTokenizer
 from .transformer import HMARTransformer
 
 __all__ = [
+    "ENGINE_CHOICES",
     "CheckpointError",
+    "EditModel",
     "EditOptions",
     "EditPreview",
     "EditResult",
     "EditSession",
     "EditSpec",
-    "FastPipeline",
+    "Engine",
+    "FastEngine",
     "FastRunner",
     "GenerateOutput",
     "HMARTransformer",
     "MultiScaleVQTokenizer",
     "Pipeline",
+    "ReferenceEngine",
     "SampleOutput",
     "SamplerConfig",
     "ScaleConstraint",
@@ -36,10 +40,8 @@ __all__ = [
     "TokenizerConfig",
     "TransformerConfig",
     "default_schedule",
-    "edit_image",
     "edit_schedule",
     "load_official",
-    "outpaint_image",
     "sample",
     "schedule_from_steps",
     "validate_schedule",

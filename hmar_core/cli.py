@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError
-from .pipeline import Pipeline, load_official
+from .engine import ENGINE_CHOICES
+from .official import OFFICIAL_KINDS, load_official
+from .pipeline import Pipeline
 
 __all__ = ["DEFAULT_MODEL", "load_pipeline", "main", "save_grid"]
 
@@ -29,14 +31,18 @@ def load_pipeline(
     vae: str | Path | None = None,
     hmar: str | Path | None = None,
     device: str = "cpu",
+    engine: str = "auto",
+    kind: str | None = None,
 ) -> Pipeline:
-    """Our folder (default: the bundled model), or an official ``--vae``/``--hmar`` pair."""
+    """Our folder (default: the bundled model), or an official ``--vae``/``--hmar`` pair,
+    on the given engine (``auto``: the fast engine; see :func:`hmar_core.engine.resolve_engine`).
+    """
     if vae is not None or hmar is not None:
         if vae is None or hmar is None:
             raise ValueError("official checkpoints need both --vae and --hmar")
-        return load_official(vae, hmar, device=device)
+        return load_official(vae, hmar, kind=kind, device=device, engine=engine)
     folder = Path(checkpoint) if checkpoint is not None else DEFAULT_MODEL
-    return Pipeline.from_pretrained(folder, device=device)
+    return Pipeline.from_pretrained(folder, device=device, engine=engine)
 
 
 def save_grid(images: torch.Tensor, path: str | Path, columns: int | None = None) -> Path:
@@ -62,6 +68,11 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vae", help="official VQVAE .pth (with --hmar)")
     parser.add_argument("--hmar", help="official HMAR / VAR .pth (with --vae)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
+                        help="fast (half precision on GPUs), reference (float32 modules) or "
+                             "auto (fast; default)")
+    parser.add_argument("--kind", choices=OFFICIAL_KINDS,
+                        help="what a blocks.* --hmar file holds: hmar-stage1 or var")
 
 
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +87,8 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    pipe = load_pipeline(args.checkpoint, args.vae, args.hmar, args.device)
+    pipe = load_pipeline(args.checkpoint, args.vae, args.hmar, args.device, args.engine,
+                         args.kind)
     class_ids = None if args.class_id is None else [
         _class_index(pipe, c) for c in args.class_id for _ in range(args.num)]
     batch = args.num if class_ids is None else None
@@ -99,8 +111,8 @@ def _class_index(pipe: Pipeline, value: str) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    pipe = load_official(args.vae, args.hmar, mask_path=args.mask,
-                         n_layers_train=args.n_layers_train)
+    pipe = load_official(args.vae, args.hmar, mask_path=args.mask, kind=args.kind,
+                         n_layers_train=args.n_layers_train, engine="reference")
     dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     pipe.save_pretrained(args.out, dtype=dtype)
     logger.info("wrote %s (%s)", args.out, pipe.transformer.cfg)
@@ -126,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--vae", required=True)
     conv.add_argument("--hmar", required=True, help="HMAR, stage-1 or VAR .pth")
     conv.add_argument("--mask", help="stage-2 .pth to merge with a stage-1 file")
+    conv.add_argument("--kind", choices=OFFICIAL_KINDS,
+                      help="what a blocks.* --hmar file holds: hmar-stage1 or var")
     conv.add_argument("--n-layers-train", type=int, default=8)
     conv.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     conv.add_argument("--out", required=True)

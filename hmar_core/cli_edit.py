@@ -22,9 +22,16 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .editing import FIT_MODES, EditOptions
-from .editing_ops import EditPreview, EditResult, default_class_strength, edit
-from .editing_outpaint import FILL_MODES, outpaint
+from .editing import (
+    FILL_MODES,
+    FIT_MODES,
+    EditOptions,
+    EditPreview,
+    EditResult,
+    default_class_strength,
+    edit,
+    outpaint,
+)
 
 __all__ = ["add_edit_subcommands", "confidence_heatmap", "read_image"]
 
@@ -103,7 +110,8 @@ def _save(result: EditResult, args: argparse.Namespace) -> int:
 def _pipeline(args: argparse.Namespace) -> Any:
     from .cli import load_pipeline
 
-    return load_pipeline(args.checkpoint, args.vae, args.hmar, args.device)
+    return load_pipeline(args.checkpoint, args.vae, args.hmar, args.device, args.engine,
+                         args.kind)
 
 
 def _class(pipe: Any, value: str | None) -> int | None:

@@ -135,6 +135,8 @@ class TransformerConfig(_Serializable):
     ``n_layers_train`` = number of blocks in each of the ns and mask branches; the first
     ``depth - n_layers_train`` blocks are shared (``base_blocks``). ``kind="var"`` is VAR: one
     block stack, block-causal attention, no mask branch, KV cache at inference.
+    ``mask_branch=False`` is an HMAR stage-1 model: block-diagonal attention (no KV cache),
+    next-scale prediction only (the official stage-1 checkpoints).
     """
 
     depth: int = 16
@@ -142,6 +144,7 @@ class TransformerConfig(_Serializable):
     heads: int = 0
     n_layers_train: int = 8
     kind: Literal["hmar", "var"] = "hmar"
+    mask_branch: bool = True
     num_classes: int = 1000
     vocab_size: int = 4096
     latent_channels: int = 32
@@ -191,7 +194,7 @@ class TransformerConfig(_Serializable):
 
     @property
     def has_mask_branch(self) -> bool:
-        return self.kind == "hmar"
+        return self.kind == "hmar" and self.mask_branch
 
     @property
     def attention_pattern(self) -> Literal["block_diagonal", "block_causal"]:

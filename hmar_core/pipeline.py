@@ -1,8 +1,10 @@
-"""The typed public API: :class:`Pipeline` (tokenizer + transformer + sampler defaults).
+"""The typed public API: :class:`Pipeline` (tokenizer + transformer + sampler defaults + engine).
 
-``Pipeline.from_pretrained(folder)`` / ``save_pretrained(folder)`` use our format: a folder with
-``config.json``, ``tokenizer.safetensors`` and ``transformer.safetensors``.
-:func:`load_official` reads the official ``.pth`` files (VQVAE + HMAR, stage-1/stage-2 or VAR).
+``Pipeline.from_pretrained(folder, engine="auto")`` / ``save_pretrained(folder)`` use our
+format: a folder with ``config.json``, ``tokenizer.safetensors`` and ``transformer.safetensors``
+(:func:`hmar_core.official.load_official` reads the official ``.pth`` files). Every method runs
+on the pipeline's :class:`~hmar_core.engine.Engine`, ``"fast"`` or ``"reference"``
+(``pipe.engine`` says which); editing is :mod:`hmar_core.editing` over the same engine.
 """
 
 from __future__ import annotations
@@ -10,34 +12,38 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
 from PIL import Image
+from typing_extensions import Unpack
 
 from . import checkpoint as ckpt
-from . import editing_ops
+from . import editing
 from .config import SamplerConfig, TokenizerConfig, TransformerConfig
-from .editing import EditOptions
-from .editing_ops import EditResult, PreviewCallback, default_class_strength
-from .editing_outpaint import outpaint as outpaint_image
-from .editing_session import EditSession
+from .editing import (
+    EditFields,
+    EditOptions,
+    EditResult,
+    EditSession,
+    PreviewCallback,
+    default_class_strength,
+)
+from .engine import Engine, EngineName, resolve_engine
 from .images import ImageLike
-from .model import ScaleRunner, TokenModel
-from .sampler import SampleOutput, ScaleConstraint, ScaleState, sample
+from .model import TokenModel
+from .reference_engine import ReferenceEngine
+from .sampler import SampleOutput, ScaleConstraint, ScaleState
 from .schedules import Schedule, default_schedule, schedule_from_steps, validate_schedule
 from .tokenizer import MultiScaleVQTokenizer
 from .transformer import HMARTransformer
 from .weights_io import DEFAULT_SHARD_BYTES, load_weights, save_weights
 
-if TYPE_CHECKING:
-    from .fast import FastPipeline
-
-__all__ = ["GenerateOutput", "Pipeline", "load_official"]
+__all__ = ["GenerateOutput", "Pipeline"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +71,25 @@ class GenerateOutput:
 
 
 class Pipeline(nn.Module):
-    """Tokenizer, transformer and sampling defaults, with generation and checkpoint I/O.
+    """Tokenizer, transformer, sampling defaults and the engine that runs them.
+
+    Args:
+        tokenizer, transformer: the modules (eval mode is set here).
+        sampler_config: default :class:`SamplerConfig` of every method.
+        class_names: a readable name per class id.
+        engine: ``"reference"`` (default here), ``"fast"`` or ``"auto"`` (see
+            :func:`~hmar_core.engine.resolve_engine`); the loaders default to ``"auto"``.
+        engine_options: keyword arguments of :class:`~hmar_core.fast.FastEngine` (``dtype``,
+            ``cuda_graphs``, ``fused``, ``own_weights``, ...); only for the fast engine.
 
     Attributes:
-        tokenizer: the :class:`MultiScaleVQTokenizer` (``encode`` / ``decode``).
+        tokenizer: the :class:`MultiScaleVQTokenizer`.
         transformer: the :class:`HMARTransformer`.
-        model: :class:`TokenModel`, ``model(labels, tokens, masked=None) -> logits``.
-        sampler_config: default :class:`SamplerConfig` for :meth:`generate`.
+        model: :class:`TokenModel`, ``model(labels, tokens, masked=None) -> logits`` (teacher
+            forcing on the modules as they are, for tests and training tools).
+        sampler_config: default :class:`SamplerConfig` for every method.
         class_names: a readable name per class id.
+        backend: the :class:`~hmar_core.engine.Engine` every method runs on.
     """
 
     def __init__(
@@ -81,6 +98,9 @@ class Pipeline(nn.Module):
         transformer: HMARTransformer,
         sampler_config: SamplerConfig | None = None,
         class_names: Sequence[str] | None = None,
+        *,
+        engine: str = "reference",
+        engine_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         tcfg, mcfg = tokenizer.cfg, transformer.cfg
@@ -99,7 +119,57 @@ class Pipeline(nn.Module):
         self.sampler_config = sampler_config or SamplerConfig()
         self.class_names = list(class_names) if class_names is not None else [
             f"class {i}" for i in range(mcfg.num_classes)]
+        self._engine_name: EngineName = resolve_engine(engine, self.device)
+        self._engine_options = dict(engine_options or {})
+        if self._engine_name == "reference" and self._engine_options:
+            raise ValueError(f"engine options {sorted(self._engine_options)} apply to the fast "
+                             "engine only")
+        self._backend: Engine | None = None
         self.eval()
+
+    # ------------------------------------------------------------------------------ engine
+    @property
+    def engine(self) -> EngineName:
+        """Which engine runs every method: ``"fast"`` or ``"reference"``."""
+        return self._engine_name
+
+    @property
+    def backend(self) -> Engine:
+        """The :class:`~hmar_core.engine.Engine` (built on first use, rebuilt after ``.to``)."""
+        if self._backend is None:
+            if self._engine_name == "fast":
+                from .fast.engine import FastEngine
+
+                self._backend = FastEngine(self.tokenizer, self.transformer,
+                                           **self._engine_options)
+            else:
+                self._backend = ReferenceEngine(self.tokenizer, self.transformer)
+            logger.info("engine: %r", self._backend)
+        return self._backend
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> Pipeline:
+        # .to / .cuda / .half move or cast the modules: the fast engine's views of them are
+        # stale afterwards, so it is rebuilt on next use.
+        self._backend = None
+        return super()._apply(fn, recurse)  # type: ignore[return-value]
+
+    def with_engine(self, engine: str, **engine_options: Any) -> Pipeline:
+        """A pipeline over the same modules that runs on another engine.
+
+        The fast engine works on copies of the weights here (the modules stay usable by this
+        pipeline); load with ``from_pretrained(..., engine="fast")`` to have it own them
+        instead (no float32 copies alive).
+        """
+        options = dict(engine_options)
+        if resolve_engine(engine, self.device) == "fast":
+            options.setdefault("own_weights", False)
+        return Pipeline(self.tokenizer, self.transformer, self.sampler_config,
+                        self.class_names, engine=engine, engine_options=options)
+
+    def model_key(self) -> tuple[object, ...]:
+        """Identifies the weights, device, dtype and engine (edit-session cache keys)."""
+        return (id(self.transformer), id(self.tokenizer), str(self.device), str(self.dtype),
+                self.engine)
 
     # ----------------------------------------------------------------------------- basics
     @property
@@ -122,6 +192,16 @@ class Pipeline(nn.Module):
     def num_classes(self) -> int:
         return self.transformer.cfg.num_classes
 
+    @property
+    def null_class(self) -> int:
+        """The unconditional class id (``num_classes``)."""
+        return self.transformer.cfg.null_class
+
+    @property
+    def has_mask_branch(self) -> bool:
+        """Whether the model can refine (HMAR's mask branch); VAR and stage-1 models cannot."""
+        return self.transformer.cfg.has_mask_branch
+
     def resolve_schedule(
         self, mask_schedule: Sequence[Sequence[int]] | None = None, steps: int | None = None
     ) -> Schedule:
@@ -135,13 +215,13 @@ class Pipeline(nn.Module):
             schedule = validate_schedule(mask_schedule, self.patch_nums)
         elif steps is not None:
             schedule = schedule_from_steps(self.patch_nums, steps)
-        elif self.transformer.cfg.has_mask_branch:
+        elif self.has_mask_branch:
             schedule = default_schedule(self.patch_nums)
         else:
             schedule = schedule_from_steps(self.patch_nums, 0)
-        if not self.transformer.cfg.has_mask_branch and any(len(e) > 1 for e in schedule):
-            raise ValueError("this model has no mask branch (VAR): use steps=0 or a schedule "
-                             "with one entry per scale")
+        if not self.has_mask_branch and any(len(e) > 1 for e in schedule):
+            raise ValueError("this model has no mask branch (VAR or HMAR stage 1): use steps=0 "
+                             "or a schedule with one entry per scale")
         return schedule
 
     def labels_for(self, class_ids: ClassIds, batch: int | None, generator: torch.Generator
@@ -197,13 +277,16 @@ class Pipeline(nn.Module):
         resume: ScaleState | None = None,
         record_steps: bool = False,
     ) -> SampleOutput:
-        """Run the sampler with this pipeline's network and tokenizer (see :func:`sample`)."""
-        return sample(
-            ScaleRunner(self.transformer), self.tokenizer.quantize, self.patch_nums, settings,
-            schedule, labels=labels, null_class=self.transformer.cfg.null_class,
-            generator=generator, constraint=constraint, on_scale=on_scale, resume=resume,
-            record_steps=record_steps,
-        )
+        """Run the sampler on this pipeline's engine (see :func:`hmar_core.sampler.sample`)."""
+        return self.backend.sample_tokens(
+            labels, settings, schedule, generator, constraint=constraint, on_scale=on_scale,
+            resume=resume, record_steps=record_steps)
+
+    @torch.no_grad()
+    def decode_latent(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """A latent (B, C, h, w), e.g. a :class:`ScaleState`'s ``f_hat``, → images (B, 3, S, S)
+        float32 in [0, 1] (previews)."""
+        return (self.backend.decode(f_hat) + 1) / 2
 
     @torch.no_grad()
     def generate(
@@ -217,7 +300,6 @@ class Pipeline(nn.Module):
         mask_schedule: Sequence[Sequence[int]] | None = None,
         steps: int | None = None,
         batch_size: int | None = None,
-        return_tokens: bool = False,
         on_scale: Callable[[ScaleState], None] | None = None,
     ) -> GenerateOutput:
         """Generate images.
@@ -229,32 +311,21 @@ class Pipeline(nn.Module):
             mask_schedule: explicit schedule (one entry per scale), or
             steps: the quality knob (0 = no refinement; see ``schedule_from_steps``).
             batch_size: number of images when ``class_ids`` is an int or ``None``.
-            return_tokens: kept for API symmetry; tokens are always returned.
-            on_scale: called after every scale with the sampler state (previews).
+            on_scale: called after every scale with the sampler state (previews); raising
+                from it stops the run.
 
         Returns:
             :class:`GenerateOutput` with images in [0, 1].
         """
-        del return_tokens
         settings = self.sampler_settings(cfg=cfg, top_k=top_k, top_p=top_p)
         schedule = self.resolve_schedule(mask_schedule, steps)
         generator, seed = self.make_generator(seed)
         labels = self.labels_for(class_ids, batch_size, generator)
         out = self.sample_tokens(labels, settings, schedule, generator, on_scale=on_scale)
-        images = (self.tokenizer.decode_fhat(out.f_hat) + 1) / 2
+        images = self.decode_latent(out.f_hat)
         last = self.patch_nums[-1]
         confidence = out.confidence[-1].view(-1, last, last)
         return GenerateOutput(images, out.tokens, out.labels, confidence, seed)
-
-    def to_fast(self, **options: Any) -> FastPipeline:
-        """The fast inference engine over these weights (bf16, CUDA graphs, sync-free sampling).
-
-        ``options`` go to :class:`hmar_core.fast.FastPipeline` (``dtype``, ``cuda_graphs``, ...);
-        its ``generate`` / ``sample_tokens`` take the same arguments as this pipeline's.
-        """
-        from .fast import FastPipeline
-
-        return FastPipeline(self, **options)
 
     # ---------------------------------------------------------------------------- editing
     def edit(
@@ -265,127 +336,99 @@ class Pipeline(nn.Module):
         *,
         session: EditSession | None = None,
         on_preview: PreviewCallback | None = None,
+        **fields: Unpack[EditFields],
     ) -> EditResult:
-        """The rich edit behind :meth:`inpaint` / :meth:`edit_class` (see :func:`editing_ops.edit`).
+        """The rich edit behind :meth:`inpaint` / :meth:`edit_class` (:func:`editing.edit`).
 
         Args:
             image: PIL image or numpy array, any size and mode.
-            mask: region to regenerate; ``None`` = the whole image.
-            options: an :class:`EditOptions` (class, seed, steps, strength, fit, ...).
+            mask: region to regenerate (white / True / opaque); ``None`` = the whole image.
+            options: an :class:`EditOptions` (class, seed, steps, strength, fit, ...); keyword
+                ``fields`` of the same names override it.
             session: an :class:`EditSession` for incremental re-edits.
             on_preview: called with an :class:`EditPreview` after every scale.
         """
-        return editing_ops.edit(self, image, mask, options, session=session,
-                                on_preview=on_preview)
+        return editing.edit(self, image, mask, _options(options, fields), session=session,
+                            on_preview=on_preview)
 
     def inpaint(
         self,
         image: ImageLike,
         mask: ImageLike,
+        options: EditOptions | None = None,
         *,
-        class_id: int | None = None,
-        seed: int | None = None,
-        steps: int | None = None,
-        cfg: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        strength: int = 0,
-        grow: int = 1,
-        feather: int = 8,
-        fit: str = "whole",
-        padding: int = 32,
-        num_variants: int = 1,
-        on_preview: PreviewCallback | None = None,
         session: EditSession | None = None,
+        on_preview: PreviewCallback | None = None,
+        **fields: Unpack[EditFields],
     ) -> Image.Image | list[Image.Image]:
         """Regenerate the masked region (white / True / opaque = regenerate).
 
-        ``class_id=None`` in-fills with the null class; ``fit="masked"`` edits a square crop
-        around the mask (``padding`` px) at full model resolution. Pixels farther than
-        ``feather`` from the mask are returned unchanged. See :class:`EditOptions`.
+        Keywords are :class:`EditOptions` fields (``class_id=None`` in-fills with the null
+        class; ``fit="masked"`` edits a square crop around the mask at full model resolution;
+        pixels farther than ``feather`` from the mask are returned unchanged).
 
         Returns:
-            A PIL RGB image of the input's size, or a list of ``num_variants`` images.
+            A PIL image of the input's size, or a list of ``num_variants`` images.
         """
-        options = EditOptions(class_id=class_id, seed=seed, steps=steps, cfg=cfg, top_k=top_k,
-                              top_p=top_p, strength=strength, grow=grow, feather=feather,
-                              fit=fit, padding=padding, num_variants=num_variants)
-        result = self.edit(image, mask, options, session=session, on_preview=on_preview)
-        return result.images if num_variants > 1 else result.image
+        result = self.edit(image, mask, options, session=session, on_preview=on_preview,
+                           **fields)
+        return _images(result)
 
     def outpaint(
         self,
         image: ImageLike,
+        options: EditOptions | None = None,
         *,
         left: int = 0,
         right: int = 0,
         top: int = 0,
         bottom: int = 0,
-        class_id: int | None = None,
-        seed: int | None = None,
-        steps: int | None = None,
-        cfg: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        strength: int = 0,
-        grow: int = 1,
-        feather: int = 8,
         fill: str = "replicate",
-        num_variants: int = 1,
+        session: EditSession | None = None,
         on_preview: PreviewCallback | None = None,
+        **fields: Unpack[EditFields],
     ) -> Image.Image | list[Image.Image]:
         """Extend the canvas by the given pixels and generate the new area.
 
-        Large extents slide a window that keeps at least half known content (see
-        :mod:`hmar_core.editing_outpaint`); zero extents return the input unchanged.
+        Keywords besides the extents and ``fill`` are :class:`EditOptions` fields. Large
+        extents slide a window that keeps at least half known content (see
+        :mod:`hmar_core.editing.outpaint`); zero extents return the input unchanged.
 
         Returns:
-            A PIL RGB image of the extended size, or a list of ``num_variants`` images.
+            A PIL image of the extended size, or a list of ``num_variants`` images.
         """
-        options = EditOptions(class_id=class_id, seed=seed, steps=steps, cfg=cfg, top_k=top_k,
-                              top_p=top_p, strength=strength, grow=grow, feather=feather,
-                              num_variants=num_variants)
-        result = outpaint_image(self, image, left=left, right=right, top=top, bottom=bottom,
-                                options=options, fill=fill, on_preview=on_preview)
-        return result.images if num_variants > 1 else result.image
+        result = editing.outpaint(self, image, left=left, right=right, top=top, bottom=bottom,
+                                  options=_options(options, fields), fill=fill,
+                                  session=session, on_preview=on_preview)
+        return _images(result)
 
     def edit_class(
         self,
         image: ImageLike,
         class_id: int,
         mask: ImageLike | None = None,
+        options: EditOptions | None = None,
         *,
-        strength: int | None = None,
-        seed: int | None = None,
-        steps: int | None = None,
-        cfg: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        grow: int = 1,
-        feather: int = 8,
-        fit: str = "whole",
-        padding: int = 32,
-        num_variants: int = 1,
-        on_preview: PreviewCallback | None = None,
         session: EditSession | None = None,
+        on_preview: PreviewCallback | None = None,
+        **fields: Unpack[EditFields],
     ) -> Image.Image | list[Image.Image]:
         """Regenerate the masked region (``None``: the whole image) as class ``class_id``.
 
-        ``strength`` = coarse scales kept from the source (default
-        :func:`default_class_strength`: ~30 % of the scales, keeping colours and layout).
+        ``strength`` (coarse scales kept from the source) defaults to
+        :func:`default_class_strength` (~30 % of the scales: colours and layout stay).
 
         Returns:
-            A PIL RGB image of the input's size, or a list of ``num_variants`` images.
+            A PIL image of the input's size, or a list of ``num_variants`` images.
         """
         if isinstance(class_id, bool) or not isinstance(class_id, int):
             raise ValueError(f"class_id must be an int class id, got {class_id!r}")
-        if strength is None:
-            strength = default_class_strength(len(self.patch_nums))
-        options = EditOptions(class_id=class_id, seed=seed, steps=steps, cfg=cfg, top_k=top_k,
-                              top_p=top_p, strength=strength, grow=grow, feather=feather,
-                              fit=fit, padding=padding, num_variants=num_variants)
-        result = self.edit(image, mask, options, session=session, on_preview=on_preview)
-        return result.images if num_variants > 1 else result.image
+        if "strength" not in fields and options is None:
+            fields["strength"] = default_class_strength(len(self.patch_nums))
+        fields["class_id"] = class_id
+        result = self.edit(image, mask, options, session=session, on_preview=on_preview,
+                           **fields)
+        return _images(result)
 
     # ------------------------------------------------------------------------ checkpoints
     def save_pretrained(
@@ -420,9 +463,21 @@ class Pipeline(nn.Module):
         cls,
         folder: str | Path,
         device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
+        *,
+        engine: str = "auto",
+        **engine_options: Any,
     ) -> Pipeline:
         """Load a folder written by :meth:`save_pretrained`.
+
+        Args:
+            folder: the model folder.
+            device: where the model runs.
+            dtype: the reference engine's module dtype (default float32); for the fast
+                engine, its block dtype (default half precision on accelerators, float32 on
+                CPU; ``torch.float32`` gives the reference's tokens).
+            engine: ``"auto"`` (default), ``"fast"`` or ``"reference"``.
+            engine_options: more :class:`~hmar_core.fast.FastEngine` options.
 
         Raises:
             ckpt.CheckpointError: missing files, bad JSON, wrong keys/shapes, corrupt weights.
@@ -442,7 +497,8 @@ class Pipeline(nn.Module):
         weights = {name: load_weights(folder, name) for name in ("tokenizer", "transformer")}
         return cls.from_state_dicts(tokenizer_cfg, weights["tokenizer"], transformer_cfg,
                                     weights["transformer"], sampler_cfg,
-                                    config.get("class_names"), device=device, dtype=dtype)
+                                    config.get("class_names"), device=device, dtype=dtype,
+                                    engine=engine, **engine_options)
 
     @classmethod
     def random(
@@ -451,8 +507,17 @@ class Pipeline(nn.Module):
         transformer_cfg: TransformerConfig | str = "tiny",
         seed: int = 0,
         sampler_cfg: SamplerConfig | None = None,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        engine: str = "reference",
+        **engine_options: Any,
     ) -> Pipeline:
-        """A randomly initialised pipeline (tests, benchmarks, the start of training)."""
+        """A randomly initialised pipeline (tests, benchmarks, the start of training).
+
+        Initialised on the CPU in float32 (reproducible by ``seed`` on any device); with the
+        fast engine the blocks are cast to its dtype before they move to ``device``.
+        """
         from .init import random_modules
 
         if isinstance(tokenizer_cfg, str):
@@ -460,7 +525,8 @@ class Pipeline(nn.Module):
         if isinstance(transformer_cfg, str):
             transformer_cfg = TransformerConfig.from_name(transformer_cfg)
         tokenizer, transformer = random_modules(tokenizer_cfg, transformer_cfg, seed)
-        return cls(tokenizer, transformer, sampler_cfg)
+        return cls._assemble(tokenizer, transformer, sampler_cfg, None, device, dtype, engine,
+                             engine_options)
 
     @classmethod
     def from_state_dicts(
@@ -473,56 +539,74 @@ class Pipeline(nn.Module):
         class_names: Sequence[str] | None = None,
         *,
         device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
+        engine: str = "reference",
+        **engine_options: Any,
     ) -> Pipeline:
-        """Build on the meta device and load (strictly) our-layout state dicts."""
+        """Build on the meta device and load (strictly) our-layout state dicts.
+
+        With the fast engine, the transformer blocks are built in its dtype before loading, so
+        the checkpoint's tensors are cast straight into them (no float32 copy of the blocks is
+        ever made) and the engine owns the weights.
+        """
         ckpt.check_declared_structure(tokenizer_cfg, tokenizer_sd, transformer_cfg,
                                       transformer_sd)
         with torch.device("meta"):
             tokenizer = MultiScaleVQTokenizer(tokenizer_cfg)
             transformer = HMARTransformer(transformer_cfg)
+        name = resolve_engine(engine, device)
+        if name == "fast":
+            from .fast.engine import cast_blocks_
+            from .fast.runner import default_dtype as fast_dtype
+
+            cast_blocks_(transformer, dtype or fast_dtype(torch.device(device)))
         ckpt.load_into(tokenizer, tokenizer_sd, "tokenizer")
         ckpt.load_into(transformer, transformer_sd, "transformer")
-        pipe = cls(tokenizer, transformer, sampler_cfg, class_names)
-        return pipe.to(device=device, dtype=dtype)
+        return cls._assemble(tokenizer, transformer, sampler_cfg, class_names, device, dtype,
+                             engine, engine_options)
+
+    @classmethod
+    def _assemble(
+        cls,
+        tokenizer: MultiScaleVQTokenizer,
+        transformer: HMARTransformer,
+        sampler_cfg: SamplerConfig | None,
+        class_names: Sequence[str] | None,
+        device: torch.device | str,
+        dtype: torch.dtype | None,
+        engine: str,
+        engine_options: Mapping[str, Any],
+    ) -> Pipeline:
+        """Move the modules to ``device`` (and dtype) and wrap them with their engine."""
+        device = torch.device(device)
+        name = resolve_engine(engine, device)
+        if name == "fast":
+            from .fast.engine import cast_blocks_
+            from .fast.runner import default_dtype as fast_dtype
+
+            block_dtype = dtype or fast_dtype(device)
+            cast_blocks_(transformer, block_dtype)  # before the move: no float32 blocks there
+            tokenizer.to(device)
+            transformer.to(device)
+            options = {"dtype": block_dtype, "own_weights": True, **engine_options}
+            return cls(tokenizer, transformer, sampler_cfg, class_names, engine="fast",
+                       engine_options=options)
+        if engine_options:
+            raise ValueError(f"engine options {sorted(engine_options)} apply to the fast "
+                             "engine only")
+        tokenizer.to(device=device, dtype=dtype or torch.float32)
+        transformer.to(device=device, dtype=dtype or torch.float32)
+        return cls(tokenizer, transformer, sampler_cfg, class_names)
 
 
-def load_official(
-    vae_path: str | Path,
-    hmar_path: str | Path,
-    *,
-    mask_path: str | Path | None = None,
-    n_layers_train: int = 8,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    sampler_config: SamplerConfig | None = None,
-    **overrides: Any,
-) -> Pipeline:
-    """Load official checkpoints, inferring the configuration from tensor shapes.
+def _options(options: EditOptions | None, fields: Mapping[str, Any]) -> EditOptions:
+    """``options`` (default :class:`EditOptions`) with the keyword fields applied."""
+    base = options if options is not None else EditOptions()
+    try:
+        return replace(base, **fields)
+    except TypeError as err:  # an unknown keyword: say which, like a signature would
+        raise TypeError(f"unknown edit option: {err}") from None
 
-    Args:
-        vae_path: the VQVAE ``.pth`` (e.g. ``vae_ch160v4096z32.pth``).
-        hmar_path: an HMAR ``.pth`` (``base_blocks``/``ns_blocks``/``mask_blocks``), or a
-            stage-1 / VAR ``.pth`` (``blocks.*``). With ``mask_path`` (a stage-2 ``.pth``) the
-            two stages are merged into HMAR with ``n_layers_train`` branch blocks; a ``blocks``
-            file alone loads as a VAR model (block-causal, KV cache).
-        overrides: transformer config fields to force (e.g. ``patch_nums``).
 
-    Returns:
-        A :class:`Pipeline` in eval mode.
-    """
-    vae_sd = ckpt.convert_official_vqvae_state_dict(ckpt.load_torch_weights(vae_path))
-    official = ckpt.load_torch_weights(hmar_path)
-    if mask_path is not None:
-        official = ckpt.merge_official_stage_state_dicts(
-            official, ckpt.load_torch_weights(mask_path), n_layers_train)
-    if any(k.startswith("base_blocks.") or k.startswith("ns_blocks.") for k in official):
-        transformer_sd = ckpt.convert_official_hmar_state_dict(official)
-    elif any(k.startswith("blocks.") for k in official):
-        transformer_sd = ckpt.convert_official_var_state_dict(official)
-    else:
-        raise ckpt.CheckpointError(f"{hmar_path}: neither an HMAR nor a VAR/stage-1 checkpoint")
-    transformer_cfg = ckpt.infer_transformer_config(transformer_sd, **overrides)
-    tokenizer_cfg = ckpt.infer_tokenizer_config(vae_sd, patch_nums=transformer_cfg.patch_nums)
-    return Pipeline.from_state_dicts(tokenizer_cfg, vae_sd, transformer_cfg, transformer_sd,
-                                     sampler_config, device=device, dtype=dtype)
+def _images(result: EditResult) -> Image.Image | list[Image.Image]:
+    return result.images if len(result.images) > 1 else result.image

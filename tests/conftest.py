@@ -51,7 +51,8 @@ def reference(fixture_dir: Path) -> dict:
 def official_pipe(fixture_dir: Path):
     from hmar_core import load_official
 
-    return load_official(fixture_dir / "vqvae.pth", fixture_dir / "hmar.pth")
+    return load_official(fixture_dir / "vqvae.pth", fixture_dir / "hmar.pth",
+                         engine="reference")
 
 
 @pytest.fixture()

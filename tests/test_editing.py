@@ -160,9 +160,9 @@ def test_outpaint_sizes_windows_and_exact_original(pipe):
     far = _far_from(new_area, 2)
     assert far.sum() > 300 and np.array_equal(np.asarray(result)[:20, 4:34][far[:20, 4:34]],
                                                image[far[:20, 4:34]])
-    from hmar_core import outpaint_image
+    from hmar_core.editing import outpaint
 
-    wide = outpaint_image(pipe, image, right=70, bottom=10,
+    wide = outpaint(pipe, image, right=70, bottom=10,
                           options=EditOptions(seed=2, steps=0, feather=0, num_variants=2))
     assert len(wide.windows) > 1 and all(i.size == (100, 30) for i in wide.images)
     assert np.array_equal(np.asarray(wide.images[0])[:20, :30], image)

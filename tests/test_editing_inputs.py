@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from hmar_core import images as im
-from hmar_core.editing import EditOptions, EditSpec, _cosine_entry, edit_schedule
-from hmar_core.editing_outpaint import plan_outpaint_windows, prefill_canvas
-from hmar_core.masks import composite, feather_weights, token_masks
+from hmar_core.editing.masks import composite, feather_weights, token_masks
+from hmar_core.editing.outpaint import plan_outpaint_windows, prefill_canvas
+from hmar_core.editing.spec import EditOptions, EditSpec, _cosine_entry, edit_schedule
 from hmar_core.schedules import default_schedule, remask_counts
 
 RNG = np.random.default_rng(0)

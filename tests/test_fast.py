@@ -143,7 +143,7 @@ def var_pipe() -> Pipeline:
 
 def test_fast_generate_float32_identical_tokens(tiny_pipe, var_pipe):
     for pipe in (tiny_pipe, var_pipe):
-        fast = pipe.to_fast(dtype=torch.float32)
+        fast = pipe.with_engine("fast", dtype=torch.float32)
         for seed in (0, 1, 7):
             ref = pipe.generate(seed=seed, batch_size=3)
             out = fast.generate(seed=seed, batch_size=3)
@@ -194,7 +194,7 @@ class _BoxConstraint:
 
 def test_fast_edit_and_resume_identical_tokens(tiny_pipe):
     pipe = tiny_pipe
-    fast = pipe.to_fast(dtype=torch.float32)
+    fast = pipe.with_engine("fast", dtype=torch.float32)
     settings = pipe.sampler_settings()
     schedule = pipe.resolve_schedule(steps=2)
     labels = torch.tensor([2, 2])
@@ -219,26 +219,26 @@ def test_fast_edit_and_resume_identical_tokens(tiny_pipe):
 
 
 def test_fast_encode_decode_float32(tiny_pipe):
-    fast = tiny_pipe.to_fast(dtype=torch.float32, decode_batch=2)
+    fast = tiny_pipe.with_engine("fast", dtype=torch.float32, decode_batch=2)
     images = torch.rand(3, 3, tiny_pipe.image_size, tiny_pipe.image_size) * 2 - 1
     with torch.no_grad():
         tokens = tiny_pipe.tokenizer.encode(images)
-        assert _same_tokens(fast.encode(images), tokens)
+        assert _same_tokens(fast.backend.encode(images), tokens)
         f_hat = tiny_pipe.tokenizer.fhat_from_tokens(tokens)[-1]
-        decoded = fast.decode_fhat(f_hat)  # chunks of 2: convolution sums may round apart
+        decoded = fast.backend.decode(f_hat)  # chunks of 2: convolution sums may round apart
         assert (decoded - tiny_pipe.tokenizer.decode_fhat(f_hat)).abs().max() <= 1e-5
 
 
 def test_compiled_vae_matches_eager(tiny_pipe):
     """compile_vae=True (the CUDA default) through inductor on CPU: same latents and images."""
-    fast = tiny_pipe.to_fast(dtype=torch.float32, decode_batch=2, compile_vae=True)
+    fast = tiny_pipe.with_engine("fast", dtype=torch.float32, decode_batch=2, compile_vae=True)
     images = torch.rand(2, 3, tiny_pipe.image_size, tiny_pipe.image_size) * 2 - 1
     with torch.no_grad():
         tokens = tiny_pipe.tokenizer.encode(images)
         f_hat = tiny_pipe.tokenizer.fhat_from_tokens(tokens)[-1]
-        decoded = fast.decode_fhat(f_hat)
-        encoded = fast.encode(images)
-        assert fast._decoder.compiled is not None, "compiling fell back to eager"
+        decoded = fast.backend.decode(f_hat)
+        encoded = fast.backend.encode(images)
+        assert fast.backend._decoder.compiled is not None, "compiling fell back to eager"
         assert (decoded - tiny_pipe.tokenizer.decode_fhat(f_hat)).abs().max() <= 1e-4
         assert sum(int((a == b).sum()) for a, b in zip(encoded, tokens)) >= 0.99 * sum(
             t.numel() for t in tokens)
@@ -258,7 +258,7 @@ def test_compiled_or_eager_falls_back():
 
 
 def test_bf16_generation_runs_and_is_close(tiny_pipe):
-    fast = tiny_pipe.to_fast(dtype=torch.bfloat16)
+    fast = tiny_pipe.with_engine("fast", dtype=torch.bfloat16)
     with torch.no_grad():
         out = fast.generate(seed=0, batch_size=2)
         ref = tiny_pipe.generate(seed=0, batch_size=2)
@@ -333,10 +333,10 @@ def test_cuda_graphs_match_eager(kind):
 @pytest.mark.gpu
 def test_fast_pipeline_on_cuda(tiny_pipe):
     pipe = tiny_pipe.to("cuda")
-    fast = pipe.to_fast()
+    fast = pipe.with_engine("fast")
     with torch.no_grad():
         first = fast.generate(seed=0, batch_size=2)  # captures
         again = fast.generate(seed=0, batch_size=2)  # replays
     assert _same_tokens(first.tokens, again.tokens)
     assert first.images.shape == (2, 3, pipe.image_size, pipe.image_size)
-    assert len(fast.runner.graphs) > 0
+    assert len(fast.backend.runner.graphs) > 0

@@ -164,7 +164,7 @@ def test_runner_fused_logits_equal_unfused(kind, dtype):
     masked = None if x_mask is None else (torch.rand(x_ns.shape[:2], generator=gen) < 0.4)
     masked = None if masked is None else masked.to(DEVICE)
     labels = torch.tensor([3, 10], device=DEVICE)
-    residual = torch.float32 if dtype != torch.float32 else None  # FastPipeline's setting
+    residual = torch.float32 if dtype != torch.float32 else None  # the fast engine's setting
     plain = FastRunner(model, dtype, cuda_graphs=False, residual_dtype=residual, fused=False)
     fast = FastRunner(model, dtype, cuda_graphs=False, residual_dtype=residual, fused=True)
     assert fast.fused and not plain.fused

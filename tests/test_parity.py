@@ -101,7 +101,7 @@ def test_greedy_generation_identical(official_pipe, reference):
     for run in reference["api"]["generate"]:
         out = official_pipe.generate(
             run["class_ids"], seed=run["seed"], cfg=run["cfg"], top_k=run["top_k"],
-            top_p=run["top_p"], mask_schedule=run["mask_schedule"], return_tokens=True)
+            top_p=run["top_p"], mask_schedule=run["mask_schedule"])
         for mine, theirs in zip(out.tokens, run["tokens"]):
             assert torch.equal(mine, theirs)
         assert (out.images - run["images"]).abs().max() <= 1e-4
@@ -148,10 +148,78 @@ def test_stage_files_load_like_hmar(fixture_dir, official_pipe, reference):
     assert _max_rel(logits, api["mask_logits"]) <= 1e-4
 
 
-def test_stage1_as_var_layout_loads_with_block_causal_attention(fixture_dir):
-    """A blocks.* file alone is VAR's layout: it loads as a VAR model (block-causal)."""
-    pipe = load_official(fixture_dir / "vqvae.pth", fixture_dir / "nsp.pth")
+def test_stage1_file_loads_as_hmar_stage1_by_its_attention_bias(fixture_dir, reference):
+    """nsp.pth (blocks.*) is an HMAR stage-1 model: block-diagonal, no KV cache, and its
+    next-scale logits are the official HMAR's (stage 2 only adds the mask branch)."""
+    pipe = load_official(fixture_dir / "vqvae.pth", fixture_dir / "nsp.pth", n_layers_train=1,
+                         engine="reference")
+    cfg = pipe.transformer.cfg
+    assert cfg.kind == "hmar" and not cfg.has_mask_branch and not pipe.backend.stateful
+    assert pipe.transformer.scale_mask.pattern == "block_diagonal"
+    api = reference["api"]["model"]
+    with torch.no_grad():
+        ns = pipe.model(api["labels"], api["tokens"])
+    assert _max_rel(ns, api["ns_logits"]) <= 1e-4
+    with pytest.raises(ValueError, match="no mask branch"):
+        pipe.generate(1, steps=2)
+    assert pipe.generate([1, 2], seed=0).images.shape == (2, 3, 64, 64)
+
+
+def test_stage1_kind_is_checked_and_never_guessed(fixture_dir, tmp_path):
+    nsp = ckpt.load_torch_weights(fixture_dir / "nsp.pth")
+    with pytest.raises(ckpt.CheckpointError, match="attention bias is that of 'hmar-stage1'"):
+        load_official(fixture_dir / "vqvae.pth", fixture_dir / "nsp.pth", kind="var")
+    with pytest.raises(ckpt.CheckpointError, match="not 'var'"):
+        load_official(fixture_dir / "vqvae.pth", fixture_dir / "hmar.pth", kind="var")
+    silent = {k: v for k, v in nsp.items() if k != "attn_bias_for_masking"}
+    torch.save(silent, tmp_path / "silent.pth")
+    with pytest.raises(ckpt.CheckpointError, match="kind='hmar-stage1' or kind='var'"):
+        load_official(fixture_dir / "vqvae.pth", tmp_path / "silent.pth")
+    var = load_official(fixture_dir / "vqvae.pth", tmp_path / "silent.pth", kind="var")
+    assert var.transformer.cfg.kind == "var" and var.backend.stateful
+    assert var.transformer.scale_mask.pattern == "block_causal"
+    assert var.generate([1, 2], seed=0, top_k=1, top_p=0.0, cfg=1.0).images.shape == (
+        2, 3, 64, 64)
+    # a VAR file whose bias is block-causal is recognised without kind
+    causal = dict(nsp)
+    scale_of = torch.repeat_interleave(torch.arange(4), torch.tensor([1, 4, 9, 16]))
+    allowed = scale_of[:, None] >= scale_of[None, :]
+    causal["attn_bias_for_masking"] = torch.zeros(30, 30).masked_fill(~allowed, float("-inf"))[
+        None, None]
+    torch.save(causal, tmp_path / "var.pth")
+    pipe = load_official(fixture_dir / "vqvae.pth", tmp_path / "var.pth")
     assert pipe.transformer.cfg.kind == "var"
-    assert pipe.transformer.scale_mask.pattern == "block_causal"
-    out = pipe.generate([1, 2], seed=0, top_k=1, top_p=0.0, cfg=1.0)
-    assert out.images.shape == (2, 3, 64, 64)
+
+
+def test_converted_models_keep_official_sampling_defaults(fixture_dir):
+    from hmar_core.config import TransformerConfig
+    from hmar_core.official import official_sampler_config
+
+    pipe = load_official(fixture_dir / "vqvae.pth", fixture_dir / "hmar.pth")
+    # depth 2 has no official sample config: the official argument defaults
+    assert (pipe.sampler_config.cfg, pipe.sampler_config.top_k, pipe.sampler_config.top_p) == (
+        1.5, 900, 0.96)
+    assert pipe.sampler_config.mask_cfg_ratio == 1e-6 and pipe.sampler_config.steps is None
+    d16 = official_sampler_config(TransformerConfig.from_name("hmar-d16"))
+    d24 = official_sampler_config(TransformerConfig.from_name("hmar-d24"))
+    assert (d16.cfg, d16.top_k, d16.top_p) == (1.7, 1000, 0.99)
+    assert (d24.cfg, d24.top_k, d24.top_p) == (2.1, 900, 0.99)
+
+
+@pytest.mark.parametrize("index", [0, 2])
+def test_fast_engine_float32_matches_official_rng(fixture_dir, reference, index):
+    """The fast engine in float32 reproduces the official stochastic runs token for token."""
+    pipe = load_official(fixture_dir / "vqvae.pth", fixture_dir / "hmar.pth", engine="fast",
+                         dtype=torch.float32)
+    assert pipe.engine == "fast"
+    run, args = reference["generate"][index], reference["generate"][index]["args"]
+    generator, _ = pipe.make_generator(args["g_seed"])
+    labels = pipe.labels_for(args["label"], 3, generator)
+    settings = pipe.sampler_settings(cfg=args["cfg"], top_k=args["top_k"], top_p=args["top_p"])
+    schedule = pipe.resolve_schedule(
+        reference["config"]["mask_schedule"] if args["mask"] else None,
+        None if args["mask"] else 0)
+    out = pipe.sample_tokens(labels, settings, schedule, generator)
+    for mine, theirs in zip(out.tokens, run["tokens_per_step"]):
+        assert torch.equal(mine, theirs[-1])
+    assert (pipe.decode_latent(out.f_hat) - run["image_01"]).abs().max() <= 1e-4

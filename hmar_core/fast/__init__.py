@@ -1,12 +1,12 @@
 """The fast inference path: half-precision blocks, per-scale CUDA graphs, sync-free sampling.
 
-Opt-in and checked against the float32 reference (``tests/test_fast.py``,
-``benchmarks/inference.py``); the reference path is unchanged. Entry point:
-``pipe.to_fast()`` → :class:`FastPipeline` (``generate``, ``sample_tokens``, ``encode``,
-``decode_fhat``), or :class:`FastRunner` as a drop-in :class:`~hmar_core.sampler.ScaleModel`.
+Checked against the float32 reference engine (``tests/test_fast.py``, ``tests/test_engines.py``).
+Entry point: ``Pipeline.from_pretrained(folder, engine="fast")`` (or ``"auto"``), whose every
+method then runs on :class:`FastEngine`; :class:`FastRunner` is also a drop-in
+:class:`~hmar_core.sampler.ScaleModel`.
 """
 
-from .engine import CompiledOrEager, FastPipeline, cast_blocks_
+from .engine import CompiledOrEager, FastEngine, cast_blocks_
 from .graphs import GraphCache
 from .runner import FastRunner, default_dtype
 from .sampling import (
@@ -19,7 +19,7 @@ from .sampling import (
 
 __all__ = [
     "CompiledOrEager",
-    "FastPipeline",
+    "FastEngine",
     "FastRunner",
     "GraphCache",
     "GuidedScaleModel",

@@ -1,36 +1,40 @@
-"""FastPipeline: generation and editing through the fast path, same API as the Pipeline.
+"""FastEngine: the fast :class:`~hmar_core.engine.Engine` (half-precision blocks, fused
+kernels, CUDA graphs, sync-free sampling).
 
-:class:`FastPipeline` wraps a :class:`~hmar_core.pipeline.Pipeline` (reached with
-``pipe.to_fast()``): the transformer runs through a :class:`~hmar_core.fast.runner.FastRunner`,
-the sampling loop is :func:`~hmar_core.fast.sampling.fast_sample`, and the VQ-VAE convolution
+A :class:`~hmar_core.pipeline.Pipeline` built with ``engine="fast"`` runs every method through
+this engine: the transformer runs through a :class:`~hmar_core.fast.runner.FastRunner`, the
+sampling loop is :func:`~hmar_core.fast.sampling.fast_sample`, and the VQ-VAE convolution
 stacks run in ``vae_dtype`` (bf16 on accelerators) while the quantiser (codebook, phi convs,
-f_hat) stays float32. Settings, schedules, labels and seeds come from the wrapped pipeline, so
-``fast.generate(...)`` takes the arguments of ``Pipeline.generate`` and, in float32, returns the
-same tokens for the same seed.
+f_hat) stays float32. In float32 it returns the reference engine's tokens for the same seed
+(``tests/test_engines.py``).
+
+Weights: with ``own_weights=True`` (what ``Pipeline.from_pretrained(..., engine="fast")`` and
+``load_official(..., engine="fast")`` use) the engine casts the transformer blocks and the VAE
+convolutions *in place*, so no float32 copy of them stays alive; the modules then serve this
+engine only. Without it (``pipe.with_engine("fast")`` on an existing float32 pipeline) it
+works on copies and leaves the modules untouched.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 
 from .. import pyramid
 from ..config import SamplerConfig
+from ..engine import EngineName
 from ..sampler import SampleOutput, ScaleConstraint, ScaleState
 from ..schedules import Schedule
+from ..tokenizer import MultiScaleVQTokenizer
 from ..transformer import HMARTransformer
-from .runner import FastRunner
+from .runner import FastRunner, default_dtype
 from .sampling import fast_sample
 
-if TYPE_CHECKING:
-    from ..pipeline import ClassIds, GenerateOutput, Pipeline
-
-__all__ = ["CompiledOrEager", "FastPipeline", "cast_blocks_"]
+__all__ = ["CompiledOrEager", "FastEngine", "cast_blocks_"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +73,11 @@ class CompiledOrEager:
         return self.module(x)
 
 
-class FastPipeline:
-    """The fast inference engine over a pipeline's weights.
+class FastEngine:
+    """The fast engine over a tokenizer and transformer (see the module docstring).
 
     Args:
-        pipe: the :class:`~hmar_core.pipeline.Pipeline` (eval mode).
+        tokenizer, transformer: the (eval-mode) modules, already on their device.
         dtype: transformer block dtype (default fp16 on accelerators, float32 on CPU).
         residual_dtype: dtype of the residual stream between blocks (float32 by default, as
             under autocast: it keeps half-precision logits within ~0.2 % of float32).
@@ -82,19 +86,21 @@ class FastPipeline:
             unlike the blocks, conv activations are not normalised before every product, so
             the wider exponent range is kept; float32 on CPU).
         decode_batch: images decoded per chunk (bounds the decoder's activation memory).
-        vae_channels_last: run the decoder's convolutions in channels-last layout (the native
-            layout of bf16 tensor-core convolutions; measure before turning it on).
-        compile_vae: ``torch.compile`` the encoder and decoder (fuses GroupNorm + SiLU and
-            the layout conversions around the convolutions). Default: on CUDA only. The
+        vae_channels_last: run the decoder's convolutions in channels-last layout.
+        compile_vae: ``torch.compile`` the encoder and decoder (default: on CUDA only). The
             first call per image batch size compiles (tens of seconds); a compile failure
             logs a warning and falls back to the eager modules.
-        fused: the runner's fused Triton residual/LayerNorm/modulation and q/k-norm kernels
-            (``None``: on CUDA when Triton works, see :class:`FastRunner`).
+        fused: the runner's fused Triton kernels (``None``: on CUDA when Triton works).
+        own_weights: cast the modules' blocks and VAE convolutions in place instead of
+            copying them (no float32 copies stay alive; the modules serve this engine only).
     """
+
+    name: EngineName = "fast"
 
     def __init__(
         self,
-        pipe: Pipeline,
+        tokenizer: MultiScaleVQTokenizer,
+        transformer: HMARTransformer,
         *,
         dtype: torch.dtype | None = None,
         residual_dtype: torch.dtype | None = torch.float32,
@@ -104,46 +110,58 @@ class FastPipeline:
         vae_channels_last: bool = False,
         compile_vae: bool | None = None,
         fused: bool | None = None,
+        own_weights: bool = False,
     ) -> None:
-        if decode_batch < 1:
-            raise ValueError(f"decode_batch must be >= 1, got {decode_batch}")
-        self.pipe = pipe
-        self.runner = FastRunner(pipe.transformer, dtype, cuda_graphs, residual_dtype, fused)
-        accelerator = self.runner.device.type != "cpu"
+        if isinstance(decode_batch, bool) or not isinstance(decode_batch, int) \
+                or decode_batch < 1:
+            raise ValueError(f"decode_batch must be an int >= 1, got {decode_batch!r}")
+        device = transformer.pos_start.device
+        dtype = dtype if dtype is not None else default_dtype(device)
+        if own_weights:
+            cast_blocks_(transformer, dtype)
+        self.tokenizer = tokenizer
+        self.patch_nums = transformer.cfg.patch_nums
+        self.null_class = transformer.cfg.null_class
+        self.runner = FastRunner(transformer, dtype, cuda_graphs, residual_dtype, fused)
+        self.stateful = self.runner.stateful
+        accelerator = device.type != "cpu"
         self.vae_dtype = vae_dtype if vae_dtype is not None else (
             torch.bfloat16 if accelerator else self.runner.dtype)
         self.decode_batch = decode_batch
         self.vae_channels_last = vae_channels_last
-        compile_vae = self.runner.device.type == "cuda" if compile_vae is None else compile_vae
+        compile_vae = device.type == "cuda" if compile_vae is None else compile_vae
         self._upsample = pyramid.MatrixBicubicUp()  # the sampler's bicubic, as matmuls
-        tokenizer = pipe.tokenizer
         decoder = self._in_vae_dtype(nn.Sequential(tokenizer.post_quant_conv, tokenizer.decoder),
-                                     vae_channels_last)
-        encoder = self._in_vae_dtype(nn.Sequential(tokenizer.encoder, tokenizer.quant_conv))
+                                     own_weights, vae_channels_last)
+        encoder = self._in_vae_dtype(nn.Sequential(tokenizer.encoder, tokenizer.quant_conv),
+                                     own_weights)
         self._decoder: Callable[[torch.Tensor], torch.Tensor] = (
             CompiledOrEager(decoder, "decoder") if compile_vae else decoder)
         self._encoder: Callable[[torch.Tensor], torch.Tensor] = (
             CompiledOrEager(encoder, "encoder") if compile_vae else encoder)
 
-    def _in_vae_dtype(self, module: nn.Module, channels_last: bool = False) -> nn.Module:
-        """``module`` itself when it already fits, else a converted copy (never modified)."""
+    def __repr__(self) -> str:
+        return (f"FastEngine({self.device}, blocks {self.runner.dtype}, vae {self.vae_dtype}, "
+                f"fused {self.runner.fused})")
+
+    def _in_vae_dtype(self, module: nn.Module, in_place: bool,
+                      channels_last: bool = False) -> nn.Module:
+        """``module`` in ``vae_dtype``: itself when it fits or ``in_place``, else a copy."""
         weight = next(module.parameters())
         if weight.dtype == self.vae_dtype and not channels_last:
             return module
-        module = copy.deepcopy(module).to(self.vae_dtype).eval()
+        if not in_place:
+            module = copy.deepcopy(module)
+        module = module.to(self.vae_dtype).eval()
         return module.to(memory_format=torch.channels_last) if channels_last else module
 
     @property
     def device(self) -> torch.device:
         return self.runner.device
 
-    @property
-    def patch_nums(self) -> tuple[int, ...]:
-        return self.pipe.patch_nums
-
     # ----------------------------------------------------------------------------- images
     @torch.no_grad()
-    def decode_fhat(self, f_hat: torch.Tensor) -> torch.Tensor:
+    def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         """f_hat (B, Cvae, h, w) float32 → images (B, 3, H, W) float32 in [-1, 1], chunked."""
         layout = torch.channels_last if self.vae_channels_last else torch.contiguous_format
         images = [self._decoder(chunk.to(self.vae_dtype).contiguous(memory_format=layout))
@@ -153,9 +171,9 @@ class FastPipeline:
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Images (B, 3, H, W) in [-1, 1] → token pyramid (quantised in float32)."""
-        self.pipe.tokenizer.check_images(images)
+        self.tokenizer.check_images(images)
         latent = self._encoder(images.to(self.vae_dtype)).float()
-        quantize = self.pipe.tokenizer.quantize
+        quantize = self.tokenizer.quantize
         tokens, _ = pyramid.quantize_residual(latent, quantize.codebook, quantize.phis(),
                                               self.patch_nums)
         return tokens
@@ -174,41 +192,11 @@ class FastPipeline:
         resume: ScaleState | None = None,
         record_steps: bool = False,
     ) -> SampleOutput:
-        """``Pipeline.sample_tokens`` through the fast runner and the sync-free loop."""
-        null_class = self.pipe.transformer.cfg.null_class
-        self.runner.begin(labels, null_class)
+        """:func:`~hmar_core.sampler.sample` through the fast runner and the sync-free loop."""
+        self.runner.begin(labels, self.null_class)
         return fast_sample(
-            self.runner, self.pipe.tokenizer.quantize, self.patch_nums, settings, schedule,
-            labels=labels, null_class=null_class, generator=generator, constraint=constraint,
-            on_scale=on_scale, resume=resume, record_steps=record_steps,
+            self.runner, self.tokenizer.quantize, self.patch_nums, settings, schedule,
+            labels=labels, null_class=self.null_class, generator=generator,
+            constraint=constraint, on_scale=on_scale, resume=resume, record_steps=record_steps,
             upsample=self._upsample,
         )
-
-    @torch.no_grad()
-    def generate(
-        self,
-        class_ids: ClassIds = None,
-        *,
-        seed: int | None = None,
-        cfg: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        mask_schedule: Sequence[Sequence[int]] | None = None,
-        steps: int | None = None,
-        batch_size: int | None = None,
-        on_scale: Callable[[ScaleState], None] | None = None,
-    ) -> GenerateOutput:
-        """Same arguments and result as :meth:`Pipeline.generate <hmar_core.pipeline.
-        Pipeline.generate>`."""
-        from ..pipeline import GenerateOutput
-
-        pipe = self.pipe
-        settings = pipe.sampler_settings(cfg=cfg, top_k=top_k, top_p=top_p)
-        schedule = pipe.resolve_schedule(mask_schedule, steps)
-        generator, seed = pipe.make_generator(seed)
-        labels = pipe.labels_for(class_ids, batch_size, generator)
-        out = self.sample_tokens(labels, settings, schedule, generator, on_scale=on_scale)
-        images = (self.decode_fhat(out.f_hat) + 1) / 2
-        last = self.patch_nums[-1]
-        confidence = out.confidence[-1].view(-1, last, last)
-        return GenerateOutput(images, out.tokens, out.labels, confidence, seed)

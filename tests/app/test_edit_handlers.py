@@ -11,8 +11,7 @@ from app import InputError
 from app import handlers as h
 from app.params import SamplingParams, edit_options
 from app.runs import RunResult, run_edit
-from hmar_core.editing import EditOptions
-from hmar_core.editing_session import EditSession
+from hmar_core.editing import EditOptions, EditSession
 
 PARAMS = SamplingParams(steps=1, cfg=1.5, top_k=0, top_p=0.0, seed=4, variants=2)
 

@@ -26,7 +26,7 @@ from reliability_support import count_case, fuzz_settings
 
 from app import handlers
 from app.runs import RunResult
-from hmar_core.editing_session import EditSession
+from hmar_core.editing import EditSession
 
 GENERIC = "Something went wrong"
 SIDES = st.one_of(st.integers(1, 40), st.sampled_from([1, 2, 160]))

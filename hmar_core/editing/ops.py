@@ -6,9 +6,9 @@ user's image in pixels.
 :func:`edit` converts the inputs (:mod:`hmar_core.images`), picks a square *window* of the
 image ("whole": the padded square holding the whole image; "masked": a square around the mask
 plus padding), resizes it to S, runs the constrained sampler (:func:`run_spec`) and pastes the
-decoded window back, blending it in with :func:`~hmar_core.masks.feather_weights` so pixels
+decoded window back, blending it in with :func:`~hmar_core.editing.masks.feather_weights` so pixels
 beyond ``feather`` of the mask are exactly the input's. An empty mask returns the input
-without calling the model. Outpainting (:mod:`hmar_core.editing_outpaint`) reuses
+without calling the model. Outpainting (:mod:`hmar_core.editing.outpaint`) reuses
 :func:`edit_window` with its own windows.
 """
 
@@ -24,15 +24,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import images as im
-from .editing import DEFAULT_EDIT_STEPS, EditOptions, EditSpec, edit_schedule
-from .editing_session import EditSession, SpecRun, run_spec
+from .. import images as im
+from ..sampler import ScaleState
+from ..schedules import Schedule
 from .masks import composite, feather_weights
-from .sampler import ScaleState
-from .schedules import Schedule
+from .session import EditSession, SpecRun, run_spec
+from .spec import DEFAULT_EDIT_STEPS, EditOptions, EditSpec, edit_schedule
 
 if TYPE_CHECKING:
-    from .pipeline import Pipeline
+    from ..engine import EditModel
 
 __all__ = ["EditJob", "EditPreview", "EditResult", "PreviewCallback", "default_class_strength",
            "edit", "edit_window", "make_job"]
@@ -112,7 +112,7 @@ def default_class_strength(num_scales: int) -> int:
 class EditJob:
     """The per-call constants of an edit shared by all of its windows."""
 
-    pipe: Pipeline
+    pipe: EditModel
     options: EditOptions
     labels: torch.Tensor
     seed: int
@@ -120,9 +120,9 @@ class EditJob:
     on_preview: PreviewCallback | None
 
 
-def _labels(pipe: Pipeline, options: EditOptions) -> torch.Tensor:
+def _labels(pipe: EditModel, options: EditOptions) -> torch.Tensor:
     if options.class_id is None:
-        class_id = pipe.transformer.cfg.null_class
+        class_id = pipe.null_class
     elif options.class_id >= pipe.num_classes:
         raise ValueError(f"class id {options.class_id} out of range: use 0..{pipe.num_classes - 1}"
                          " or None for plain in-filling")
@@ -132,7 +132,7 @@ def _labels(pipe: Pipeline, options: EditOptions) -> torch.Tensor:
 
 
 def make_job(
-    pipe: Pipeline,
+    pipe: EditModel,
     options: EditOptions,
     session: EditSession | None = None,
     on_preview: PreviewCallback | None = None,
@@ -146,10 +146,10 @@ def make_job(
     return EditJob(pipe, options, _labels(pipe, options), seed, session, on_preview)
 
 
-def _schedule(pipe: Pipeline, options: EditOptions, spec: EditSpec) -> Schedule:
+def _schedule(pipe: EditModel, options: EditOptions, spec: EditSpec) -> Schedule:
     """Per scale: the generation schedule of that scale's ``steps`` knob, edited by the spec."""
     configured = pipe.sampler_config.steps  # the model's own quality default, when it has one
-    default = (0 if not pipe.transformer.cfg.has_mask_branch
+    default = (0 if not pipe.has_mask_branch
                else DEFAULT_EDIT_STEPS if configured is None else configured)
     knobs = [options.steps_at(si) for si in range(len(pipe.patch_nums))]
     plain = {knob: pipe.resolve_schedule(None, knob) for knob in set(knobs)}
@@ -194,7 +194,7 @@ def edit_window(
     masks_BSS = torch.from_numpy(mask_SS).to(pipe.device)[None].expand(len(canvases), -1, -1)
     with torch.no_grad():
         source = (job.session.encode(pipe, images) if job.session is not None
-                  else pipe.tokenizer.encode(images))
+                  else pipe.backend.encode(images))
     spec = EditSpec.from_pixel_mask(source, masks_BSS, job.labels, pipe.patch_nums,
                                     strength=options.strength, grow=options.grow,
                                     coarse_threshold=options.coarse_threshold)
@@ -212,7 +212,7 @@ def edit_window(
 
     def decode(f_hat: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
-            return im.from_model_images(pipe.tokenizer.decode_fhat(f_hat))
+            return im.from_model_images(pipe.backend.decode(f_hat))
 
     def on_scale(state: ScaleState, restored: bool) -> None:
         if job.on_preview is None:
@@ -234,7 +234,7 @@ def edit_window(
 
 
 def edit(
-    pipe: Pipeline,
+    pipe: EditModel,
     image: im.ImageLike,
     mask: im.ImageLike | None = None,
     options: EditOptions | None = None,
@@ -249,7 +249,7 @@ def edit(
         image: PIL image or numpy array, any size and mode.
         mask: region to regenerate (True / white / opaque); ``None`` = the whole image.
         options: see :class:`EditOptions` (default: in-fill with the null class).
-        session: cache for incremental re-edits (see :mod:`hmar_core.editing_session`).
+        session: cache for incremental re-edits (see :mod:`hmar_core.editing.session`).
         on_preview: called with an :class:`EditPreview` after every scale.
 
     Returns:

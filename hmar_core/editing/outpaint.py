@@ -17,7 +17,8 @@ and marked unknown. Then:
 
 Zero total extent returns the input unchanged (no model call); negative extents raise.
 Window ``i`` uses seed ``seed`` for i = 0 and a fixed derivation of ``(seed, i)`` after that,
-so windows do not replay the same random draws. Outpainting does not use an edit session.
+so windows do not replay the same random draws. With an edit session, windows reuse its
+encodings and scale cache.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from . import images as im
-from .editing import EditOptions
-from .editing_ops import EditResult, PreviewCallback, edit_window, make_job, unchanged
+from .. import images as im
+from .ops import EditResult, PreviewCallback, edit_window, make_job, unchanged
+from .session import EditSession
+from .spec import EditOptions
 
 if TYPE_CHECKING:
-    from .pipeline import Pipeline
+    from ..engine import EditModel
 
 __all__ = ["FILL_MODES", "outpaint", "plan_outpaint_windows", "prefill_canvas"]
 
@@ -144,7 +146,7 @@ def plan_outpaint_windows(
 
 
 def outpaint(
-    pipe: Pipeline,
+    pipe: EditModel,
     image: im.ImageLike,
     *,
     left: int = 0,
@@ -154,6 +156,7 @@ def outpaint(
     options: EditOptions | None = None,
     fill: str = "replicate",
     max_windows: int = 64,
+    session: EditSession | None = None,
     on_preview: PreviewCallback | None = None,
 ) -> EditResult:
     """Extend ``image`` by the given pixels on each side and generate the new area.
@@ -162,9 +165,11 @@ def outpaint(
         pipe: the pipeline.
         image: PIL image or numpy array, any size and mode.
         left, right, top, bottom: extents in pixels (≥ 0).
-        options: sampler/blend options (``fit``, ``padding`` and the fine seed are unused).
+        options: sampler/blend options (``fit`` and ``padding`` do not apply: outpainting
+            picks its own windows).
         fill: pre-fill of the new area, ``"replicate"`` or ``"mean"``.
         max_windows: refuse extents needing more model windows than this.
+        session: an :class:`EditSession`; its encodings cache serves repeated windows.
         on_preview: called after every scale of every window.
 
     Returns:
@@ -178,7 +183,7 @@ def outpaint(
     height, width = rgb.shape[:2]
     if max(height + top + bottom, width + left + right) > MAX_CANVAS_SIDE:
         raise ValueError(f"the outpainted canvas would exceed {MAX_CANVAS_SIDE} px")
-    job = make_job(pipe, options, None, on_preview)
+    job = make_job(pipe, options, session, on_preview)
     if left + right + top + bottom == 0:
         return unchanged(rgb, options)
     canvas, known = prefill_canvas(rgb, left, right, top, bottom, fill)

@@ -1,7 +1,7 @@
 """Running an :class:`~hmar_core.editing.EditSpec` through the sampler, with an optional cache.
 
-:func:`run_spec` is the one place where an edit meets :meth:`Pipeline.sample_tokens`: it owns
-the generator (seeded once, optionally re-seeded before ``fine_from``), times every scale and
+:func:`run_spec` is the one place where an edit meets the engine's ``sample_tokens``: it owns the
+generator (seeded once, optionally re-seeded before ``fine_from``), times every scale and
 talks to an :class:`EditSession`.
 
 An :class:`EditSession` remembers, for the last run, every scale's
@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .config import SamplerConfig
-from .editing import EditSpec
-from .sampler import SampleOutput, ScaleState
-from .schedules import Schedule
+from ..config import SamplerConfig
+from ..sampler import SampleOutput, ScaleState
+from ..schedules import Schedule
+from .spec import EditSpec
 
 if TYPE_CHECKING:
-    from .pipeline import Pipeline
+    from ..engine import EditModel
 
 __all__ = ["EditSession", "SpecRun", "run_spec"]
 
@@ -57,10 +57,6 @@ def _digest(*parts: object) -> str:
             hasher.update(repr(part).encode())
         hasher.update(b"|")
     return hasher.hexdigest()
-
-
-def _model_key(pipe: Pipeline) -> tuple[object, ...]:
-    return (id(pipe.transformer), id(pipe.tokenizer), str(pipe.device), str(pipe.dtype))
 
 
 @dataclass
@@ -95,14 +91,14 @@ class EditSession:
         self._entries.clear()
         self._encodings.clear()
 
-    def encode(self, pipe: Pipeline, images: torch.Tensor) -> list[torch.Tensor]:
-        """``pipe.tokenizer.encode(images)``, cached by the images' hash."""
-        key = _digest(_model_key(pipe), images)
+    def encode(self, pipe: EditModel, images: torch.Tensor) -> list[torch.Tensor]:
+        """``pipe.backend.encode(images)``, cached by the images' hash."""
+        key = _digest(pipe.model_key(), images)
         if key in self._encodings:
             self._encodings.move_to_end(key)
             return list(self._encodings[key])
         with torch.no_grad():
-            tokens = pipe.tokenizer.encode(images)
+            tokens = pipe.backend.encode(images)
         self._encodings[key] = list(tokens)
         while len(self._encodings) > self.max_encodings:
             self._encodings.popitem(last=False)
@@ -131,7 +127,7 @@ class EditSession:
 
 
 def scale_keys(
-    pipe: Pipeline,
+    pipe: EditModel,
     spec: EditSpec,
     settings: SamplerConfig,
     schedule: Schedule,
@@ -140,7 +136,7 @@ def scale_keys(
 ) -> list[str]:
     """The chained per-scale cache keys of a run (see the module docstring)."""
     sampler = {k: v for k, v in settings.to_dict().items() if k not in ("mask_schedule", "steps")}
-    key = _digest(_model_key(pipe), spec.labels, sorted(sampler.items()), seed)
+    key = _digest(pipe.model_key(), spec.labels, sorted(sampler.items()), seed)
     keys = []
     for si, keep in enumerate(spec.keep_masks()):
         fine_here = fine[1] if fine is not None and fine[0] == si else None
@@ -165,7 +161,7 @@ class SpecRun:
 
 
 def run_spec(
-    pipe: Pipeline,
+    pipe: EditModel,
     spec: EditSpec,
     settings: SamplerConfig,
     schedule: Schedule,
@@ -191,7 +187,7 @@ def run_spec(
         raise ValueError(f"fine_from must be in [0, {num_scales}), got {fine[0]}")
     generator = torch.Generator(device=pipe.device)
     generator.manual_seed(seed)
-    stateful = pipe.transformer.cfg.kind == "var"
+    stateful = pipe.backend.stateful
     keys = scale_keys(pipe, spec, settings, schedule, seed, fine) if session else []
     resumed_from, resume = -1, None
     if session is not None and not stateful:
@@ -227,6 +223,6 @@ def run_spec(
         confidences[-1] = resume.confidence
         output = SampleOutput(list(resume.tokens), resume.f_hat, confidences, spec.labels)
     else:
-        output = pipe.sample_tokens(spec.labels, settings, schedule, generator,
+        output = pipe.backend.sample_tokens(spec.labels, settings, schedule, generator,
                                     constraint=spec, on_scale=hook, resume=resume)
     return SpecRun(output, seconds, resumed_from)

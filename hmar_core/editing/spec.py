@@ -4,10 +4,11 @@ Shape legend: B = batch (variants), S = the model's image side, n = pn² tokens 
 P = side of the final token grid.
 
 An edit encodes the source image to its token pyramid, turns one pixel mask into a regenerate
-mask per scale (:func:`hmar_core.masks.token_masks`) and runs :func:`hmar_core.sampler.sample`
-with the spec as its :class:`~hmar_core.sampler.ScaleConstraint`: kept tokens are forced to the
-source and get infinite confidence, so refinement only touches the regenerate positions
-(spec §7, style item 5). Plain generation is an edit whose spec keeps nothing.
+mask per scale (:func:`~hmar_core.editing.masks.token_masks`) and runs
+:func:`hmar_core.sampler.sample` with the spec as its
+:class:`~hmar_core.sampler.ScaleConstraint`: kept tokens are forced to the source and get
+infinite confidence, so refinement only touches the regenerate positions (spec §7, style item 5).
+Plain generation is an edit whose spec keeps nothing.
 
 **Schedule** (:func:`edit_schedule`): a scale where nothing is kept uses the plain generation
 schedule (so a full-mask edit is exactly :meth:`Pipeline.generate`); an entirely kept scale
@@ -23,7 +24,7 @@ regenerated from scratch; larger k keeps the original's colours and layout, img2
 sampler's order, exactly like :meth:`Pipeline.generate` (whose stream is untouched). The
 optional ``fine_seed`` re-seeds that generator just before scale ``fine_from`` ("re-roll the
 details, keep the layout"). Because the generator state is a pure function of the settings up
-to a scale, :class:`~hmar_core.editing_session.EditSession` stores it with every scale's
+to a scale, :class:`~hmar_core.editing.session.EditSession` stores it with every scale's
 :class:`ScaleState` and restores it on resume, which makes a resumed run bit-identical to the
 from-scratch run with the same settings.
 """
@@ -35,11 +36,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from typing_extensions import TypedDict
 
+from ..schedules import Schedule
 from .masks import token_masks
-from .schedules import Schedule
 
-__all__ = ["DEFAULT_EDIT_STEPS", "FIT_MODES", "EditOptions", "EditSpec", "edit_schedule"]
+__all__ = ["DEFAULT_EDIT_STEPS", "FIT_MODES", "EditFields", "EditOptions", "EditSpec",
+           "edit_schedule"]
 
 DEFAULT_EDIT_STEPS = 2
 FIT_MODES = ("whole", "masked")
@@ -128,6 +131,33 @@ class EditOptions:
         return self.steps
 
 
+class EditFields(TypedDict, total=False):
+    """:class:`EditOptions`' fields as keyword arguments (``pipe.inpaint(..., seed=3)``).
+
+    The editing methods take ``**fields: Unpack[EditFields]`` and build one
+    :class:`EditOptions` from them, so their keywords cannot drift from the options
+    (``tests/test_engines.py`` checks that the two name the same fields).
+    """
+
+    class_id: int | None
+    seed: int | None
+    steps: int | None
+    cfg: float | None
+    top_k: int | None
+    top_p: float | None
+    mask_cfg_ratio: float | None
+    strength: int
+    grow: int
+    coarse_threshold: float
+    feather: int
+    fit: str
+    padding: int
+    num_variants: int
+    fine_from: int | None
+    fine_seed: int | None
+    fine_steps: int | None
+
+
 @dataclass(frozen=True)
 class EditSpec:
     """The constraint of one edit (implements :class:`~hmar_core.sampler.ScaleConstraint`).
@@ -183,7 +213,7 @@ class EditSpec:
         """The spec of one pixel mask at model resolution (rule: :mod:`hmar_core.masks`).
 
         Args:
-            source_tokens: per scale (B, n) int64, e.g. ``pipe.tokenizer.encode(images)``.
+            source_tokens: per scale (B, n) int64, e.g. ``pipe.backend.encode(images)``.
             pixel_mask_BSS: (B, S, S) bool, True = regenerate.
             labels: (B,) int64 class ids.
             patch_nums: the pyramid.
@@ -212,10 +242,6 @@ class EditSpec:
         """Per scale (B, n) bool keep masks with the strength applied (never ``None``)."""
         return [k if (k := self.keep(si)) is not None else ~self.regenerate[si]
                 for si in range(self.num_scales)]
-
-    def is_noop(self) -> bool:
-        """True when every token of every scale is kept (nothing to sample)."""
-        return all(bool(k.all()) for k in self.keep_masks())
 
 
 def _cosine_entry(n: int, steps: int) -> tuple[int, ...]:
