@@ -162,7 +162,11 @@ _EAGER_PARTS = BlockParts()
 
 
 class SelfAttention(nn.Module):
-    """Multi-head attention with L2-normalised q/k and a learnt per-head temperature."""
+    """Multi-head attention with L2-normalised q/k and a learnt per-head temperature.
+
+    Holds the weights and :meth:`attend`; q/k/v come from :func:`_pre_attention` and the output
+    projection runs in :func:`_post_attention` (one block pass, see :class:`AdaLNBlock`).
+    """
 
     def __init__(self, width: int, heads: int, max_scale_mul: float,
                  backend: Backend = "auto") -> None:
@@ -189,31 +193,14 @@ class SelfAttention(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, scale=1.0)
         return attention(q, k, v, mask, scale=1.0, backend=self.backend)
 
-    def forward(
-        self,
-        x_BLC: torch.Tensor,
-        mask: ScaleMask | None,
-        cache: KVCache | None = None,
-        block_index: int = 0,
-    ) -> torch.Tensor:
-        batch, length, width = x_BLC.shape
-        q, k, v = _qkv(x_BLC, self.qkv.weight, self.q_bias, self.v_bias, self.log_scale,
-                       self.heads, self.max_scale_mul)
-        if cache is None:
-            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # kernels want (B,H,L,D)
-        out = self.attend(q, k, v, mask, cache, block_index)
-        out = out.transpose(1, 2).reshape(batch, length, width)  # (B, L, C)
-        return self.proj(out)
-
 
 class FeedForward(nn.Module):
+    """The MLP's weights (fc1 → tanh-GELU → fc2 runs in :func:`_post_attention`)."""
+
     def __init__(self, width: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(width, hidden)
         self.fc2 = nn.Linear(hidden, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
 class AdaLNBlock(nn.Module):
