@@ -205,19 +205,31 @@ def run_gpu(args: argparse.Namespace) -> dict:
 
 # --------------------------------------------------------------------------------- CPU
 def run_cpu(args: argparse.Namespace) -> dict:
+    """Both engines on the bundled model, calls interleaved (engine A, engine B, A, B, ...)
+    so that a busy machine slows both alike."""
     torch.set_num_threads(args.threads)
     folder = ROOT / "assets" / "hmar-emoji64"
     report: dict = {"device": f"cpu, {args.threads} threads", "torch": torch.__version__,
                     "rows": {}}
-    for engine in args.engines:
-        pipe = Pipeline.from_pretrained(folder, engine=engine)
-        image, mask = edit_inputs(pipe.image_size)
-        _row(f"cpu generate B=1 {engine}",
-             lambda pipe=pipe: time_calls(lambda i: pipe.generate(0, seed=i), args.cpu_reps, 1,
-                                          False), report)
-        _row(f"cpu inpaint B=1 {engine}",
-             lambda pipe=pipe, image=image, mask=mask: time_calls(
-                 lambda i: pipe.inpaint(image, mask, seed=i), args.cpu_reps, 1, False), report)
+    pipes = {engine: Pipeline.from_pretrained(folder, engine=engine) for engine in args.engines}
+    image, mask = edit_inputs(next(iter(pipes.values())).image_size)
+    calls = {
+        "generate": lambda pipe, i: pipe.generate(0, seed=i + 1),
+        "inpaint": lambda pipe, i: pipe.inpaint(image, mask, seed=i + 1),
+    }
+    for what, call in calls.items():
+        times: dict[str, list[float]] = {engine: [] for engine in pipes}
+        for i in range(-1, args.cpu_reps):  # one warm-up round
+            for engine, pipe in pipes.items():
+                tick = time.perf_counter()
+                call(pipe, i)
+                if i >= 0:
+                    times[engine].append((time.perf_counter() - tick) * 1000)
+        for engine, values in times.items():
+            report["rows"][f"cpu {what} B=1 {engine}"] = {
+                "ms": statistics.median(values), "times": values}
+    for name, row in report["rows"].items():
+        print(f"{name}: {row['ms']:.0f} ms", flush=True)
     return report
 
 

@@ -304,3 +304,32 @@ def test_cycle_finder_finds_cycles():
     assert _cycles({"p.a": {"p.b"}, "p.b": {"p.c"}, "p.c": {"p.a"}}) == [
         ["p.a", "p.b", "p.c", "p.a"]]
     assert _cycles({"p": {"p.a"}, "p.a": {"p"}}) == []  # package ↔ its submodule
+
+
+# --------------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+def test_fast_engine_on_cuda_every_method(folder: Path):
+    """The fast engine on CUDA (fp16 blocks, graphs, fused kernels): every method runs, a seed
+    reproduces its result, and pixels away from the mask keep their values."""
+    pipe = Pipeline.from_pretrained(folder, device="cuda", engine="auto")
+    assert pipe.engine == "fast" and pipe.backend.runner.dtype == torch.float16
+    assert pipe.transformer.base_blocks[0].ffn.fc1.weight.dtype == torch.float16
+    first, again = (pipe.generate(seed=3, batch_size=2) for _ in range(2))
+    for x, y in zip(first.tokens, again.tokens):
+        assert torch.equal(x, y)
+    assert len(pipe.backend.runner.graphs) > 0
+    image, mask = _picture(), _box(24, 32, (slice(4, 12), slice(6, 18)))
+    options = EditOptions(seed=4, steps=2, feather=0, num_variants=2)
+    a, b = pipe.edit(image, mask, options), pipe.edit(image, mask, options)
+    for x, y in zip(a.images, b.images):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+        assert np.array_equal(np.asarray(x)[~mask], image[~mask])
+    session = EditSession()
+    pipe.edit(image, mask, options, session=session)
+    resumed = pipe.edit(image, mask, dataclasses.replace(options, fine_from=2, fine_seed=1),
+                        session=session)
+    assert resumed.resumed_from >= 1
+    wide = pipe.outpaint(image, right=40, seed=1, steps=1, feather=0)
+    assert wide.size == (72, 24)
+    assert np.array_equal(np.asarray(wide)[:, :32], image)
+    assert pipe.edit_class(Image.fromarray(image), 3, seed=2).size == (32, 24)
