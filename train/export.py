@@ -21,14 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from hmar_core import CheckpointError, Pipeline, SamplerConfig
 from hmar_core.checkpoint import load_into
 from hmar_core.config import TokenizerConfig, TransformerConfig
 from hmar_core.tokenizer import MultiScaleVQTokenizer
 from hmar_core.transformer import HMARTransformer
+from hmar_core.weights_io import load_weights
 
 __all__ = [
     "export_checkpoint",
@@ -68,22 +68,23 @@ def load_tokenizer(folder: str | os.PathLike, device: torch.device | str = "cpu"
                    ) -> MultiScaleVQTokenizer:
     """The tokenizer of a tokenizer folder or a full model folder, in eval mode.
 
+    The weights may be one ``tokenizer.safetensors`` or a set of shards
+    (``tokenizer-00001-of-0000N.safetensors`` …, as ``python -m hmar_core convert`` writes
+    for large tokenizers); :func:`hmar_core.weights_io.load_weights` reads both.
+
     Raises:
         CheckpointError: missing files, bad config, or weights that do not fit.
     """
     folder = Path(folder)
-    config_path, weights_path = folder / "config.json", folder / "tokenizer.safetensors"
-    if not config_path.is_file() or not weights_path.is_file():
+    config_path = folder / "config.json"
+    if not folder.is_dir() or not config_path.is_file():
         raise CheckpointError(f"{folder} is not a tokenizer folder (needs config.json and "
                               "tokenizer.safetensors; train one with python -m train.tokenizer)")
     try:
         cfg = TokenizerConfig.from_dict(json.loads(config_path.read_text())["tokenizer"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as err:
         raise CheckpointError(f"{config_path}: invalid tokenizer config ({err})") from err
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"cannot read {weights_path}: {err}") from err
+    state = load_weights(folder, "tokenizer")
     with torch.device("meta"):
         tokenizer = MultiScaleVQTokenizer(cfg)
     load_into(tokenizer, state, "tokenizer")
@@ -109,11 +110,11 @@ def load_transformer_weights(path: str | os.PathLike, cfg: TransformerConfig
         config_path = path / "config.json"
         if not config_path.is_file():
             raise CheckpointError(f"{path} has no config.json (expected a model folder)")
-        saved = json.loads(config_path.read_text()).get("transformer")
         try:
-            state = load_file(str(path / "transformer.safetensors"))
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"cannot read {path / 'transformer.safetensors'}: {err}") from err
+            saved = json.loads(config_path.read_text()).get("transformer")
+        except (json.JSONDecodeError, AttributeError, RecursionError) as err:
+            raise CheckpointError(f"{config_path}: invalid model config ({err})") from err
+        state = load_weights(path, "transformer")  # one file or shards
     elif path.is_file():
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
