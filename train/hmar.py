@@ -304,23 +304,19 @@ def _preview(tokenizer: MultiScaleVQTokenizer, transformer: HMARTransformer,
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """``python -m train.hmar``: parse flags/YAML, set up logging, run :func:`main`."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
+    """``python -m train.hmar``: parse flags/YAML, set up logging, run :func:`main`.
 
-    from .cli import parse_hmar_args, setup_entry_logging
+    Returns:
+        The exit status: 0, or 2 after a one-line error for bad configuration or data.
+    """
+    from .cli import parse_hmar_args, run_entry
 
-    cfg = parse_hmar_args(argv)
-    ctx = DistContext.from_env(cfg.run.device)
-    try:
-        setup_entry_logging(ctx, cfg.run.out_dir)
-        with logging_redirect_tqdm():  # log lines above the progress bar, not through it
-            result = main(cfg, ctx)
-        if ctx.is_main and result.val_loss:
+    def summary(result: HMARTrainResult) -> None:
+        if result.val_loss:
             logger.info("done: %d steps, held-out loss %.4f → %.4f", result.step,
                         result.val_loss[0][1], result.val_loss[-1][1])
-        return 0
-    finally:
-        ctx.close()
+
+    return run_entry(argv, parse_hmar_args, main, summary)
 
 
 if __name__ == "__main__":

@@ -296,24 +296,19 @@ def _preview(tokenizer: MultiScaleVQTokenizer, dataset: Dataset, reporter: Repor
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """``python -m train.tokenizer``: parse flags/YAML, set up logging, run :func:`main`."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
+    """``python -m train.tokenizer``: parse flags/YAML, set up logging, run :func:`main`.
 
-    from .cli import parse_tokenizer_args, setup_entry_logging
+    Returns:
+        The exit status: 0, or 2 after a one-line error for bad configuration or data.
+    """
+    from .cli import parse_tokenizer_args, run_entry
 
-    cfg = parse_tokenizer_args(argv)
-    ctx = DistContext.from_env(cfg.run.device)
-    try:
-        setup_entry_logging(ctx, cfg.run.out_dir)
-        with logging_redirect_tqdm():  # log lines above the progress bar, not through it
-            result = main(cfg, ctx)
-        if ctx.is_main and result.val_psnr:
-            first, last = result.val_psnr[0][1], result.val_psnr[-1][1]
-            logger.info("done: %d steps, held-out PSNR %.2f → %.2f dB", result.step, first,
-                        last)
-        return 0
-    finally:
-        ctx.close()
+    def summary(result: TokenizerTrainResult) -> None:
+        if result.val_psnr:
+            logger.info("done: %d steps, held-out PSNR %.2f → %.2f dB", result.step,
+                        result.val_psnr[0][1], result.val_psnr[-1][1])
+
+    return run_entry(argv, parse_tokenizer_args, main, summary)
 
 
 if __name__ == "__main__":
