@@ -161,27 +161,29 @@ def _build(cls: type, section: Any, where: str) -> Any:
         raise ValueError(f"{where or 'config'}: {err} (known fields: {', '.join(names)})") from err
 
 
-def _tokenizer_model(section: Any) -> TokenizerConfig:
-    section = _section(section, "tokenizer")
+def _model_config(cls: type, section: Any, where: str,
+                  from_preset: Callable[[str, dict[str, Any]], Any]) -> Any:
+    """A model config from its YAML section: all fields, or a ``preset`` plus overrides."""
+    section = _section(section, where)
     preset = section.pop("preset", None)
     if preset is None:
-        return _build(TokenizerConfig, section, "tokenizer")
-    base = TokenizerConfig.from_name(preset)
+        return _build(cls, section, where)
+    _check_types(cls, section, where)
     try:
-        return dataclasses.replace(base, **section)
+        return from_preset(preset, section)
     except TypeError as err:
-        raise ValueError(f"tokenizer: {err}") from err
+        raise ValueError(f"{where}: {err}") from err
+
+
+def _tokenizer_model(section: Any) -> TokenizerConfig:
+    return _model_config(TokenizerConfig, section, "tokenizer", lambda name, fields:
+                         dataclasses.replace(TokenizerConfig.from_name(name), **fields))
 
 
 def _transformer_model(section: Any) -> TransformerConfig:
-    section = _section(section, "transformer")
-    preset = section.pop("preset", None)
-    if preset is None:
-        return _build(TransformerConfig, section, "transformer")
-    try:
-        return TransformerConfig.from_name(preset, **section)
-    except TypeError as err:
-        raise ValueError(f"transformer: {err}") from err
+    # from_name applies the overrides before the derived fields (width = 64 · depth, ...)
+    return _model_config(TransformerConfig, section, "transformer",
+                         lambda name, fields: TransformerConfig.from_name(name, **fields))
 
 
 def build_tokenizer_config(data: dict[str, Any]) -> TokenizerTrainConfig:
@@ -303,12 +305,16 @@ def setup_entry_logging(ctx: DistContext, out_dir: str | os.PathLike) -> None:
 USER_ERRORS = (ValueError, OSError, CheckpointError)
 
 Config = TypeVar("Config", TokenizerTrainConfig, HMARTrainConfig)
-Result = TypeVar("Result")
+Result = TypeVar("Result", bound="_Finished")
+
+
+class _Finished(typing.Protocol):
+    step: int
 
 
 def run_entry(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | None], Config],
-              train: Callable[[Config, DistContext], Result],
-              summary: Callable[[Result], None]) -> int:
+              train: Callable[[Config, DistContext], Result], metric: str, summary: str
+              ) -> int:
     """Run a trainer from the command line: parse, set up logging, train, summarise.
 
     A configuration, data or file error (:data:`USER_ERRORS`) is logged as one line, without a
@@ -318,7 +324,9 @@ def run_entry(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | None]
         argv: the arguments (``None``: ``sys.argv``).
         parse: flags → config.
         train: the trainer's ``main``.
-        summary: logs the result (rank 0).
+        metric: the result's evaluation history (list of (step, value)).
+        summary: how rank 0 logs its first and last value, a ``str.format`` with ``first``
+            and ``last``.
 
     Returns:
         The exit status.
@@ -333,8 +341,10 @@ def run_entry(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | None]
         setup_entry_logging(ctx, cfg.run.out_dir)
         with logging_redirect_tqdm():  # log lines above the progress bar, not through it
             result = train(cfg, ctx)
-        if ctx.is_main:
-            summary(result)
+        history = getattr(result, metric)
+        if ctx.is_main and history:
+            logger.info("done: %d steps, %s", result.step,
+                        summary.format(first=history[0][1], last=history[-1][1]))
         return 0
     except USER_ERRORS as err:
         logger.error("%s", " ".join(str(err).split()) or type(err).__name__)

@@ -18,7 +18,6 @@ import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from .batches import StepBatchSampler, open_datasets
 from .checkpoint import WriteHook
 from .config import HMARTrainConfig, Precision, RunConfig
 from .distributed import DistContext, check_replicas
-from .ema import EMA
+from .ema import EMA, averaged
 from .export import (
     export_pipeline,
     export_sampler_config,
@@ -48,7 +47,7 @@ from .loop import autocast, make_scaler, optimizer_step, to_device_async, wrap_d
 from .objectives import HMARObjective, drop_labels, sample_masks, scale_loss_weights, set_trainable
 from .optim import apply_schedule, build_adamw
 from .randomness import Purpose, derived_generator
-from .skeleton import History, StepOutput, TrainerParts, prepare_run, run_training
+from .skeleton import History, StepOutput, TrainerParts, train_with
 from .state import RunState
 from .tokens import CachedTokens, OnTheFlyTokens, encode_keys
 
@@ -118,18 +117,10 @@ def main(cfg: HMARTrainConfig, ctx: DistContext | None = None, *,
         hmar_core.CheckpointError: the tokenizer or ``init_from`` cannot be loaded, or no
             checkpoint of a resumed run can be read.
     """
-    own_ctx = ctx is None
-    ctx = DistContext.from_env(cfg.run.device) if ctx is None else ctx
-    try:
-        run, budget = prepare_run(cfg.run, ctx)
-        parts = _HMARParts(cfg, run, ctx)
-        outcome = run_training(parts, run, ctx, budget, checkpoint_write_hook)
-        return HMARTrainResult(step=outcome.step, export_dir=outcome.export_dir,
-                               val_loss=outcome.history["val_loss"],
-                               losses=outcome.history["losses"])
-    finally:
-        if own_ctx:
-            ctx.close()
+    outcome = train_with(cfg.run, ctx, lambda run, ctx: _HMARParts(cfg, run, ctx),
+                         checkpoint_write_hook)
+    history = outcome.history
+    return HMARTrainResult(outcome.step, outcome.export_dir, history["val_loss"], history["losses"])
 
 
 def _config_record(cfg: HMARTrainConfig) -> dict[str, Any]:
@@ -241,11 +232,11 @@ class _HMARParts(TrainerParts):
                                 self.val_labels, self.ctx, self.local_batch)
 
     def preview(self, step: int, reporter: Reporter) -> None:
-        _preview(self.tokenizer, _export_weights(self.transformer, self.state.ema), self.cfg,
+        _preview(self.tokenizer, averaged(self.transformer, self.state.ema), self.cfg,
                  self.preview_labels, reporter, step, self.splits.class_names)
 
     def export(self, folder: Path, history: History) -> Path:
-        export_pipeline(self.tokenizer, _export_weights(self.transformer, self.state.ema), folder,
+        export_pipeline(self.tokenizer, averaged(self.transformer, self.state.ema), folder,
                         class_names=self.splits.class_names,
                         sampler_config=export_sampler_config(self.cfg.stage, self.cfg.sample_cfg),
                         dtype=torch.bfloat16 if self.cfg.export_dtype == "bf16" else None)
@@ -279,15 +270,6 @@ def _validation_loss(objective: HMARObjective, cfg: HMARTrainConfig, precision: 
     return float(total[0] / total[1].clamp_min(1))
 
 
-def _export_weights(transformer: HMARTransformer, ema: EMA | None) -> HMARTransformer:
-    """The weights to sample/export: an EMA copy when enabled, else the live network."""
-    if ema is None:
-        return transformer
-    copy = deepcopy(transformer)  # no module construction: the global RNG stays untouched
-    ema.copy_to(copy)
-    return copy
-
-
 @torch.no_grad()
 def _preview(tokenizer: MultiScaleVQTokenizer, transformer: HMARTransformer,
              cfg: HMARTrainConfig, labels: Sequence[int], reporter: Reporter, step: int,
@@ -304,19 +286,12 @@ def _preview(tokenizer: MultiScaleVQTokenizer, transformer: HMARTransformer,
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """``python -m train.hmar``: parse flags/YAML, set up logging, run :func:`main`.
-
-    Returns:
-        The exit status: 0, or 2 after a one-line error for bad configuration or data.
-    """
+    """``python -m train.hmar`` (exit status 0, or 2 after a one-line error for bad
+    configuration or data)."""
     from .cli import parse_hmar_args, run_entry
 
-    def summary(result: HMARTrainResult) -> None:
-        if result.val_loss:
-            logger.info("done: %d steps, held-out loss %.4f → %.4f", result.step,
-                        result.val_loss[0][1], result.val_loss[-1][1])
-
-    return run_entry(argv, parse_hmar_args, main, summary)
+    return run_entry(argv, parse_hmar_args, main, "val_loss",
+                     "held-out loss {first:.4f} → {last:.4f}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,15 @@ from .loop import TimeBudget, configure_backends, resolve_precision, seed_proces
 from .run_folder import check_out_dir, clear_previous_run
 from .state import RunState, restore_run_state, run_state
 
-__all__ = ["History", "RunOutcome", "StepOutput", "TrainerParts", "prepare_run", "run_training"]
+__all__ = [
+    "History",
+    "RunOutcome",
+    "StepOutput",
+    "TrainerParts",
+    "prepare_run",
+    "run_training",
+    "train_with",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -282,3 +291,27 @@ def run_training(parts: TrainerParts, run: RunConfig, ctx: DistContext, budget: 
     ctx.barrier()
     state.reporter.close()
     return RunOutcome(step, export_dir, history)
+
+
+def train_with(run: RunConfig, ctx: DistContext | None,
+               build: Callable[[RunConfig, DistContext], TrainerParts],
+               write_hook: WriteHook | None = None) -> RunOutcome:
+    """A trainer's ``main``: the process context, :func:`prepare_run`, the trainer's parts
+    (``build(run, ctx)``, which checks data and configuration before anything is written),
+    then :func:`run_training`.
+
+    Args:
+        run: the run configuration.
+        ctx: the process context (``None``: from the ``torchrun`` environment, closed at the
+            end).
+        build: makes the trainer's parts from the prepared run.
+        write_hook: called while checkpoints are written.
+    """
+    own_ctx = ctx is None
+    ctx = DistContext.from_env(run.device) if ctx is None else ctx
+    try:
+        run, budget = prepare_run(run, ctx)
+        return run_training(build(run, ctx), run, ctx, budget, write_hook)
+    finally:
+        if own_ctx:
+            ctx.close()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,13 +33,13 @@ from .checkpoint import WriteHook
 from .config import RunConfig, TokenizerTrainConfig
 from .discriminator import PatchDiscriminator, discriminator_hinge_loss, generator_hinge_loss
 from .distributed import DistContext
-from .ema import EMA
+from .ema import EMA, averaged
 from .export import export_tokenizer
 from .logging import Reporter
 from .loop import autocast, make_scaler, optimizer_step, wrap_ddp
 from .optim import apply_schedule, build_adamw
 from .randomness import Purpose, derived_generator
-from .skeleton import History, StepOutput, TrainerParts, prepare_run, run_training
+from .skeleton import History, StepOutput, TrainerParts, train_with
 from .state import RunState
 from .vq import CodebookMonitor, VQTrainOutput, quantize_for_training
 
@@ -130,18 +129,11 @@ def main(cfg: TokenizerTrainConfig, ctx: DistContext | None = None, *,
             output folder holds an earlier run (without ``run.resume`` / ``run.overwrite``).
         hmar_core.CheckpointError: no checkpoint of a resumed run can be read.
     """
-    own_ctx = ctx is None
-    ctx = DistContext.from_env(cfg.run.device) if ctx is None else ctx
-    try:
-        run, budget = prepare_run(cfg.run, ctx)
-        parts = _TokenizerParts(cfg, run, ctx)
-        outcome = run_training(parts, run, ctx, budget, checkpoint_write_hook)
-        return TokenizerTrainResult(step=outcome.step, export_dir=outcome.export_dir,
-                                    val_psnr=outcome.history["val_psnr"],
-                                    losses=outcome.history["losses"])
-    finally:
-        if own_ctx:
-            ctx.close()
+    outcome = train_with(cfg.run, ctx, lambda run, ctx: _TokenizerParts(cfg, run, ctx),
+                         checkpoint_write_hook)
+    history = outcome.history
+    return TokenizerTrainResult(outcome.step, outcome.export_dir, history["val_psnr"],
+                                history["losses"])
 
 
 def _check_sizes(cfg: TokenizerTrainConfig, run: RunConfig) -> None:
@@ -257,7 +249,7 @@ class _TokenizerParts(TrainerParts):
                                       else torch.zeros_like(self.monitor.counts)})
 
     def evaluate(self, step: int, reporter: Reporter) -> float:
-        weights = _ema_weights(self.tokenizer, self.state.ema)
+        weights = averaged(self.tokenizer, self.state.ema)
         psnr = evaluate_psnr(weights, self.val_data, self.ctx,
                              max(self.run.batch_size // self.ctx.world_size, 1),
                              self.cfg.val_samples)
@@ -266,23 +258,14 @@ class _TokenizerParts(TrainerParts):
         return psnr
 
     def preview(self, step: int, reporter: Reporter) -> None:
-        _preview(_ema_weights(self.tokenizer, self.state.ema), self.val_data, reporter, step,
+        _preview(averaged(self.tokenizer, self.state.ema), self.val_data, reporter, step,
                  self.ctx.device)
 
     def export(self, folder: Path, history: History) -> Path:
-        export_tokenizer(_ema_weights(self.tokenizer, self.state.ema), folder)
+        export_tokenizer(averaged(self.tokenizer, self.state.ema), folder)
         logger.info("exported tokenizer to %s (held-out PSNR %.2f dB)", folder,
                     history["val_psnr"][-1][1])
         return folder
-
-
-def _ema_weights(tokenizer: MultiScaleVQTokenizer, ema: EMA | None) -> MultiScaleVQTokenizer:
-    """The weights to evaluate/export: the EMA copy when enabled, else the live model."""
-    if ema is None:
-        return tokenizer
-    copy = deepcopy(tokenizer)  # no module construction: the global RNG stays untouched
-    ema.copy_to(copy)
-    return copy.eval()
 
 
 @torch.no_grad()
@@ -296,19 +279,12 @@ def _preview(tokenizer: MultiScaleVQTokenizer, dataset: Dataset, reporter: Repor
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """``python -m train.tokenizer``: parse flags/YAML, set up logging, run :func:`main`.
-
-    Returns:
-        The exit status: 0, or 2 after a one-line error for bad configuration or data.
-    """
+    """``python -m train.tokenizer`` (exit status 0, or 2 after a one-line error for bad
+    configuration or data)."""
     from .cli import parse_tokenizer_args, run_entry
 
-    def summary(result: TokenizerTrainResult) -> None:
-        if result.val_psnr:
-            logger.info("done: %d steps, held-out PSNR %.2f → %.2f dB", result.step,
-                        result.val_psnr[0][1], result.val_psnr[-1][1])
-
-    return run_entry(argv, parse_tokenizer_args, main, summary)
+    return run_entry(argv, parse_tokenizer_args, main, "val_psnr",
+                     "held-out PSNR {first:.2f} → {last:.2f} dB")
 
 
 if __name__ == "__main__":
