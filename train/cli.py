@@ -11,9 +11,12 @@ the config dataclasses::
     stage: stage1                                      # other top-level fields
 
 Flags override the file: ``--data``, ``--out``, ``--steps``, ``--batch-size``,
-``--max-minutes``, ``--precision``, ``--seed``, ``--device``, ``--resume``, ``--preset``,
-(HMAR) ``--stage``, ``--tokenizer``, ``--init-from``, and any field by dotted path with
-``--set run.ckpt_interval=500 --set optim.lr=2e-4``.
+``--max-minutes``, ``--precision``, ``--seed``, ``--device``, ``--resume``, ``--overwrite``,
+``--preset``, (HMAR) ``--stage``, ``--tokenizer``, ``--init-from``, and any field by dotted
+path with ``--set run.ckpt_interval=500 --set optim.lr=2e-4`` (values are type-checked).
+
+:func:`run_entry` runs a trainer from the command line: a configuration, data or file error is
+one log line and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
