@@ -49,6 +49,12 @@ def _cpu_tensors(module: torch.nn.Module, dtype: torch.dtype | None) -> dict[str
             .detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
+def _reason(err: Exception) -> str:
+    """One line on why a file could not be read (torch's messages span several lines)."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
 def export_tokenizer(tokenizer: MultiScaleVQTokenizer, folder: str | os.PathLike) -> Path:
     """Write ``config.json`` + ``tokenizer.safetensors`` (float32) atomically into ``folder``."""
     folder = Path(folder)
@@ -119,7 +125,7 @@ def load_transformer_weights(path: str | os.PathLike, cfg: TransformerConfig
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - report any unreadable file the same way
-            raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+            raise CheckpointError(f"cannot read checkpoint {path}: {_reason(err)}") from err
         if not isinstance(ckpt, dict) or "model" not in ckpt or ckpt.get("kind") != "hmar":
             raise CheckpointError(f"{path} is not an HMAR training checkpoint")
         saved, state = ckpt["config"]["transformer"], ckpt["model"]
@@ -187,7 +193,7 @@ def export_checkpoint(
     try:
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - report any unreadable file the same way
-        raise CheckpointError(f"cannot read checkpoint {checkpoint}: {err}") from err
+        raise CheckpointError(f"cannot read checkpoint {checkpoint}: {_reason(err)}") from err
     if not isinstance(ckpt, dict) or ckpt.get("kind") not in ("tokenizer", "hmar"):
         raise CheckpointError(f"{checkpoint} is not a training checkpoint")
     state = dict(ckpt["model"])
@@ -213,7 +219,8 @@ def export_checkpoint(
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """``python -m train.export --checkpoint runs/x/checkpoints/ckpt-00001000.pt --out dir``."""
+    """``python -m train.export --checkpoint runs/x/checkpoints/ckpt-00001000.pt --out dir``
+    (exit status 0, or 2 after a one-line error)."""
     parser = argparse.ArgumentParser(prog="python -m train.export",
                                      description="Export a training checkpoint as a folder.")
     parser.add_argument("--checkpoint", type=Path, required=True)
@@ -223,9 +230,13 @@ def cli(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    folder = export_checkpoint(args.checkpoint, args.out, tokenizer_path=args.tokenizer,
-                               use_ema=not args.no_ema,
-                               dtype=torch.bfloat16 if args.dtype == "bf16" else None)
+    try:
+        folder = export_checkpoint(args.checkpoint, args.out, tokenizer_path=args.tokenizer,
+                                   use_ema=not args.no_ema,
+                                   dtype=torch.bfloat16 if args.dtype == "bf16" else None)
+    except (ValueError, OSError) as err:  # CheckpointError is a ValueError
+        logger.error("%s", " ".join(str(err).split()) or type(err).__name__)
+        return 2
     logger.info("wrote %s", folder)
     return 0
 

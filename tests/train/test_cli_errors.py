@@ -88,3 +88,24 @@ def test_the_flags_of_the_demo_scripts_still_parse():
     tok = parse_tokenizer_args(["--config", str(REPO / "train/configs/emoji64-tokenizer.yaml"),
                                 "--overwrite", "--batch-size", "16", "--precision", "bf16"])
     assert tok.run.overwrite and tok.run.batch_size == 16 and tok.run.precision == "bf16"
+
+
+@pytest.mark.parametrize(("entry", "args", "message"), [
+    ("export", ["--checkpoint", "{junk}", "--out", "{out}"], "cannot read checkpoint"),
+    ("export", ["--checkpoint", "{missing}", "--out", "{out}"], "No such file"),
+    ("data", ["emoji", "--out", "{out}", "--size", "0"], "size must be positive"),
+])
+def test_export_and_data_commands_fail_in_one_line(entry, args, message, tmp_path, caplog):
+    from train.data.__main__ import main as data_main
+    from train.export import cli as export_cli
+
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    names = {"{junk}": tmp_path / "junk.pt", "{missing}": tmp_path / "missing.pt",
+             "{out}": tmp_path / "out"}
+    args = [str(names.get(a, a)) for a in args]
+    with caplog.at_level(logging.ERROR):
+        status = (export_cli if entry == "export" else data_main)(args)
+    assert status == 2
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is None
+    assert message in errors[0].getMessage() and "\n" not in errors[0].getMessage()
