@@ -183,10 +183,10 @@ class _Run:
     """The state of the loop of :func:`run_training` (one object, so each part stays short)."""
 
     def __init__(self, parts: TrainerParts, run: RunConfig, ctx: DistContext,
-                 manager: CheckpointManager, total: int, history: History) -> None:
+                 manager: CheckpointManager, reporter: Reporter, total: int,
+                 history: History) -> None:
         self.parts, self.run, self.ctx, self.manager = parts, run, ctx, manager
-        self.total, self.history = total, history
-        self.reporter: Reporter | None = None
+        self.reporter, self.total, self.history = reporter, total, history
 
     def evaluate(self, step: int) -> None:
         value = self.parts.evaluate(step, self.reporter)
@@ -271,25 +271,25 @@ def run_training(parts: TrainerParts, run: RunConfig, ctx: DistContext, budget: 
     if ctx.is_main:
         manager.remove_stale_temporaries()
     parts.start(start)
-    state = _Run(parts, run, ctx, manager, total, history)
-    state.reporter = Reporter(ctx, out, total, start, tensorboard=run.tensorboard,
-                              progress_bar=run.progress_bar)
+    reporter = Reporter(ctx, out, total, start, tensorboard=run.tensorboard,
+                        progress_bar=run.progress_bar)
+    loop = _Run(parts, run, ctx, manager, reporter, total, history)
     if start == 0:
-        state.evaluate(0)
+        loop.evaluate(0)
     parts.state.model.train()
-    step = state.loop(start, budget)
-    state.reporter.finish_bar()
-    if step < state.total:
-        logger.info("time budget used up at step %d of %d", step, state.total)
-    state.evaluate(step)
-    state.save(step)
+    step = loop.loop(start, budget)
+    reporter.finish_bar()
+    if step < loop.total:
+        logger.info("time budget used up at step %d of %d", step, loop.total)
+    loop.evaluate(step)
+    loop.save(step)
     export_dir = None
     if ctx.is_main:
         if not parts.evaluation_previews:
-            parts.preview(step, state.reporter)
+            parts.preview(step, reporter)
         export_dir = parts.export(out / parts.export_name, history)
     ctx.barrier()
-    state.reporter.close()
+    reporter.close()
     return RunOutcome(step, export_dir, history)
 
 
