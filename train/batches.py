@@ -118,11 +118,15 @@ def open_datasets(run: RunConfig, resolution: int) -> DataSplits:
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: no readable image, or class folders without images (unless allowed).
+        ValueError: a file that is not an ``.npz``, no readable image, or class folders
+            without images (unless allowed).
     """
     path = Path(run.data_path)
     if not path.exists():
         raise FileNotFoundError(f"data path {path} does not exist")
+    if path.is_file() and path.suffix != ".npz":
+        raise ValueError(f"data path {path} is a file, not a folder: give an ImageFolder root "
+                         "(root/<class>/<image>) or an .npz of python -m train.data emoji --npz")
     val: Dataset | None
     if path.suffix == ".npz":
         train = NpzImageDataset(path, resolution, train=True, split="train", seed=run.seed)

@@ -5,7 +5,8 @@ file in the same folder, are flushed and ``fsync``-ed, and the file is renamed i
 ``os.replace`` (then the folder is ``fsync``-ed). A process killed at any moment therefore leaves
 either the old set of checkpoints or the old set plus the complete new one; never a truncated
 ``ckpt-*.pt``. The newest two checkpoints are kept (last and previous). Loading tries the newest
-first and falls back to the previous one if the newest cannot be read.
+first and falls back to the previous one if the newest cannot be read; when none can be read it
+is an error, never a silent restart from step 0.
 
 Files are read back with ``torch.load(weights_only=True)``: checkpoints hold only tensors and
 plain Python containers (configs as dicts), never pickled objects.
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from hmar_core.checkpoint import CheckpointError
 
 __all__ = [
     "CheckpointManager",
@@ -125,34 +128,69 @@ class CheckpointManager:
                 tmp.unlink(missing_ok=True)
 
     def save(self, state: dict[str, Any], step: int) -> Path:
-        """Write ``state`` as the checkpoint of ``step`` and prune older ones."""
+        """Write ``state`` as the checkpoint of ``step`` and prune older ones.
+
+        The file just written is always kept, with the ``keep - 1`` newest others: a folder
+        that somehow holds higher step numbers never costs the run its new checkpoint.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"ckpt-{step:08d}.pt"
         atomic_save(state, path, write_hook=self.write_hook)
-        for old in self.paths()[self.keep:]:
+        for old in [p for p in self.paths() if p != path][self.keep - 1:]:
             old.unlink(missing_ok=True)
         logger.info("saved checkpoint %s", path)
         return path
 
-    def load_latest(self, map_location: torch.device | str = "cpu"
-                    ) -> tuple[dict[str, Any], Path] | None:
+    def load_latest(self, map_location: torch.device | str = "cpu", *,
+                    set_aside_unreadable: bool = False) -> tuple[dict[str, Any], Path] | None:
         """The newest checkpoint that loads, with its path; ``None`` when there is none.
 
-        A newest file that cannot be read (it should not happen with atomic writes, but disks
+        A newer file that cannot be read (it should not happen with atomic writes, but disks
         fail) is reported and the previous one is used.
+
+        Args:
+            map_location: where the tensors go.
+            set_aside_unreadable: rename the unreadable files newer than the one loaded to
+                ``<name>.unreadable`` (rank 0 of a resuming run), so that they are neither
+                resumed from nor counted among the checkpoints kept, which would delete the
+                good one.
+
+        Raises:
+            CheckpointError: there are checkpoint files but none of them can be read.
         """
+        unreadable: list[Path] = []
         for path in self.paths():
-            try:
-                state = torch.load(path, map_location=map_location, weights_only=True)
-            except Exception as err:  # noqa: BLE001 - any unreadable file: try the previous
-                logger.warning("cannot read checkpoint %s (%s: %s); trying the previous one",
-                               path, type(err).__name__, err)
+            state = _read_checkpoint(path, map_location)
+            if state is None:
+                unreadable.append(path)
                 continue
-            if not isinstance(state, dict) or "step" not in state:
-                logger.warning("%s is not a training checkpoint; trying the previous one", path)
-                continue
+            if set_aside_unreadable:
+                for bad in unreadable:
+                    aside = bad.with_name(bad.name + ".unreadable")
+                    bad.replace(aside)
+                    logger.warning("set the unreadable %s aside as %s", bad.name, aside.name)
             return state, path
+        if unreadable:
+            names = ", ".join(p.name for p in unreadable[:3]) + (" ..." if len(unreadable) > 3
+                                                                else "")
+            raise CheckpointError(f"no readable checkpoint in {self.folder}: {len(unreadable)} "
+                                  f"checkpoint files cannot be read ({names}); remove them, or "
+                                  "start a new run with --overwrite")
         return None
+
+
+def _read_checkpoint(path: Path, map_location: torch.device | str) -> dict[str, Any] | None:
+    """The training checkpoint in ``path``, or ``None`` (logged) when it cannot be read."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file: try the previous
+        logger.warning("cannot read checkpoint %s (%s: %s); trying the previous one", path,
+                       type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        return None
+    if not isinstance(state, dict) or "step" not in state:
+        logger.warning("%s is not a training checkpoint; trying the previous one", path)
+        return None
+    return state
 
 
 def capture_rng_state(device: torch.device) -> dict[str, torch.Tensor]:

@@ -11,23 +11,30 @@ the config dataclasses::
     stage: stage1                                      # other top-level fields
 
 Flags override the file: ``--data``, ``--out``, ``--steps``, ``--batch-size``,
-``--max-minutes``, ``--precision``, ``--seed``, ``--device``, ``--resume``, ``--preset``,
-(HMAR) ``--stage``, ``--tokenizer``, ``--init-from``, and any field by dotted path with
-``--set run.ckpt_interval=500 --set optim.lr=2e-4``.
+``--max-minutes``, ``--precision``, ``--seed``, ``--device``, ``--resume``, ``--overwrite``,
+``--preset``, (HMAR) ``--stage``, ``--tokenizer``, ``--init-from``, and any field by dotted
+path with ``--set run.ckpt_interval=500 --set optim.lr=2e-4`` (values are type-checked).
+
+:func:`run_entry` runs a trainer from the command line: a configuration, data or file error is
+one log line and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import re
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
+from hmar_core.checkpoint import CheckpointError
 from hmar_core.config import TokenizerConfig, TransformerConfig
 
 from .config import HMARTrainConfig, OptimConfig, RunConfig, SpeedConfig, TokenizerTrainConfig
@@ -39,8 +46,11 @@ __all__ = [
     "load_yaml",
     "parse_hmar_args",
     "parse_tokenizer_args",
+    "run_entry",
     "setup_entry_logging",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 class _Loader(yaml.SafeLoader):
@@ -64,11 +74,25 @@ def parse_yaml(text: str) -> Any:
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML mapping (an empty file gives ``{}``)."""
+    """Read a YAML mapping (an empty file gives ``{}``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not YAML, or not a mapping at the top level (one-line messages).
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    data = parse_yaml(path.read_text()) or {}
+        raise FileNotFoundError(f"config file {path} does not exist"
+                                + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        data = parse_yaml(path.read_text()) or {}
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a text file ({err.reason})") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{path}: invalid YAML{where}: {problem}") from err
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the top level must be a mapping of sections")
     return data
@@ -78,45 +102,91 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = data
     for key in keys[:-1]:
-        node = node.setdefault(key, {})
+        if node.get(key) is None:  # missing, or an empty YAML section
+            node[key] = {}
+        node = node[key]
         if not isinstance(node, dict):
             raise ValueError(f"cannot set {dotted}: {key} is not a section")
     node[keys[-1]] = value
 
 
-def _build(cls: type, section: Any, where: str) -> Any:
+def _section(section: Any, where: str) -> dict[str, Any]:
+    """A YAML section as a dict (``None``, an empty section, gives ``{}``)."""
     if section is None:
-        section = {}
+        return {}
     if not isinstance(section, dict):
-        raise ValueError(f"{where} must be a mapping, got {section!r}")
+        raise ValueError(f"{where} must be a mapping of fields, got {section!r}")
+    return dict(section)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a YAML value can be given to a field annotated ``hint`` (simple types only)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or dataclasses.is_dataclass(hint):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin is tuple:
+        return isinstance(value, (list, tuple))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _check_types(cls: type, section: dict[str, Any], where: str) -> None:
+    hints = typing.get_type_hints(cls)
+    for name, value in section.items():
+        if name in hints and not _fits(value, hints[name]):
+            hint = hints[name]
+            expected = (hint.__name__ if isinstance(hint, type)
+                        else str(hint).replace("typing.", ""))
+            field_name = f"{where}.{name}" if where else name
+            raise ValueError(f"{field_name}: {value!r} is not a valid value ({expected})")
+
+
+def _build(cls: type, section: Any, where: str) -> Any:
+    section = _section(section, where)
+    _check_types(cls, section, where)
     try:
         return cls(**section)
     except TypeError as err:
         names = sorted(f.name for f in dataclasses.fields(cls) if f.init)
-        raise ValueError(f"{where}: {err} (known fields: {', '.join(names)})") from err
+        raise ValueError(f"{where or 'config'}: {err} (known fields: {', '.join(names)})") from err
+
+
+def _model_config(cls: type, section: Any, where: str,
+                  from_preset: Callable[[str, dict[str, Any]], Any]) -> Any:
+    """A model config from its YAML section: all fields, or a ``preset`` plus overrides."""
+    section = _section(section, where)
+    preset = section.pop("preset", None)
+    if preset is None:
+        return _build(cls, section, where)
+    _check_types(cls, section, where)
+    try:
+        return from_preset(preset, section)
+    except TypeError as err:
+        raise ValueError(f"{where}: {err}") from err
 
 
 def _tokenizer_model(section: Any) -> TokenizerConfig:
-    section = dict(section or {})
-    preset = section.pop("preset", None)
-    if preset is None:
-        return _build(TokenizerConfig, section, "tokenizer")
-    base = TokenizerConfig.from_name(preset)
-    try:
-        return dataclasses.replace(base, **section)
-    except TypeError as err:
-        raise ValueError(f"tokenizer: {err}") from err
+    return _model_config(TokenizerConfig, section, "tokenizer", lambda name, fields:
+                         dataclasses.replace(TokenizerConfig.from_name(name), **fields))
 
 
 def _transformer_model(section: Any) -> TransformerConfig:
-    section = dict(section or {})
-    preset = section.pop("preset", None)
-    if preset is None:
-        return _build(TransformerConfig, section, "transformer")
-    try:
-        return TransformerConfig.from_name(preset, **section)
-    except TypeError as err:
-        raise ValueError(f"transformer: {err}") from err
+    # from_name applies the overrides before the derived fields (width = 64 · depth, ...)
+    return _model_config(TransformerConfig, section, "transformer",
+                         lambda name, fields: TransformerConfig.from_name(name, **fields))
 
 
 def build_tokenizer_config(data: dict[str, Any]) -> TokenizerTrainConfig:
@@ -127,8 +197,9 @@ def build_tokenizer_config(data: dict[str, Any]) -> TokenizerTrainConfig:
     kwargs: dict[str, Any] = {"run": run, "tokenizer": model}
     if "optim" in data:
         defaults = dataclasses.asdict(TokenizerTrainConfig(run=run).optim)
-        kwargs["optim"] = _build(OptimConfig, {**defaults, **(data.pop("optim") or {})}, "optim")
-    return _build(TokenizerTrainConfig, {**kwargs, **data}, "tokenizer training config")
+        kwargs["optim"] = _build(OptimConfig, {**defaults, **_section(data.pop("optim"), "optim")},
+                                 "optim")
+    return _build(TokenizerTrainConfig, {**kwargs, **data}, "")
 
 
 def build_hmar_config(data: dict[str, Any]) -> HMARTrainConfig:
@@ -139,7 +210,7 @@ def build_hmar_config(data: dict[str, Any]) -> HMARTrainConfig:
     optim = _build(OptimConfig, data.pop("optim", None), "optim")
     speed = _build(SpeedConfig, data.pop("speed", None), "speed")
     return _build(HMARTrainConfig, {"run": run, "transformer": model, "optim": optim,
-                                    "speed": speed, **data}, "HMAR training config")
+                                    "speed": speed, **data}, "")
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -157,6 +228,9 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--num-workers", type=int, help="run.num_workers")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint in the output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in an output folder that holds an earlier one "
+                             "(deletes its checkpoints, samples, TensorBoard events, export)")
     parser.add_argument("--preset", help="model preset name")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any field by dotted path (YAML value syntax)")
@@ -177,6 +251,8 @@ def _merge(args: argparse.Namespace, model_section: str, extra: dict[str, str]
             _set(data, f"run.{key}", getattr(args, flag))
     if args.resume:
         _set(data, "run.resume", True)
+    if args.overwrite:
+        _set(data, "run.overwrite", True)
     if args.preset is not None:
         _set(data, f"{model_section}.preset", args.preset)
     for flag, key in extra.items():
@@ -184,9 +260,13 @@ def _merge(args: argparse.Namespace, model_section: str, extra: dict[str, str]
             _set(data, key, getattr(args, flag))
     for item in args.set:
         if "=" not in item:
-            raise SystemExit(f"--set needs KEY=VALUE, got {item!r}")
+            raise ValueError(f"--set needs KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        _set(data, key.strip(), parse_yaml(value))
+        try:
+            parsed = parse_yaml(value)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {item}: the value is not valid YAML") from err
+        _set(data, key.strip(), parsed)
     return data
 
 
@@ -209,9 +289,69 @@ def parse_hmar_args(argv: Sequence[str] | None = None) -> HMARTrainConfig:
 
 
 def setup_entry_logging(ctx: DistContext, out_dir: str | os.PathLike) -> None:
-    """Entry-point logging: rank 0 to stderr and ``<out_dir>/train.log``."""
+    """Entry-point logging: rank 0 to stderr and ``<out_dir>/train.log``.
+
+    Raises:
+        NotADirectoryError: ``out_dir`` is a file.
+    """
     log_file = None
     if ctx.is_main:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        log_file = Path(out_dir) / "train.log"
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"output folder {out} is a file")
+        out.mkdir(parents=True, exist_ok=True)
+        log_file = out / "train.log"
     setup_logging(ctx, log_file)
+
+
+#: Errors that mean "bad configuration, data or files": one log line and exit status 2.
+USER_ERRORS = (ValueError, OSError, CheckpointError)
+
+Config = TypeVar("Config", TokenizerTrainConfig, HMARTrainConfig)
+Result = TypeVar("Result", bound="_Finished")
+
+
+class _Finished(typing.Protocol):
+    step: int
+
+
+def run_entry(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | None], Config],
+              train: Callable[[Config, DistContext], Result], metric: str, summary: str
+              ) -> int:
+    """Run a trainer from the command line: parse, set up logging, train, summarise.
+
+    A configuration, data or file error (:data:`USER_ERRORS`) is logged as one line, without a
+    traceback, and gives exit status 2; ``--help`` and argparse usage errors exit as usual.
+
+    Args:
+        argv: the arguments (``None``: ``sys.argv``).
+        parse: flags → config.
+        train: the trainer's ``main``.
+        metric: the result's evaluation history (list of (step, value)).
+        summary: how rank 0 logs its first and last value, a ``str.format`` with ``first``
+            and ``last``.
+
+    Returns:
+        The exit status.
+    """
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ctx = None
+    try:
+        cfg = parse(argv)
+        ctx = DistContext.from_env(cfg.run.device)
+        setup_entry_logging(ctx, cfg.run.out_dir)
+        with logging_redirect_tqdm():  # log lines above the progress bar, not through it
+            result = train(cfg, ctx)
+        history = getattr(result, metric)
+        if ctx.is_main and history:
+            logger.info("done: %d steps, %s", result.step,
+                        summary.format(first=history[0][1], last=history[-1][1]))
+        return 0
+    except USER_ERRORS as err:
+        logger.error("%s", " ".join(str(err).split()) or type(err).__name__)
+        return 2
+    finally:
+        if ctx is not None:
+            ctx.close()

@@ -126,7 +126,11 @@ class RunConfig:
         val_interval: steps between held-out evaluations; 0: only at the end.
         num_workers: DataLoader worker processes.
         ema_decay: keep an exponential moving average of the weights (``None``: off).
-        resume: continue from the newest loadable checkpoint in ``out_dir`` if there is one.
+        resume: continue from the newest readable checkpoint in ``out_dir`` (none there: start
+            from step 0; checkpoints that all fail to load: an error).
+        overwrite: start a new run in an ``out_dir`` that holds an earlier one, deleting its
+            checkpoints, samples, TensorBoard events and export first (without ``resume`` or
+            ``overwrite`` such a folder is refused, see :mod:`train.run_folder`).
         class_balanced: draw every class equally often (with replacement).
         allow_empty_classes: accept class folders without images (the emoji set has one).
         val_fraction: held-out fraction when the data has no ``val`` split.
@@ -151,6 +155,7 @@ class RunConfig:
     num_workers: int = 0
     ema_decay: float | None = None
     resume: bool = False
+    overwrite: bool = False
     class_balanced: bool = False
     allow_empty_classes: bool = False
     val_fraction: float = 0.05
@@ -171,6 +176,8 @@ class RunConfig:
         _require(self.log_interval >= 1, "log_interval must be >= 1")
         _require(self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay must be in (0, 1)")
         _require(0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)")
+        _require(not (self.resume and self.overwrite),
+                 "resume and overwrite exclude each other: continue the run or replace it")
 
 
 @dataclass(frozen=True)

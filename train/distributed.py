@@ -61,15 +61,22 @@ class DistContext:
 
         Returns:
             The context; with ``WORLD_SIZE > 1`` the default process group is initialised.
+
+        Raises:
+            ValueError: an unknown device, or CUDA asked for where there is none.
         """
         env = os.environ if env is None else env
         world_size = int(env.get("WORLD_SIZE", "1"))
         rank = int(env.get("RANK", "0"))
         local_rank = int(env.get("LOCAL_RANK", "0"))
         kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            torch.device(kind)
+        except RuntimeError as err:
+            raise ValueError(f"unknown device {kind!r} (use cuda or cpu)") from err
         if kind.startswith("cuda"):
             if not torch.cuda.is_available():
-                raise RuntimeError("device 'cuda' was asked for but CUDA is not available")
+                raise ValueError("device 'cuda' was asked for but CUDA is not available")
             torch_device = torch.device("cuda", local_rank)
             torch.cuda.set_device(torch_device)
         else:

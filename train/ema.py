@@ -7,10 +7,15 @@ frozen ones (they simply stay equal to the model). Its state dict goes into chec
 
 from __future__ import annotations
 
+from copy import deepcopy
+from typing import TypeVar
+
 import torch
 import torch.nn as nn
 
-__all__ = ["EMA"]
+__all__ = ["EMA", "averaged"]
+
+Module = TypeVar("Module", bound=nn.Module)
 
 
 class EMA:
@@ -84,3 +89,17 @@ class EMA:
             self.shadow[name].copy_(value)
         self.decay = float(state["decay"])  # type: ignore[arg-type]
         self.num_updates = int(state["num_updates"])  # type: ignore[call-overload]
+
+
+def averaged(model: Module, ema: EMA | None) -> Module:
+    """The weights to evaluate, preview or export: an EMA copy in eval mode when the run keeps
+    an average, else ``model`` itself.
+
+    The copy is a ``deepcopy`` (no module construction, so the global RNG stays untouched and
+    a resumed run continues exactly).
+    """
+    if ema is None:
+        return model
+    copy = deepcopy(model)
+    ema.copy_to(copy)
+    return copy.eval()

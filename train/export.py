@@ -21,14 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from hmar_core import CheckpointError, Pipeline, SamplerConfig
 from hmar_core.checkpoint import load_into
 from hmar_core.config import TokenizerConfig, TransformerConfig
 from hmar_core.tokenizer import MultiScaleVQTokenizer
 from hmar_core.transformer import HMARTransformer
+from hmar_core.weights_io import load_weights
 
 __all__ = [
     "export_checkpoint",
@@ -47,6 +47,12 @@ logger = logging.getLogger(__name__)
 def _cpu_tensors(module: torch.nn.Module, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
             .detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def _reason(err: Exception) -> str:
+    """One line on why a file could not be read (torch's messages span several lines)."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
 def export_tokenizer(tokenizer: MultiScaleVQTokenizer, folder: str | os.PathLike) -> Path:
@@ -68,22 +74,23 @@ def load_tokenizer(folder: str | os.PathLike, device: torch.device | str = "cpu"
                    ) -> MultiScaleVQTokenizer:
     """The tokenizer of a tokenizer folder or a full model folder, in eval mode.
 
+    The weights may be one ``tokenizer.safetensors`` or a set of shards
+    (``tokenizer-00001-of-0000N.safetensors`` …, as ``python -m hmar_core convert`` writes
+    for large tokenizers); :func:`hmar_core.weights_io.load_weights` reads both.
+
     Raises:
         CheckpointError: missing files, bad config, or weights that do not fit.
     """
     folder = Path(folder)
-    config_path, weights_path = folder / "config.json", folder / "tokenizer.safetensors"
-    if not config_path.is_file() or not weights_path.is_file():
+    config_path = folder / "config.json"
+    if not folder.is_dir() or not config_path.is_file():
         raise CheckpointError(f"{folder} is not a tokenizer folder (needs config.json and "
                               "tokenizer.safetensors; train one with python -m train.tokenizer)")
     try:
         cfg = TokenizerConfig.from_dict(json.loads(config_path.read_text())["tokenizer"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as err:
         raise CheckpointError(f"{config_path}: invalid tokenizer config ({err})") from err
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"cannot read {weights_path}: {err}") from err
+    state = load_weights(folder, "tokenizer")
     with torch.device("meta"):
         tokenizer = MultiScaleVQTokenizer(cfg)
     load_into(tokenizer, state, "tokenizer")
@@ -109,16 +116,16 @@ def load_transformer_weights(path: str | os.PathLike, cfg: TransformerConfig
         config_path = path / "config.json"
         if not config_path.is_file():
             raise CheckpointError(f"{path} has no config.json (expected a model folder)")
-        saved = json.loads(config_path.read_text()).get("transformer")
         try:
-            state = load_file(str(path / "transformer.safetensors"))
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"cannot read {path / 'transformer.safetensors'}: {err}") from err
+            saved = json.loads(config_path.read_text()).get("transformer")
+        except (json.JSONDecodeError, AttributeError, RecursionError) as err:
+            raise CheckpointError(f"{config_path}: invalid model config ({err})") from err
+        state = load_weights(path, "transformer")  # one file or shards
     elif path.is_file():
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - report any unreadable file the same way
-            raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+            raise CheckpointError(f"cannot read checkpoint {path}: {_reason(err)}") from err
         if not isinstance(ckpt, dict) or "model" not in ckpt or ckpt.get("kind") != "hmar":
             raise CheckpointError(f"{path} is not an HMAR training checkpoint")
         saved, state = ckpt["config"]["transformer"], ckpt["model"]
@@ -186,7 +193,7 @@ def export_checkpoint(
     try:
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - report any unreadable file the same way
-        raise CheckpointError(f"cannot read checkpoint {checkpoint}: {err}") from err
+        raise CheckpointError(f"cannot read checkpoint {checkpoint}: {_reason(err)}") from err
     if not isinstance(ckpt, dict) or ckpt.get("kind") not in ("tokenizer", "hmar"):
         raise CheckpointError(f"{checkpoint} is not a training checkpoint")
     state = dict(ckpt["model"])
@@ -212,7 +219,8 @@ def export_checkpoint(
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """``python -m train.export --checkpoint runs/x/checkpoints/ckpt-00001000.pt --out dir``."""
+    """``python -m train.export --checkpoint runs/x/checkpoints/ckpt-00001000.pt --out dir``
+    (exit status 0, or 2 after a one-line error)."""
     parser = argparse.ArgumentParser(prog="python -m train.export",
                                      description="Export a training checkpoint as a folder.")
     parser.add_argument("--checkpoint", type=Path, required=True)
@@ -222,9 +230,13 @@ def cli(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    folder = export_checkpoint(args.checkpoint, args.out, tokenizer_path=args.tokenizer,
-                               use_ema=not args.no_ema,
-                               dtype=torch.bfloat16 if args.dtype == "bf16" else None)
+    try:
+        folder = export_checkpoint(args.checkpoint, args.out, tokenizer_path=args.tokenizer,
+                                   use_ema=not args.no_ema,
+                                   dtype=torch.bfloat16 if args.dtype == "bf16" else None)
+    except (ValueError, OSError) as err:  # CheckpointError is a ValueError
+        logger.error("%s", " ".join(str(err).split()) or type(err).__name__)
+        return 2
     logger.info("wrote %s", folder)
     return 0
 

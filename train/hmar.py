@@ -18,7 +18,6 @@ import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,10 @@ from hmar_core.tokenizer import MultiScaleVQTokenizer
 from hmar_core.transformer import HMARTransformer
 
 from .batches import StepBatchSampler, open_datasets
-from .checkpoint import CheckpointManager, WriteHook
-from .config import HMARTrainConfig, Precision
+from .checkpoint import WriteHook
+from .config import HMARTrainConfig, Precision, RunConfig
 from .distributed import DistContext, check_replicas
-from .ema import EMA
+from .ema import EMA, averaged
 from .export import (
     export_pipeline,
     export_sampler_config,
@@ -44,21 +43,12 @@ from .export import (
     load_transformer_weights,
 )
 from .logging import Reporter
-from .loop import (
-    TimeBudget,
-    autocast,
-    configure_backends,
-    make_scaler,
-    optimizer_step,
-    resolve_precision,
-    seed_process,
-    to_device_async,
-    wrap_ddp,
-)
+from .loop import autocast, make_scaler, optimizer_step, to_device_async, wrap_ddp
 from .objectives import HMARObjective, drop_labels, sample_masks, scale_loss_weights, set_trainable
 from .optim import apply_schedule, build_adamw
 from .randomness import Purpose, derived_generator
-from .state import RunState, restore_run_state, run_state
+from .skeleton import History, StepOutput, TrainerParts, train_with
+from .state import RunState
 from .tokens import CachedTokens, OnTheFlyTokens, encode_keys
 
 __all__ = ["HMARTrainResult", "check_fit", "main"]
@@ -122,16 +112,15 @@ def main(cfg: HMARTrainConfig, ctx: DistContext | None = None, *,
         :class:`HMARTrainResult`.
 
     Raises:
-        ValueError: the data, tokenizer and configuration do not fit (before any step).
-        hmar_core.CheckpointError: the tokenizer or ``init_from`` cannot be loaded.
+        ValueError: the data, tokenizer and configuration do not fit (before any step), or the
+            output folder holds an earlier run (without ``run.resume`` / ``run.overwrite``).
+        hmar_core.CheckpointError: the tokenizer or ``init_from`` cannot be loaded, or no
+            checkpoint of a resumed run can be read.
     """
-    own_ctx = ctx is None
-    ctx = DistContext.from_env(cfg.run.device) if ctx is None else ctx
-    try:
-        return _train(cfg, ctx, checkpoint_write_hook)
-    finally:
-        if own_ctx:
-            ctx.close()
+    outcome = train_with(cfg.run, ctx, lambda run, ctx: _HMARParts(cfg, run, ctx),
+                         checkpoint_write_hook)
+    history = outcome.history
+    return HMARTrainResult(outcome.step, outcome.export_dir, history["val_loss"], history["losses"])
 
 
 def _config_record(cfg: HMARTrainConfig) -> dict[str, Any]:
@@ -153,154 +142,106 @@ def _build_transformer(cfg: HMARTrainConfig, device: torch.device) -> HMARTransf
     return transformer.to(device)
 
 
-def _train(cfg: HMARTrainConfig, ctx: DistContext, write_hook: WriteHook | None
-           ) -> HMARTrainResult:
-    run, device = cfg.run, ctx.device
-    budget = TimeBudget(run.max_minutes)  # the budget covers data, caches and the export
-    configure_backends(ctx)
-    run = dataclasses.replace(run, precision=resolve_precision(run.precision, device))
-    ctx.local_slice(run.batch_size)  # raises early when the batch does not split evenly
-    tokenizer = load_tokenizer(cfg.tokenizer_path, device).requires_grad_(False)
-    splits = open_datasets(run, tokenizer.cfg.image_size)
-    check_fit(cfg, tokenizer.cfg, splits.num_classes)
-    out = Path(run.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+class _HMARParts(TrainerParts):
+    """The HMAR transformer, its token data and losses, for :func:`train.skeleton.run_training`."""
 
-    transformer = _build_transformer(cfg, device)
-    weights_L = scale_loss_weights(cfg.transformer.patch_nums, cfg.loss_weighting)
-    objective = HMARObjective(transformer, tokenizer.quantize, cfg.stage, weights_L,
-                              cfg.mask_loss_weight, cfg.speed.resolved(device)).to(device)
-    model = wrap_ddp(objective, ctx)
-    if run.compile:
-        model = torch.compile(model)
-    optimizer = build_adamw(transformer, cfg.optim, run.batch_size, device)
-    peak = cfg.optim.peak_lr(run.batch_size)
-    scaler = make_scaler(run.precision, device)
-    ema = EMA(transformer, run.ema_decay) if run.ema_decay else None
-    state = RunState(model=transformer, optimizer=optimizer, scaler=scaler, ema=ema)
-    trainable = [p for p in transformer.parameters() if p.requires_grad]
-    logger.info("transformer: %.2f M parameters, %.2f M trainable (%s)",
-                sum(p.numel() for p in transformer.parameters()) / 1e6,
-                sum(p.numel() for p in trainable) / 1e6, cfg.stage)
+    kind, metric, export_name = "hmar", "val_loss", "model"
 
-    manager = CheckpointManager(out / "checkpoints", write_hook=write_hook)
-    seed_process(ctx, run.seed)
-    start, total = 0, run.steps
-    result = HMARTrainResult(step=0, export_dir=None)
-    loaded = manager.load_latest(device) if run.resume else None
-    if loaded is not None:
-        ckpt, path = loaded
-        start, total, history = restore_run_state(ckpt, state, ctx, "hmar", _config_record(cfg),
-                                                  run.steps)
-        result.val_loss = [tuple(x) for x in history.get("val_loss", [])]
-        result.losses = [tuple(x) for x in history.get("losses", [])]
-        logger.info("resumed from %s at step %d", path, start)
-    if ctx.is_main:
-        manager.remove_stale_temporaries()
+    def __init__(self, cfg: HMARTrainConfig, run: RunConfig, ctx: DistContext) -> None:
+        device = ctx.device
+        self.cfg, self.run, self.ctx = cfg, run, ctx
+        self.tokenizer = load_tokenizer(cfg.tokenizer_path, device).requires_grad_(False)
+        self.splits = open_datasets(run, self.tokenizer.cfg.image_size)
+        check_fit(cfg, self.tokenizer.cfg, self.splits.num_classes)
+        self.transformer = transformer = _build_transformer(cfg, device)
+        weights_L = scale_loss_weights(cfg.transformer.patch_nums, cfg.loss_weighting)
+        self.objective = HMARObjective(transformer, self.tokenizer.quantize, cfg.stage, weights_L,
+                                       cfg.mask_loss_weight, cfg.speed.resolved(device)).to(device)
+        self.model = wrap_ddp(self.objective, ctx)
+        if run.compile:
+            self.model = torch.compile(self.model)
+        optimizer = build_adamw(transformer, cfg.optim, run.batch_size, device)
+        self.peak = cfg.optim.peak_lr(run.batch_size)
+        ema = EMA(transformer, run.ema_decay) if run.ema_decay else None
+        self.state = RunState(model=transformer, optimizer=optimizer,
+                              scaler=make_scaler(run.precision, device), ema=ema)
+        self.trainable = [p for p in transformer.parameters() if p.requires_grad]
+        logger.info("transformer: %.2f M parameters, %.2f M trainable (%s)",
+                    sum(p.numel() for p in transformer.parameters()) / 1e6,
+                    sum(p.numel() for p in self.trainable) / 1e6, cfg.stage)
 
-    local_batch = run.batch_size // ctx.world_size
-    local = ctx.local_slice(run.batch_size)
-    sampler = StepBatchSampler(splits.train.targets, run.batch_size, run.seed, ctx, start,
-                               run.class_balanced)
-    if cfg.token_cache_crops:
-        source: CachedTokens | OnTheFlyTokens = CachedTokens(
-            tokenizer, splits.train, sampler, cfg.token_cache_crops, ctx, local_batch,
-            run.num_workers)
-    else:
-        source = OnTheFlyTokens(tokenizer, splits.train, sampler, ctx, run.num_workers)
-    val_data = splits.val if splits.val is not None else splits.train
-    val_keys = list(range(min(len(val_data), cfg.val_samples)))
-    val_tokens, val_labels = (encode_keys(tokenizer, val_data, val_keys, ctx, local_batch,
-                                          run.num_workers) if val_keys else (None, None))
-    counts = Counter(splits.train.targets)
-    preview_labels = [c for c in range(splits.num_classes) if counts[c]][: cfg.preview_classes]
-    null_class = cfg.transformer.null_class
+    def config_record(self) -> dict[str, Any]:
+        return _config_record(self.cfg)
 
-    def save(step: int) -> None:
-        check_replicas(transformer, ctx, step)
-        ckpt = run_state(state, ctx, "hmar", step, total, _config_record(cfg),
-                         {"val_loss": result.val_loss, "losses": result.losses})
-        if ctx.is_main:
-            ckpt["class_names"] = list(splits.class_names)
-            manager.save(ckpt, step)
-        ctx.barrier()
+    def start(self, step: int) -> None:
+        run, ctx, splits = self.run, self.ctx, self.splits
+        self.local_batch = run.batch_size // ctx.world_size
+        self.local = ctx.local_slice(run.batch_size)
+        sampler = StepBatchSampler(splits.train.targets, run.batch_size, run.seed, ctx, step,
+                                   run.class_balanced)
+        if self.cfg.token_cache_crops:
+            self.source: CachedTokens | OnTheFlyTokens = CachedTokens(
+                self.tokenizer, splits.train, sampler, self.cfg.token_cache_crops, ctx,
+                self.local_batch, run.num_workers)
+        else:
+            self.source = OnTheFlyTokens(self.tokenizer, splits.train, sampler, ctx,
+                                         run.num_workers)
+        val_data = splits.val if splits.val is not None else splits.train
+        val_keys = list(range(min(len(val_data), self.cfg.val_samples)))
+        self.val_tokens, self.val_labels = (
+            encode_keys(self.tokenizer, val_data, val_keys, ctx, self.local_batch,
+                        run.num_workers) if val_keys else (None, None))
+        counts = Counter(splits.train.targets)
+        self.preview_labels = [c for c in range(splits.num_classes)
+                               if counts[c]][: self.cfg.preview_classes]
 
-    def evaluate(step: int) -> None:
-        if val_tokens is None:
-            return
-        loss = _validation_loss(objective, cfg, run.precision, val_tokens, val_labels, ctx,
-                                local_batch)
-        result.val_loss.append((step, loss))
-        reporter.scalars(step, {"val/loss": loss})
-
-    def preview(step: int) -> None:
-        if ctx.is_main:
-            _preview(tokenizer, _export_weights(transformer, ema), cfg, preview_labels,
-                     reporter, step, splits.class_names)
-
-    reporter = Reporter(ctx, out, total, start, tensorboard=run.tensorboard,
-                        progress_bar=run.progress_bar)
-    if start == 0:
-        evaluate(0)
-    transformer.train()
-    needs_masks = cfg.stage in ("stage2", "joint")
-    step, done, running = start, 0, torch.zeros(2, device=device)
-    while step < total and not budget.expired(ctx):
-        tokens_BL, labels = source.batch(step)
-        labels = drop_labels(labels, null_class, cfg.label_drop,
+    def train_step(self, step: int, total: int) -> StepOutput:
+        cfg, run, device = self.cfg, self.run, self.ctx.device
+        tokens_BL, labels = self.source.batch(step)
+        labels = drop_labels(labels, cfg.transformer.null_class, cfg.label_drop,
                              derived_generator(run.seed, Purpose.LABEL_DROP, step),
-                             run.batch_size, local)
+                             run.batch_size, self.local)
         masked = None
-        if needs_masks:
+        if cfg.stage in ("stage2", "joint"):
             masked = sample_masks(cfg.transformer.patch_nums, run.batch_size,
                                   derived_generator(run.seed, Purpose.MASK, step),
                                   per_sample=cfg.mask_per_sample,
                                   ratio_min=cfg.mask_ratio_min,
-                                  ratio_max=cfg.mask_ratio_max)[local]
+                                  ratio_max=cfg.mask_ratio_max)[self.local]
             masked = to_device_async(masked, device)
-        lr = apply_schedule(optimizer, step, total, cfg.optim, peak)
+        lr = apply_schedule(self.state.optimizer, step, total, cfg.optim, self.peak)
         with autocast(run.precision, device):
-            loss, stats = model(tokens_BL, labels, masked)
-        grad_norm = optimizer_step(loss, optimizer, scaler, trainable, cfg.optim.grad_clip)
-        if ema is not None:
-            ema.update(transformer)
-        running += torch.stack([loss.detach().float(), torch.ones((), device=device)])
-        step, done = step + 1, done + 1
-        reporter.step(run.batch_size)
-        if step % run.log_interval == 0 or step == total:
-            mean_loss = float(ctx.all_reduce_mean(running[0] / running[1]))
-            running.zero_()
-            result.losses.append((step, mean_loss))
-            values = {"train/loss": mean_loss, "train/lr": lr, "train/grad_norm": float(grad_norm),
-                      **{f"train/{k}": float(v) for k, v in stats.items() if k != "loss"}}
-            reporter.scalars(step, values)
-        new_total = budget.calibrate(done, step, total, ctx)
-        if new_total is not None:
-            total = new_total
-            reporter.set_total(total)
-        if run.val_interval and step % run.val_interval == 0 and step != total:
-            evaluate(step)
-        if run.sample_interval and step % run.sample_interval == 0 and step != total:
-            preview(step)
-        if run.ckpt_interval and step % run.ckpt_interval == 0 and step != total:
-            save(step)
-    reporter.finish_bar()
-    if step < total:
-        logger.info("time budget used up at step %d of %d", step, total)
-    evaluate(step)
-    save(step)
-    result.step = step
-    if ctx.is_main:
-        preview(step)
-        result.export_dir = export_pipeline(
-            tokenizer, _export_weights(transformer, ema), out / "model",
-            class_names=splits.class_names,
-            sampler_config=export_sampler_config(cfg.stage, cfg.sample_cfg),
-            dtype=torch.bfloat16 if cfg.export_dtype == "bf16" else None)
-        logger.info("exported model to %s", result.export_dir)
-    ctx.barrier()
-    reporter.close()
-    return result
+            loss, stats = self.model(tokens_BL, labels, masked)
+        grad_norm = optimizer_step(loss, self.state.optimizer, self.state.scaler, self.trainable,
+                                   cfg.optim.grad_clip)
+        return StepOutput(loss.detach(), lr, grad_norm,
+                          {k: v for k, v in stats.items() if k != "loss"})
+
+    def after_step(self, step: int) -> None:
+        if self.state.ema is not None:
+            self.state.ema.update(self.transformer)
+
+    def checkpoint_extras(self, step: int) -> dict[str, Any]:
+        check_replicas(self.transformer, self.ctx, step)
+        return {"class_names": list(self.splits.class_names)}
+
+    def evaluate(self, step: int, reporter: Reporter) -> float | None:
+        if self.val_tokens is None:
+            return None
+        return _validation_loss(self.objective, self.cfg, self.run.precision, self.val_tokens,
+                                self.val_labels, self.ctx, self.local_batch)
+
+    def preview(self, step: int, reporter: Reporter) -> None:
+        _preview(self.tokenizer, averaged(self.transformer, self.state.ema), self.cfg,
+                 self.preview_labels, reporter, step, self.splits.class_names)
+
+    def export(self, folder: Path, history: History) -> Path:
+        export_pipeline(self.tokenizer, averaged(self.transformer, self.state.ema), folder,
+                        class_names=self.splits.class_names,
+                        sampler_config=export_sampler_config(self.cfg.stage, self.cfg.sample_cfg),
+                        dtype=torch.bfloat16 if self.cfg.export_dtype == "bf16" else None)
+        logger.info("exported model to %s", folder)
+        return folder
 
 
 @torch.no_grad()
@@ -329,15 +270,6 @@ def _validation_loss(objective: HMARObjective, cfg: HMARTrainConfig, precision: 
     return float(total[0] / total[1].clamp_min(1))
 
 
-def _export_weights(transformer: HMARTransformer, ema: EMA | None) -> HMARTransformer:
-    """The weights to sample/export: an EMA copy when enabled, else the live network."""
-    if ema is None:
-        return transformer
-    copy = deepcopy(transformer)  # no module construction: the global RNG stays untouched
-    ema.copy_to(copy)
-    return copy
-
-
 @torch.no_grad()
 def _preview(tokenizer: MultiScaleVQTokenizer, transformer: HMARTransformer,
              cfg: HMARTrainConfig, labels: Sequence[int], reporter: Reporter, step: int,
@@ -354,23 +286,12 @@ def _preview(tokenizer: MultiScaleVQTokenizer, transformer: HMARTransformer,
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """``python -m train.hmar``: parse flags/YAML, set up logging, run :func:`main`."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
+    """``python -m train.hmar`` (exit status 0, or 2 after a one-line error for bad
+    configuration or data)."""
+    from .cli import parse_hmar_args, run_entry
 
-    from .cli import parse_hmar_args, setup_entry_logging
-
-    cfg = parse_hmar_args(argv)
-    ctx = DistContext.from_env(cfg.run.device)
-    try:
-        setup_entry_logging(ctx, cfg.run.out_dir)
-        with logging_redirect_tqdm():  # log lines above the progress bar, not through it
-            result = main(cfg, ctx)
-        if ctx.is_main and result.val_loss:
-            logger.info("done: %d steps, held-out loss %.4f → %.4f", result.step,
-                        result.val_loss[0][1], result.val_loss[-1][1])
-        return 0
-    finally:
-        ctx.close()
+    return run_entry(argv, parse_hmar_args, main, "val_loss",
+                     "held-out loss {first:.4f} → {last:.4f}")
 
 
 if __name__ == "__main__":

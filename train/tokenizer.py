@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,26 +29,18 @@ from hmar_core.init import init_tokenizer_
 from hmar_core.tokenizer import MultiScaleVQTokenizer
 
 from .batches import StepBatchSampler, image_batches, open_datasets
-from .checkpoint import CheckpointManager, WriteHook
-from .config import TokenizerTrainConfig
+from .checkpoint import WriteHook
+from .config import RunConfig, TokenizerTrainConfig
 from .discriminator import PatchDiscriminator, discriminator_hinge_loss, generator_hinge_loss
 from .distributed import DistContext
-from .ema import EMA
+from .ema import EMA, averaged
 from .export import export_tokenizer
 from .logging import Reporter
-from .loop import (
-    TimeBudget,
-    autocast,
-    configure_backends,
-    make_scaler,
-    optimizer_step,
-    resolve_precision,
-    seed_process,
-    wrap_ddp,
-)
+from .loop import autocast, make_scaler, optimizer_step, wrap_ddp
 from .optim import apply_schedule, build_adamw
 from .randomness import Purpose, derived_generator
-from .state import RunState, restore_run_state, run_state
+from .skeleton import History, StepOutput, TrainerParts, train_with
+from .state import RunState
 from .vq import CodebookMonitor, VQTrainOutput, quantize_for_training
 
 __all__ = ["TokenizerObjective", "TokenizerTrainResult", "evaluate_psnr", "main"]
@@ -121,10 +112,6 @@ def evaluate_psnr(tokenizer: MultiScaleVQTokenizer, dataset: Dataset, ctx: DistC
     return float(total[0] / total[1].clamp_min(1))
 
 
-def _config_record(cfg: TokenizerTrainConfig) -> dict[str, Any]:
-    return {"tokenizer": cfg.tokenizer.to_dict(), "train": dataclasses.asdict(cfg)}
-
-
 def main(cfg: TokenizerTrainConfig, ctx: DistContext | None = None, *,
          checkpoint_write_hook: WriteHook | None = None) -> TokenizerTrainResult:
     """Train a tokenizer as configured; resume, checkpoint, evaluate and export.
@@ -138,176 +125,147 @@ def main(cfg: TokenizerTrainConfig, ctx: DistContext | None = None, *,
         :class:`TokenizerTrainResult`.
 
     Raises:
-        ValueError: the data or the configuration cannot be trained (before any step).
+        ValueError: the data or the configuration cannot be trained (before any step), or the
+            output folder holds an earlier run (without ``run.resume`` / ``run.overwrite``).
+        hmar_core.CheckpointError: no checkpoint of a resumed run can be read.
     """
-    own_ctx = ctx is None
-    ctx = DistContext.from_env(cfg.run.device) if ctx is None else ctx
-    try:
-        return _train(cfg, ctx, checkpoint_write_hook)
-    finally:
-        if own_ctx:
-            ctx.close()
+    outcome = train_with(cfg.run, ctx, lambda run, ctx: _TokenizerParts(cfg, run, ctx),
+                         checkpoint_write_hook)
+    history = outcome.history
+    return TokenizerTrainResult(outcome.step, outcome.export_dir, history["val_psnr"],
+                                history["losses"])
 
 
-def _train(cfg: TokenizerTrainConfig, ctx: DistContext, write_hook: WriteHook | None
-           ) -> TokenizerTrainResult:
-    run, device = cfg.run, ctx.device
-    budget = TimeBudget(run.max_minutes)  # the budget covers data, caches and the export
-    configure_backends(ctx)
-    run = dataclasses.replace(run, precision=resolve_precision(run.precision, device))
+def _check_sizes(cfg: TokenizerTrainConfig, run: RunConfig) -> None:
     tok_cfg = cfg.tokenizer
     if run.image_size is not None and run.image_size != tok_cfg.image_size:
         raise ValueError(f"run.image_size {run.image_size} does not fit the tokenizer, whose "
                          f"image size is {tok_cfg.image_size} (downsample {tok_cfg.downsample} "
                          f"x last patch side {tok_cfg.patch_nums[-1]})")
-    ctx.local_slice(run.batch_size)  # raises early when the batch does not split evenly
     if cfg.disc_weight > 0 and tok_cfg.image_size < 2**cfg.disc_layers:
         raise ValueError(f"images of {tok_cfg.image_size} px are too small for "
                          f"{cfg.disc_layers} discriminator layers")
-    splits = open_datasets(run, tok_cfg.image_size)
-    val_data = splits.val if splits.val is not None else splits.train
-    out = Path(run.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
 
-    init_generator = derived_generator(run.seed, Purpose.INIT)
-    tokenizer = init_tokenizer_(MultiScaleVQTokenizer(tok_cfg), init_generator).to(device)
-    objective = TokenizerObjective(tokenizer, cfg)
-    model = wrap_ddp(objective, ctx)
-    if run.compile:
-        model = torch.compile(model)
-    optimizer = build_adamw(tokenizer, cfg.optim, run.batch_size, device,
-                            extra_no_decay=("quantize.embedding",))
-    peak = cfg.optim.peak_lr(run.batch_size)
-    scaler = make_scaler(run.precision, device)
-    disc = disc_model = disc_optimizer = disc_scaler = None
-    if cfg.disc_weight > 0:
-        disc = PatchDiscriminator(cfg.disc_channels, cfg.disc_layers, tok_cfg.image_channels)
-        disc = disc.init_weights_(init_generator).to(device)
-        disc_model = wrap_ddp(disc, ctx)
-        disc_optimizer = build_adamw(disc, cfg.optim, run.batch_size, device)
-        disc_scaler = make_scaler(run.precision, device)
-    ema = EMA(tokenizer, run.ema_decay) if run.ema_decay else None
-    monitor = CodebookMonitor(tok_cfg.vocab_size, len(tok_cfg.patch_nums), device)
-    extra = {"disc": disc, "disc_optimizer": disc_optimizer, "disc_scaler": disc_scaler}
-    state = RunState(model=tokenizer, optimizer=optimizer, scaler=scaler, ema=ema,
-                     extra={k: v for k, v in extra.items() if v is not None})
 
-    manager = CheckpointManager(out / "checkpoints", write_hook=write_hook)
-    seed_process(ctx, run.seed)
-    start, total = 0, run.steps
-    result = TokenizerTrainResult(step=0, export_dir=None)
-    loaded = manager.load_latest(device) if run.resume else None
-    if loaded is not None:
-        ckpt, path = loaded
-        start, total, history = restore_run_state(ckpt, state, ctx, "tokenizer",
-                                                  _config_record(cfg), run.steps)
-        monitor.load_state_dict({"counts": ckpt["monitor"]["counts"] if ctx.is_main
-                                 else torch.zeros_like(monitor.counts)})
-        result.val_psnr = [tuple(x) for x in history.get("val_psnr", [])]
-        result.losses = [tuple(x) for x in history.get("losses", [])]
-        logger.info("resumed from %s at step %d", path, start)
-    if ctx.is_main:
-        manager.remove_stale_temporaries()
+class _TokenizerParts(TrainerParts):
+    """The tokenizer, its discriminator, data and losses, for
+    :func:`train.skeleton.run_training`."""
 
-    def save(step: int) -> None:
-        counts = ctx.all_reduce_sum(monitor.counts.clone())
-        ckpt = run_state(state, ctx, "tokenizer", step, total, _config_record(cfg),
-                         {"val_psnr": result.val_psnr, "losses": result.losses})
-        if ctx.is_main:
-            ckpt["monitor"] = {"counts": counts.cpu()}
-            manager.save(ckpt, step)
-        ctx.barrier()
+    kind, metric, export_name = "tokenizer", "val_psnr", "tokenizer"
+    evaluation_previews = True  # every evaluation writes reconstructions
 
-    def evaluate(step: int) -> None:
-        weights = _ema_weights(tokenizer, ema)
-        psnr = evaluate_psnr(weights, val_data, ctx, max(run.batch_size // ctx.world_size, 1),
-                             cfg.val_samples)
-        result.val_psnr.append((step, psnr))
-        reporter.scalars(step, {"val/psnr": psnr})
-        if ctx.is_main:
-            _preview(weights, val_data, reporter, step, device)
+    def __init__(self, cfg: TokenizerTrainConfig, run: RunConfig, ctx: DistContext) -> None:
+        device, tok_cfg = ctx.device, cfg.tokenizer
+        self.cfg, self.run, self.ctx = cfg, run, ctx
+        _check_sizes(cfg, run)
+        self.splits = open_datasets(run, tok_cfg.image_size)
+        self.val_data = self.splits.val if self.splits.val is not None else self.splits.train
+        init_generator = derived_generator(run.seed, Purpose.INIT)
+        self.tokenizer = init_tokenizer_(MultiScaleVQTokenizer(tok_cfg), init_generator).to(device)
+        self.model = wrap_ddp(TokenizerObjective(self.tokenizer, cfg), ctx)
+        if run.compile:
+            self.model = torch.compile(self.model)
+        optimizer = build_adamw(self.tokenizer, cfg.optim, run.batch_size, device,
+                                extra_no_decay=("quantize.embedding",))
+        self.peak = cfg.optim.peak_lr(run.batch_size)
+        scaler = make_scaler(run.precision, device)
+        self.disc = self.disc_model = None
+        extra: dict[str, Any] = {}
+        if cfg.disc_weight > 0:
+            self.disc = PatchDiscriminator(cfg.disc_channels, cfg.disc_layers,
+                                           tok_cfg.image_channels)
+            self.disc = self.disc.init_weights_(init_generator).to(device)
+            self.disc_model = wrap_ddp(self.disc, ctx)
+            extra = {"disc": self.disc,
+                     "disc_optimizer": build_adamw(self.disc, cfg.optim, run.batch_size, device),
+                     "disc_scaler": make_scaler(run.precision, device)}
+        ema = EMA(self.tokenizer, run.ema_decay) if run.ema_decay else None
+        self.monitor = CodebookMonitor(tok_cfg.vocab_size, len(tok_cfg.patch_nums), device)
+        self.state = RunState(model=self.tokenizer, optimizer=optimizer, scaler=scaler, ema=ema,
+                              extra=extra)
+        self._residuals: torch.Tensor | None = None  # of the last step, for restarts
 
-    reporter = Reporter(ctx, out, total, start, tensorboard=run.tensorboard,
-                        progress_bar=run.progress_bar)
-    sampler = StepBatchSampler(splits.train.targets, run.batch_size, run.seed, ctx, start,
-                               run.class_balanced)
-    batches = image_batches(splits.train, sampler, run.num_workers, device)
-    if start == 0:
-        evaluate(0)
-    tokenizer.train()
-    step, done, running = start, 0, torch.zeros(2, device=device)
-    while step < total and not budget.expired(ctx):
-        images, _ = next(batches)
-        lr = apply_schedule(optimizer, step, total, cfg.optim, peak)
+    def config_record(self) -> dict[str, Any]:
+        return {"tokenizer": self.cfg.tokenizer.to_dict(), "train": dataclasses.asdict(self.cfg)}
+
+    def start(self, step: int) -> None:
+        run = self.run
+        sampler = StepBatchSampler(self.splits.train.targets, run.batch_size, run.seed,
+                                   self.ctx, step, run.class_balanced)
+        self.batches = image_batches(self.splits.train, sampler, run.num_workers,
+                                     self.ctx.device)
+
+    def train_step(self, step: int, total: int) -> StepOutput:
+        cfg, run, device, state = self.cfg, self.run, self.ctx.device, self.state
+        images, _ = next(self.batches)
+        lr = apply_schedule(state.optimizer, step, total, cfg.optim, self.peak)
         with autocast(run.precision, device):
-            loss, recon, stats, vq = model(images)
-        use_disc = disc is not None and step >= cfg.disc_start
+            loss, recon, stats, vq = self.model(images)
+        use_disc = self.disc is not None and step >= cfg.disc_start
         if use_disc:
             with autocast(run.precision, device):
-                loss = loss + cfg.disc_weight * generator_hinge_loss(disc(recon))
-        grad_norm = optimizer_step(loss, optimizer, scaler, tokenizer.parameters(),
-                                   cfg.optim.grad_clip)
+                loss = loss + cfg.disc_weight * generator_hinge_loss(self.disc(recon))
+        grad_norm = optimizer_step(loss, state.optimizer, state.scaler,
+                                   self.tokenizer.parameters(), cfg.optim.grad_clip)
         if use_disc:
-            apply_schedule(disc_optimizer, step, total, cfg.optim, peak)
-            with autocast(run.precision, device):
-                logits = disc_model(torch.cat([images, recon.detach()])).float()
-                real, fake = logits.chunk(2)
-                disc_loss = discriminator_hinge_loss(real, fake)
-            optimizer_step(disc_loss, disc_optimizer, disc_scaler, disc.parameters(),
-                           cfg.optim.grad_clip)
-        monitor.record(vq.tokens)
-        running += torch.stack([loss.detach().float(), torch.ones((), device=device)])
-        step, done = step + 1, done + 1
-        if step % run.log_interval == 0 or step == total:
-            mean_loss = float(ctx.all_reduce_mean(running[0] / running[1]))
-            running.zero_()
-            result.losses.append((step, mean_loss))
-            values = {"train/loss": mean_loss, "train/lr": lr, "train/grad_norm": float(grad_norm),
-                      **{f"train/{k}": float(v) for k, v in stats.items()},
-                      **monitor.usage(ctx)}
-            reporter.scalars(step, values)
+            self._discriminator_step(step, total, images, recon.detach())
+        self.monitor.record(vq.tokens)
+        self._residuals = vq.residuals
+        return StepOutput(loss.detach(), lr, grad_norm, stats)
+
+    def _discriminator_step(self, step: int, total: int, images: torch.Tensor,
+                            recon: torch.Tensor) -> None:
+        cfg, run, device = self.cfg, self.run, self.ctx.device
+        optimizer, scaler = self.state.extra["disc_optimizer"], self.state.extra["disc_scaler"]
+        apply_schedule(optimizer, step, total, cfg.optim, self.peak)
+        with autocast(run.precision, device):
+            logits = self.disc_model(torch.cat([images, recon])).float()
+            real, fake = logits.chunk(2)
+            disc_loss = discriminator_hinge_loss(real, fake)
+        optimizer_step(disc_loss, optimizer, scaler, self.disc.parameters(), cfg.optim.grad_clip)
+
+    def log_values(self) -> dict[str, float]:
+        return self.monitor.usage(self.ctx)
+
+    def after_step(self, step: int) -> None:
+        cfg = self.cfg
         if cfg.restart_interval and (step - 1) % cfg.restart_interval == 0:
-            restarted = monitor.restart_dead_codes(
-                tokenizer.quantize.embedding.weight, optimizer, vq.residuals,
-                cfg.restart_threshold, derived_generator(run.seed, Purpose.CODE_RESTART, step),
-                ctx)
+            restarted = self.monitor.restart_dead_codes(
+                self.tokenizer.quantize.embedding.weight, self.state.optimizer, self._residuals,
+                cfg.restart_threshold,
+                derived_generator(self.run.seed, Purpose.CODE_RESTART, step), self.ctx)
             if restarted:
                 logger.info("step %d: re-seeded %d unused codes", step, restarted)
-        if ema is not None:
-            ema.update(tokenizer)
-        reporter.step(run.batch_size)
-        new_total = budget.calibrate(done, step, total, ctx)
-        if new_total is not None:
-            total = new_total
-            reporter.set_total(total)
-        if run.val_interval and step % run.val_interval == 0 and step != total:
-            evaluate(step)
-        elif run.sample_interval and step % run.sample_interval == 0 and ctx.is_main:
-            _preview(_ema_weights(tokenizer, ema), val_data, reporter, step, device)
-        if run.ckpt_interval and step % run.ckpt_interval == 0 and step != total:
-            save(step)
-    reporter.finish_bar()
-    if step < total:
-        logger.info("time budget used up at step %d of %d", step, total)
-    evaluate(step)
-    save(step)
-    result.step = step
-    if ctx.is_main:
-        result.export_dir = export_tokenizer(_ema_weights(tokenizer, ema), out / "tokenizer")
-        logger.info("exported tokenizer to %s (held-out PSNR %.2f dB)", result.export_dir,
-                    result.val_psnr[-1][1])
-    ctx.barrier()
-    reporter.close()
-    return result
+        self._residuals = None
+        if self.state.ema is not None:
+            self.state.ema.update(self.tokenizer)
 
+    def checkpoint_extras(self, step: int) -> dict[str, Any]:
+        counts = self.ctx.all_reduce_sum(self.monitor.counts.clone())
+        return {"monitor": {"counts": counts.cpu()}}
 
-def _ema_weights(tokenizer: MultiScaleVQTokenizer, ema: EMA | None) -> MultiScaleVQTokenizer:
-    """The weights to evaluate/export: the EMA copy when enabled, else the live model."""
-    if ema is None:
-        return tokenizer
-    copy = deepcopy(tokenizer)  # no module construction: the global RNG stays untouched
-    ema.copy_to(copy)
-    return copy.eval()
+    def restore_extras(self, ckpt: dict[str, Any]) -> None:
+        self.monitor.load_state_dict({"counts": ckpt["monitor"]["counts"] if self.ctx.is_main
+                                      else torch.zeros_like(self.monitor.counts)})
+
+    def evaluate(self, step: int, reporter: Reporter) -> float:
+        weights = averaged(self.tokenizer, self.state.ema)
+        psnr = evaluate_psnr(weights, self.val_data, self.ctx,
+                             max(self.run.batch_size // self.ctx.world_size, 1),
+                             self.cfg.val_samples)
+        if self.ctx.is_main:
+            _preview(weights, self.val_data, reporter, step, self.ctx.device)
+        return psnr
+
+    def preview(self, step: int, reporter: Reporter) -> None:
+        _preview(averaged(self.tokenizer, self.state.ema), self.val_data, reporter, step,
+                 self.ctx.device)
+
+    def export(self, folder: Path, history: History) -> Path:
+        export_tokenizer(averaged(self.tokenizer, self.state.ema), folder)
+        logger.info("exported tokenizer to %s (held-out PSNR %.2f dB)", folder,
+                    history["val_psnr"][-1][1])
+        return folder
 
 
 @torch.no_grad()
@@ -321,24 +279,12 @@ def _preview(tokenizer: MultiScaleVQTokenizer, dataset: Dataset, reporter: Repor
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """``python -m train.tokenizer``: parse flags/YAML, set up logging, run :func:`main`."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
+    """``python -m train.tokenizer`` (exit status 0, or 2 after a one-line error for bad
+    configuration or data)."""
+    from .cli import parse_tokenizer_args, run_entry
 
-    from .cli import parse_tokenizer_args, setup_entry_logging
-
-    cfg = parse_tokenizer_args(argv)
-    ctx = DistContext.from_env(cfg.run.device)
-    try:
-        setup_entry_logging(ctx, cfg.run.out_dir)
-        with logging_redirect_tqdm():  # log lines above the progress bar, not through it
-            result = main(cfg, ctx)
-        if ctx.is_main and result.val_psnr:
-            first, last = result.val_psnr[0][1], result.val_psnr[-1][1]
-            logger.info("done: %d steps, held-out PSNR %.2f → %.2f dB", result.step, first,
-                        last)
-        return 0
-    finally:
-        ctx.close()
+    return run_entry(argv, parse_tokenizer_args, main, "val_psnr",
+                     "held-out PSNR {first:.2f} → {last:.2f} dB")
 
 
 if __name__ == "__main__":

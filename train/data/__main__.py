@@ -11,6 +11,7 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .emoji import SPLITS, EmojiBuildConfig, build_emoji_dataset
+from .fetch import ChecksumError
 
 logger = logging.getLogger("train.data")
 
@@ -42,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name (default ``sys.argv[1:]``).
 
     Returns:
-        Process exit status.
+        Process exit status (2 after a one-line error for bad flags, files or downloads).
     """
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -52,12 +53,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     npz = args.npz
     if npz is not None and npz == Path(""):
         npz = args.out / f"{args.out.name}.npz"
-    config = EmojiBuildConfig(
-        out=args.out, raw=args.raw, size=args.size, val_fraction=args.val_fraction,
-        npz=npz, workers=args.workers,
-    )
-    with logging_redirect_tqdm():
-        result = build_emoji_dataset(config)
+    try:
+        config = EmojiBuildConfig(
+            out=args.out, raw=args.raw, size=args.size, val_fraction=args.val_fraction,
+            npz=npz, workers=args.workers,
+        )
+        with logging_redirect_tqdm():
+            result = build_emoji_dataset(config)
+    except (ValueError, OSError, ChecksumError) as err:  # bad flags, files, downloads
+        logger.error("%s", " ".join(str(err).split()) or type(err).__name__)
+        return 2
     for entry in result.labels["classes"]:
         counts = entry["counts"]
         logger.info("%2d %-24s %s", entry["id"], entry["name"],

@@ -32,6 +32,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from hmar_core.images import READ_FORMATS
+
 from .emoji_labels import (
     CATEGORIES,
     CATEGORY_TITLES,
@@ -164,7 +166,7 @@ def _process(job: tuple[str, str, int, bool]) -> np.ndarray | str | None:
     """Worker: preprocess one file and write it. Returns the array, None, or an error string."""
     source, target, size, want_array = job
     try:
-        with Image.open(source) as image:
+        with Image.open(source, formats=READ_FORMATS) as image:
             image.load()
             result = preprocess_emoji(image, size)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import logging
 import os
+import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,14 +25,19 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from hmar_core.images import READ_FORMATS
+
+from .scan import scan_class_folder
 from .transforms import crop_rng, official_preprocess
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "NpzImageDataset"]
 
+#: File name endings scanned as images: those of :data:`hmar_core.images.READ_FORMATS`, the only
+#: formats opened (a file of any other format is skipped as unreadable, whatever its name).
 IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm",
+    ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff",
 )
 _MAX_FALLBACKS = 16
 
@@ -116,7 +122,7 @@ class _CroppedImageDataset(Dataset, abc.ABC):
 def _check_image(path: Path) -> str | None:
     """None if Pillow can open and verify the file, else the reason."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=READ_FORMATS) as image:
             image.verify()
     except Exception as error:  # noqa: BLE001 - any failure means "skip this file"
         return f"{type(error).__name__}: {error}"
@@ -140,6 +146,7 @@ class ImageFolderDataset(_CroppedImageDataset):
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
+        NotADirectoryError: ``root`` is a file.
         ValueError: No readable image was found.
     """
 
@@ -157,8 +164,11 @@ class ImageFolderDataset(_CroppedImageDataset):
     ) -> None:
         super().__init__(resolution, train, already_sized=already_sized, seed=seed)
         self.root = Path(root)
-        if not self.root.is_dir():
+        if not self.root.exists():
             raise FileNotFoundError(f"dataset folder {self.root} does not exist")
+        if not self.root.is_dir():
+            raise NotADirectoryError(f"dataset path {self.root} is a file, not a folder of "
+                                     "class folders")
         if classes is None:
             classes = sorted(
                 entry.name for entry in os.scandir(self.root)
@@ -169,8 +179,10 @@ class ImageFolderDataset(_CroppedImageDataset):
         self.skipped: list[tuple[Path, str]] = []
         suffixes = tuple(extension.lower() for extension in extensions)
         empty: list[str] = []
+        folders = [self.root / name for name in self.classes]
         for label, name in enumerate(self.classes):
-            files = self._scan_class(self.root / name, suffixes)
+            others = folders[:label] + folders[label + 1:]
+            files = scan_class_folder(folders[label], suffixes, self.root, others)
             if check_images:
                 good = []
                 for path in files:
@@ -200,21 +212,8 @@ class ImageFolderDataset(_CroppedImageDataset):
                            len(self.classes), ", ".join(empty))
         logger.info("%s: %d images in %d classes", self.root, len(self.samples), len(self.classes))
 
-    @staticmethod
-    def _scan_class(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-        if not folder.is_dir():
-            return []
-        found = []
-        for directory, subdirs, files in os.walk(folder, followlinks=True):
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-            found.extend(
-                Path(directory) / name for name in files
-                if name.lower().endswith(suffixes) and not name.startswith(".")
-            )
-        return sorted(found, key=lambda path: path.relative_to(folder).as_posix())
-
     def _load_image(self, index: int) -> Image.Image:
-        with Image.open(self.samples[index][0]) as image:
+        with Image.open(self.samples[index][0], formats=READ_FORMATS) as image:
             image.load()
             return image
 
@@ -249,16 +248,21 @@ class NpzImageDataset(_CroppedImageDataset):
         seed: int = 0,
     ) -> None:
         super().__init__(resolution, train, already_sized=already_sized, seed=seed)
-        with np.load(path, allow_pickle=False) as data:
-            images, labels = data["images"], data["labels"].astype(np.int64)
-            paths = data["paths"]
-            keep = np.ones(len(labels), dtype=bool)
-            if split is not None:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                images, labels = data["images"], data["labels"].astype(np.int64)
+                paths = data["paths"]
+                keep = np.ones(len(labels), dtype=bool)
                 split_names = [str(name) for name in data["split_names"]]
-                if split not in split_names:
-                    raise ValueError(f"unknown split {split!r}; the file has {split_names}")
-                keep = data["splits"] == split_names.index(split)
-            self.classes = [str(name) for name in data["class_dirs"]]
+                splits = data["splits"]
+                self.classes = [str(name) for name in data["class_dirs"]]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"{path} is not a dataset .npz of python -m train.data emoji "
+                             f"--npz ({type(err).__name__}: {err})") from err
+        if split is not None:
+            if split not in split_names:
+                raise ValueError(f"unknown split {split!r}; the file has {split_names}")
+            keep = splits == split_names.index(split)
         self.images = np.ascontiguousarray(images[keep])  # (N, H, W, 3) uint8
         self.paths = [str(item) for item in paths[keep]]
         self.targets = [int(label) for label in labels[keep]]
