@@ -210,7 +210,7 @@ class EditSpec:
         grow: int = 1,
         coarse_threshold: float = 0.5,
     ) -> EditSpec:
-        """The spec of one pixel mask at model resolution (rule: :mod:`hmar_core.masks`).
+        """The spec of one pixel mask at model resolution (rule: :mod:`hmar_core.editing.masks`).
 
         Args:
             source_tokens: per scale (B, n) int64, e.g. ``pipe.backend.encode(images)``.

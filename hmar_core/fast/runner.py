@@ -145,7 +145,7 @@ class FastRunner:
         dtype: block dtype; default :func:`default_dtype` of the transformer's device.
         cuda_graphs: capture each (scale, branch, batch) as a CUDA graph on CUDA devices.
         residual_dtype: dtype of the residual stream; default ``dtype``
-            (:class:`~hmar_core.fast.engine.FastPipeline` passes float32).
+            (:class:`~hmar_core.fast.engine.FastEngine` passes float32).
         fused: run the elementwise work in the Triton kernels of :mod:`hmar_core.fast.fused`.
             ``None`` (auto): on CUDA when Triton imports and the kernels agree with the torch
             ops on a first check, else the torch ops (logged). ``True`` forces them and raises
