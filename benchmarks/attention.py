@@ -16,8 +16,8 @@ For the shapes of ``../shared/spec/perf-targets.md`` (fp16, D = 64) this script
    and writes the BENCHMARKS.md section.
 
 Usage:
-    python benchmarks/attention.py --json out.json --markdown BENCHMARKS.md   # on a GPU
-    python benchmarks/attention.py --render out.json --markdown BENCHMARKS.md  # anywhere
+    python -m benchmarks.attention --json out.json --markdown BENCHMARKS.md   # on a GPU
+    python -m benchmarks.attention --render out.json --markdown BENCHMARKS.md  # anywhere
 """
 
 from __future__ import annotations
@@ -35,9 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from kernels import ScaleMask, attention, flex_backend  # noqa: E402
+from kernels import ScaleMask, attention, flex_backend
 
 SHAPES = [
     {"name": "256px", "patch_nums": (1, 2, 3, 4, 5, 6, 8, 10, 13, 16), "batch": 64, "heads": 16},
@@ -457,7 +455,7 @@ def markdown(report: dict) -> str:
         "forward+backward as `autograd.grad` of the output. Useful FLOPs: forward = "
         "4·B·H·D·(allowed pairs), forward+backward = 3.5x. Anchors: "
         "`../shared/spec/perf-targets.md` (official HMAR Triton kernel, autotuned, same GPU "
-        f"model). Run: `python benchmarks/attention.py --with-1024-causal --breakdown` "
+        f"model). Run: `python -m benchmarks.attention --with-1024-causal --breakdown` "
         f"({env['date']}).",
         "",
         "### Ours against target and official kernel",

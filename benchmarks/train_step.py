@@ -29,10 +29,10 @@ the rest; the rows also go into the JSON, which is rewritten after every row (a 
 keeps what it measured). The table sits next to the anchors of ``../shared/spec/perf-targets.md``.
 
 Usage:
-    python benchmarks/train_step.py                                   # on a GPU
-    python benchmarks/train_step.py --json out.json --markdown BENCHMARKS.md
-    python benchmarks/train_step.py --backends triton --options default all --profile
-    python benchmarks/train_step.py --device cpu --preset tiny --batch-size 2 --steps 2 \\
+    python -m benchmarks.train_step                                   # on a GPU
+    python -m benchmarks.train_step --json out.json --markdown BENCHMARKS.md
+    python -m benchmarks.train_step --backends triton --options default all --profile
+    python -m benchmarks.train_step --device cpu --preset tiny --batch-size 2 --steps 2 \\
         --warmup 1 --backends reference                               # smoke test anywhere
 """
 
@@ -42,7 +42,6 @@ import argparse
 import dataclasses
 import json
 import statistics
-import sys
 import time
 import warnings
 from collections import defaultdict
@@ -52,17 +51,15 @@ from typing import NamedTuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hmar_core.config import TokenizerConfig, TransformerConfig  # noqa: E402
-from hmar_core.init import init_transformer_  # noqa: E402
-from hmar_core.tokenizer import MultiScaleQuantizer  # noqa: E402
-from hmar_core.transformer import AdaLNBlock, HMARTransformer  # noqa: E402
-from kernels import available_backends  # noqa: E402
-from train.config import OptimConfig, SpeedConfig  # noqa: E402
-from train.loop import autocast, make_scaler, optimizer_step  # noqa: E402
-from train.objectives import HMARObjective, scale_loss_weights, set_trainable  # noqa: E402
-from train.optim import build_adamw  # noqa: E402
+from hmar_core.config import TokenizerConfig, TransformerConfig
+from hmar_core.init import init_transformer_
+from hmar_core.tokenizer import MultiScaleQuantizer
+from hmar_core.transformer import AdaLNBlock, HMARTransformer
+from kernels import available_backends
+from train.config import OptimConfig, SpeedConfig
+from train.loop import autocast, make_scaler, optimizer_step
+from train.objectives import HMARObjective, scale_loss_weights, set_trainable
+from train.optim import build_adamw
 
 #: Named sets of speed options compared side by side (``--options``).
 OPTION_SETS: dict[str, SpeedConfig] = {
