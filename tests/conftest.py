@@ -3,6 +3,7 @@ a private Gradio cache folder."""
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import os
 from pathlib import Path
@@ -16,7 +17,28 @@ FIXTURE = Path(
     os.environ.get("HMAR_OFFICIAL_FIXTURE", ROOT.parent / "shared/fixtures/official-small"))
 
 
+# The slow tier, kept here so that no test file needs editing: node-id patterns (fnmatch) of the
+# tests that take more than about two seconds each on 2 shared CPU cores (whole files where
+# most of their tests do). `python -m pytest -m "not slow"` is the fast tier (under a minute);
+# CI (`.ci/run`) runs everything. Measured with `--durations`; see docs/TESTING.md.
+SLOW_TESTS = (
+    "tests/reliability/*",                 # fuzzing, load, kill-and-resume: minutes
+    "tests/app/test_browser.py::*",        # drives chromium
+    "tests/app/test_e2e_client.py::*",     # the served app through gradio_client
+    "tests/app/test_launch.py::*",         # `python launch.py` in a subprocess
+    "tests/train/test_train_ddp.py::*",    # torchrun with two processes
+    "tests/train/test_train_learning.py::*",
+    "tests/train/test_train_resume.py::*",
+)
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the slow tier (``SLOW_TESTS``) and skip ``gpu`` tests without a CUDA device."""
+    slow = pytest.mark.slow
+    for item in items:
+        if any(fnmatch.fnmatchcase(item.nodeid, pattern) for pattern in SLOW_TESTS):
+            item.add_marker(slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
