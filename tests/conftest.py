@@ -21,9 +21,9 @@ FIXTURE = Path(
 # is the fast tier for development (under a minute on 2 idle CPU cores); CI (`.ci/run`) runs
 # everything. An entry is a node id without its parameters ("file::test" takes every
 # parametrization) or an fnmatch pattern ("file::*", a folder). What belongs here: tests that
-# start servers, browsers or other processes, train for real, and tests that took 0.5 s of CPU
-# or more in a `--durations` run of the whole suite (2026-12-07; the fast tier's tests took
-# 27 s of CPU together). tests/test_ci.py checks that every entry still names a test.
+# start servers, browsers or other processes, train for real or use a fixture that does, and
+# tests that took 0.5 s of CPU or more in a `--durations` run of the whole suite (2026-12-07).
+# tests/test_ci.py checks that every entry still names a test.
 SLOW_TESTS = (
     "tests/reliability/*",                 # fuzzing, load, kill-and-resume: minutes
     "tests/app/test_browser.py::*",        # drives chromium
@@ -47,14 +47,17 @@ SLOW_TESTS = (
     "tests/test_checkpoint.py::test_save_and_load_roundtrip",
     "tests/test_checkpoint.py::test_save_bfloat16_loads_as_float32",
     "tests/test_checkpoint.py::test_sharded_weights_roundtrip_and_incomplete_sets",
+    "tests/test_config.py::test_official_vqvae_parameter_count_on_meta",
     "tests/test_editing.py::test_full_mask_strength_zero_equals_generate",
     "tests/test_editing.py::test_kept_tokens_equal_source_and_regenerated_ones_change",
+    "tests/test_editing.py::test_odd_sizes",
     "tests/test_editing.py::test_outpaint_sizes_windows_and_exact_original",
     "tests/test_editing.py::test_pixels_outside_mask_and_feather_are_exact",
     "tests/test_editing.py::test_previews_and_confidence",
     "tests/test_editing.py::test_seeds_variants_and_class_edit",
     "tests/test_editing.py::test_var_kept_scales_still_fill_the_kv_cache",
     "tests/test_fast.py::test_bf16_generation_runs_and_is_close",
+    "tests/test_fast.py::test_compiled_or_eager_falls_back",
     "tests/test_fast.py::test_compiled_vae_matches_eager",
     "tests/test_fast.py::test_fast_edit_and_resume_identical_tokens",
     "tests/test_fast.py::test_fast_encode_decode_float32",
@@ -77,6 +80,9 @@ SLOW_TESTS = (
     "tests/train/test_step_speed.py::test_compiled_step_equals_eager_step",
     "tests/train/test_step_speed.py::test_stochastic_depth_really_drops_in_the_compiled_blocks",
     "tests/train/test_step_speed.py::test_trainer_runs_with_every_speed_option",
+    # these three use the session's trained tokenizer (tokenizer_run: 200 training steps)
+    "tests/train/test_train_bad_inputs.py::test_hmar_config_that_does_not_fit",
+    "tests/train/test_train_bad_inputs.py::test_missing_tokenizer_and_init",
     "tests/train/test_train_bad_inputs.py::test_resume_with_another_architecture_is_refused",
 )
 
