@@ -9,7 +9,7 @@ held-out images (from ``--data``, or ``--real-balanced`` when the dataset is not
 on a GPU machine). The chosen value goes into the model's ``config.json`` (``sampler.cfg``);
 ``benchmarks/quality.py`` then measures FD and memorisation at that setting.
 
-    PYTHONPATH=.:benchmarks python benchmarks/cfg_sweep.py --cfg 3 4 5 6 --samples 1020 \\
+    python -m benchmarks.cfg_sweep --cfg 3 4 5 6 --samples 1020 \\
         --device cuda --real-balanced 0.5514 --json out.json
 """
 
@@ -25,21 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "benchmarks"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from benchmarks.classifier import (  # noqa: E402
+from benchmarks.classifier import (
     accuracy_report,
     load_classifier,
     load_npz_split,
     predict_logits,
 )
-from benchmarks.quality import Setting, cycling_labels, generate_set  # noqa: E402
-from hmar_core import Pipeline  # noqa: E402
-from hmar_core.schedules import default_schedule  # noqa: E402
+from benchmarks.quality import Setting, cycling_labels, generate_set
+from hmar_core import Pipeline
+from hmar_core.schedules import default_schedule
 
+ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("cfg_sweep")
 
 

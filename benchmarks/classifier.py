@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/classifier.py --data data/emoji64/emoji64.npz \\
+    python -m benchmarks.classifier --data data/emoji64/emoji64.npz \\
         --out benchmarks/models/emoji-classifier [--epochs 15] [--device cpu|cuda] [--seed 0]
 
 Model: a compact CNN (stride-2 stem, 4 conv stages 32-64-128-256 with BatchNorm + ReLU, global

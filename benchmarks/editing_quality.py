@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/editing_quality.py --model assets/hmar-emoji64 \\
+    python -m benchmarks.editing_quality --model assets/hmar-emoji64 \\
         --images data/emoji64.npz --classifier classifier.pt --num 100 --out editing.json
 
 * ``--images``: an ``.npz`` written by ``python -m train.data`` (keys ``images``, ``labels``,
@@ -41,13 +41,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hmar_core import EditOptions, Pipeline
+from hmar_core.editing import default_class_strength
+from hmar_core.images import to_rgb
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from hmar_core import EditOptions, Pipeline  # noqa: E402
-from hmar_core.editing import default_class_strength  # noqa: E402
-from hmar_core.images import to_rgb  # noqa: E402
-
 logger = logging.getLogger("editing_quality")
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/quality.py --model assets/hmar-emoji64 \\
+    python -m benchmarks.quality --model assets/hmar-emoji64 \\
         --classifier benchmarks/models/emoji-classifier [--device cpu|cuda] [--samples 1020] \\
         [--json out.json] [--markdown] [--quick] [--grid DIR] [--timing-only]
 
@@ -62,11 +62,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks._quality_metrics import (  # noqa: E402
+from benchmarks._quality_metrics import (
     balanced_mean,
     class_balance_weights,
     frechet_distance,
@@ -75,16 +71,17 @@ from benchmarks._quality_metrics import (  # noqa: E402
     psnr,
     to_pixels32,
 )
-from benchmarks.classifier import (  # noqa: E402
+from benchmarks.classifier import (
     accuracy_report,
     load_classifier,
     load_npz_split,
     predict_logits,
     to_float,
 )
-from hmar_core import Pipeline  # noqa: E402
-from hmar_core.schedules import Schedule, default_schedule  # noqa: E402
+from hmar_core import Pipeline
+from hmar_core.schedules import Schedule, default_schedule
 
+ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("quality")
 
 DEFAULT_DATA = ROOT / "data" / "emoji64" / "emoji64.npz"

@@ -6,8 +6,8 @@
 # Needs data/emoji64/emoji64.npz for `quality` (python -m train.data emoji --out data/emoji64
 # --npz). Each step logs to OUT_DIR/<step>.log and writes its JSON there; a failing step is
 # reported and the next one runs. Render the Markdown afterwards, off the GPU:
-#   python benchmarks/attention.py --render OUT/att.json --markdown BENCHMARKS.md
-#   python benchmarks/inference.py --render OUT/inf/inference.json --markdown BENCHMARKS.md
+#   python -m benchmarks.attention --render OUT/att.json --markdown BENCHMARKS.md
+#   python -m benchmarks.inference --render OUT/inf/inference.json --markdown BENCHMARKS.md
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: gpu_benchmarks.sh OUT_DIR [steps...]}
@@ -27,18 +27,18 @@ step() {
 }
 for s in $STEPS; do
   case $s in
-    quality) step quality env PYTHONPATH=.:benchmarks python benchmarks/quality.py \
+    quality) step quality python -m benchmarks.quality \
         --model assets/hmar-emoji64 --classifier benchmarks/models/emoji-classifier \
         --data data/emoji64/emoji64.npz --samples 1020 --device cuda --skip-timing \
         --grid "$OUT/grids" --json "$OUT/quality.json" --markdown ;;
-    attention) step attention python benchmarks/attention.py --with-1024-causal --breakdown \
+    attention) step attention python -m benchmarks.attention --with-1024-causal --breakdown \
         --json "$OUT/att.json" ;;
-    inference) step inference python benchmarks/inference.py --out "$OUT/inf" --profile \
+    inference) step inference python -m benchmarks.inference --out "$OUT/inf" --profile \
         --budget "${INF_BUDGET:-200}" ;;
-    train) step train python benchmarks/train_step.py --steps 10 --warmup 3 \
+    train) step train python -m benchmarks.train_step --steps 10 --warmup 3 \
         --json "$OUT/train.json" ${TRAIN_ARGS:-} ;;
     kernels-tests) step kernels-tests python -m pytest -q -m gpu tests/kernels ;;
-    cfg-sweep) step cfg-sweep env PYTHONPATH=.:benchmarks python benchmarks/cfg_sweep.py \
+    cfg-sweep) step cfg-sweep python -m benchmarks.cfg_sweep \
         --cfg ${SWEEP_CFG:-2 3 4 5 6 8} --samples 1020 --device cuda \
         --real-balanced "${REAL_BALANCED:-0.5514}" --json "$OUT/cfg.json" ${SWEEP_ARGS:-} ;;
     *) echo "unknown step $s" | tee -a "$OUT/steps.txt" ;;
