@@ -19,8 +19,8 @@ PACKAGES = ("hmar_core", "kernels", "train", "app")
 # with a main()) arrives with the one-engine refactor; then remove "hmar-studio" from here.
 PENDING_SCRIPTS = {"hmar-studio": "app.launcher"}
 
-# benchmarks/inference.py is being rewritten (one-engine refactor); its sys.path line goes then.
-SYS_PATH_EXEMPT = {"benchmarks/inference.py"}
+#: Files allowed to edit sys.path outside tests (none).
+SYS_PATH_EXEMPT: set[str] = set()
 
 
 def _pyproject() -> dict:
