@@ -73,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-browser", action="store_true",
                         help="do not open a browser tab")
     parser.add_argument("--share", action="store_true",
-                        help="also make a public gradio.live link (needs internet; off by default)")
+                        help="also make a public gradio.live link (needs internet and a login: "
+                             "--auth or --auth-file; off by default)")
     parser.add_argument("--auth", action="append", default=[], metavar="USER:PASSWORD",
                         help="require this login (repeatable); use it with --host 0.0.0.0")
     parser.add_argument("--auth-file", type=Path, default=None, metavar="FILE",
@@ -97,6 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if not user.strip() or not password:
             parser.error("logins must look like USER:PASSWORD (non-empty user and password)")
         args.logins.append((user.strip(), password))
+    if args.share and not args.logins:
+        parser.error("--share publishes the app on a public gradio.live link: add a login with "
+                     "--auth USER:PASSWORD or --auth-file FILE")
     return args
 
 
@@ -131,10 +135,23 @@ def limit_image_decoding(max_pixels: int) -> None:
 
 
 def pick_device(requested: str | None) -> torch.device:
-    """The device: as requested, else CUDA when available, else the CPU."""
+    """The device: as requested, else CUDA when available, else the CPU.
+
+    Raises:
+        SystemExit: an unknown device name (one line, no traceback).
+    """
     if requested:
-        return torch.device(requested)
+        try:
+            return torch.device(requested)
+        except RuntimeError as err:
+            raise SystemExit(f"launch.py: --device {requested!r}: {first_line(err)}") from None
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type name when the message is empty)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def load_pipeline(args: argparse.Namespace, device: torch.device) -> tuple[Pipeline, str | None]:
@@ -164,7 +181,11 @@ def main(argv: list[str] | None = None) -> None:
     import app
 
     limit_image_decoding(app.handlers.MAX_PIXELS)
-    pipeline, warning = load_pipeline(args, device)
+    try:
+        pipeline, warning = load_pipeline(args, device)
+    except (ValueError, OSError, RuntimeError, MemoryError) as err:
+        # CheckpointError is a ValueError; RecursionError a RuntimeError. One line, exit 1.
+        raise SystemExit(f"launch.py: cannot load the model: {first_line(err)}") from None
     logger.info("measuring the model's speed for the time estimate…")
     timing = app.calibrate(pipeline)
     demo = app.build_demo(pipeline, warning=warning, timing=timing)
