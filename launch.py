@@ -105,7 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def launch_options(args: argparse.Namespace, max_file_size: str) -> dict[str, Any]:
-    """The keyword arguments of ``demo.launch()`` for these flags."""
+    """The keyword arguments of ``demo.launch()`` for these flags (with the app's request
+    limits, :mod:`app.request_limits`, as middleware)."""
+    from app.request_limits import middleware
     if args.host not in LOCAL_HOSTS and not args.logins:
         logger.warning("serving on %s without a login: anyone who can reach this address can "
                        "use the app (add --auth USER:PASSWORD or --auth-file FILE)", args.host)
@@ -118,6 +120,7 @@ def launch_options(args: argparse.Namespace, max_file_size: str) -> dict[str, An
         "max_file_size": max_file_size,
         "state_session_capacity": SESSION_CAPACITY,
         "show_error": True,
+        "app_kwargs": {"middleware": middleware()},
         "footer_links": ["api"],
     }
 
