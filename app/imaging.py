@@ -33,8 +33,8 @@ PREVIEW_HEIGHT = 256
 PREVIEW_MAX_HEIGHT = 384
 #: A preview strip never has more pixels than this (all variants and gaps together).
 PREVIEW_MAX_PIXELS = 2_000_000
-#: A confidence overlay is drawn on a copy scaled down to at most this many pixels.
-HEATMAP_MAX_PIXELS = 4_000_000
+#: A confidence overlay is drawn on a copy scaled down to at most this many pixels (1024²).
+HEATMAP_MAX_PIXELS = 1_048_576
 
 # A perceptual dark-blue → teal → yellow ramp (viridis-like anchors), low → high confidence.
 _RAMP = np.array([
