@@ -14,10 +14,14 @@ Examples::
 Sharing on a local network: ``--host 0.0.0.0`` serves on every interface, so always add a
 login with ``--auth USER:PASSWORD`` (repeatable) or ``--auth-file FILE`` (one ``user:password``
 per line, ``#`` comments; keeps passwords out of the shell history and ``ps``). Without a login
-a non-local host is served with a warning. Uploads are capped at ``app.MAX_FILE_SIZE``,
-pictures above ``app.handlers.MAX_PIXELS`` are refused while their header is read, before
+a non-local host is served with a warning; ``--share`` (a public gradio.live link) refuses to
+start without one. A model that cannot be loaded stops the launch with one line and exit
+code 1. Every request is bounded by ``app.request_limits`` (20 MB and 3 files per request,
+malformed event calls refused with one log line), pictures above ``app.limits.MAX_PIXELS``
+or more elongated than ``MAX_ASPECT_RATIO`` are refused while their header is read, before
 they are decoded (a small PNG can declare a huge picture), and the per-user state of at most
-``SESSION_CAPACITY`` sessions is kept (the oldest is forgotten first).
+``SESSION_CAPACITY`` sessions is kept (the oldest is forgotten first). docs/RELIABILITY.md
+has the figures.
 """
 
 from __future__ import annotations

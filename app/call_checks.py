@@ -31,9 +31,10 @@ class CallRefusedError(ValueError):
 
 
 def is_call_path(path: str) -> bool:
-    """Whether a request path runs an event (``/queue/join`` or ``/call/<name>``)."""
+    """Whether a request path runs an event (``/queue/join`` or ``/call/<name>``; the
+    ``/call/v2/`` form has its own body and is left to Gradio)."""
     path = path.rstrip("/")
-    return path.endswith("/queue/join") or "/call/" in path
+    return path.endswith("/queue/join") or ("/call/" in path and "/call/v2/" not in path)
 
 
 def _function(blocks: gr.Blocks, path: str, payload: dict[str, Any]) -> Any:
@@ -88,6 +89,11 @@ def check_call(blocks: gr.Blocks, path: str, body: bytes) -> None:
     if fn.fn is None:
         raise CallRefusedError(422, "this event has no server function")
     data = payload["data"]
+    api_inputs = [block for block in fn.inputs if not getattr(block, "skip_api", False)]
+    if "/call/" in path and len(data) == len(api_inputs) != len(fn.inputs):
+        values = iter(data)  # the named API leaves out per-user state (Gradio fills it in)
+        data = [None if getattr(block, "skip_api", False) else next(values)
+                for block in fn.inputs]
     if len(data) != len(fn.inputs):
         raise CallRefusedError(422, f"{fn.name} takes {len(fn.inputs)} values, got {len(data)}")
     for position, (value, block) in enumerate(zip(data, fn.inputs)):

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, BinaryIO
 
 from starlette.middleware import Middleware
+from starlette.requests import Request
 
 from .call_checks import CallRefusedError, check_call, is_call_path
 from .limits import MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES
@@ -123,7 +124,7 @@ class RequestLimits:
         path = str(scope.get("path", ""))
         boundary = _boundary(headers.get(b"content-type", b""))
         if boundary is None:
-            if is_call_path(path) and "app" in scope:
+            if is_call_path(path) and "app" in scope and _authenticated(scope):
                 await self._checked_call(scope, receive, send, path)
             else:
                 await self.app(scope, receive, send)
@@ -189,6 +190,21 @@ class RequestLimits:
             body.write(chunk)
             if not message.get("more_body", False):
                 return None
+
+
+def _authenticated(scope: Scope) -> bool:
+    """Whether Gradio would let this request through its login check (then the call is
+    checked here; otherwise Gradio answers 401 itself, and a stranger learns nothing)."""
+    server = scope["app"]
+    if getattr(server, "auth", None) is None and getattr(server, "auth_dependency", None) is None:
+        return True
+    if getattr(server, "auth_dependency", None) is not None:
+        return False  # a custom login: leave every check of it to Gradio
+    cookies = Request(scope).cookies
+    cookie_id = getattr(server, "cookie_id", "")
+    token = (cookies.get(f"access-token-{cookie_id}")
+             or cookies.get(f"access-token-unsecure-{cookie_id}"))
+    return token is not None and token in getattr(server, "tokens", {})
 
 
 def _replay(body: BinaryIO, receive: Receive) -> Receive:
