@@ -20,6 +20,7 @@ Here (issue 17, items 2, 3 and 15):
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections import OrderedDict
@@ -144,8 +145,11 @@ class BoundedImageEditor(gr.ImageEditor):
     #: A template of ``gr.ImageEditor``: Gradio serves it with the editor's own frontend.
     is_template = True
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    # Gradio builds the component's frontend props from the signature of ``__init__``: this one
+    # reports ``gr.ImageEditor``'s (``wraps``), whose arguments it passes on (keywords only).
+    @functools.wraps(gr.ImageEditor.__init__)
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.blob_storage: BlobStore = BlobStore()  # type: ignore[assignment]
 
     @server

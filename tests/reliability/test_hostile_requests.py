@@ -279,3 +279,14 @@ def test_uploads_in_other_formats_get_the_apps_message(served, tmp_path, fmt):
             client.predict(editor, *INPAINT_CONTROLS, api_name="/inpaint")
     finally:
         client.close()
+
+
+def test_the_bounded_editor_is_served_as_the_plain_editor(served):
+    """The browser renders ``BoundedImageEditor`` with ``gr.ImageEditor``'s frontend and
+    props (an ``__init__(**kwargs)`` without ``wraps`` lost them all: no editor on the page)."""
+    config = httpx.get(served.url + "config", timeout=60).json()
+    component = next(c for c in config["components"] if c["id"] == served.editor._id)
+    assert component["type"] == "imageeditor"
+    props = component["props"]
+    assert props["elem_id"] == "editor" and props["image_mode"] == "RGBA"
+    assert props["layers"]["disabled"] is True and props["canvas_size"] == [512, 512]
