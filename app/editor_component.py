@@ -164,12 +164,15 @@ class BoundedImageEditor(gr.ImageEditor):
             try:
                 check_editor_payload(payload, self.blob_storage)
             except InputError as err:
+                if payload.id is not None:
+                    self.blob_storage.pop(payload.id)  # as Gradio does once a value is read
                 raise gr.Error(str(err), print_exception=False) from None
         return super().preprocess(payload)
 
 
 def _sources(payload: EditorData, store: BlobStore) -> tuple[list[Any], list[Any]]:
-    """``(background and composite, layers)`` of a payload: file paths or bytes, no ``None``."""
+    """``(background and composite, layers)`` of a payload: file paths or bytes (``None``
+    where the payload has no picture)."""
     if payload.id is not None:
         blobs = store.get(payload.id)
         if blobs is None:

@@ -16,16 +16,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import gradio as gr
 import httpx
 import numpy as np
 import pytest
+from gradio.components.image_editor import EditorData
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 from reliability_support import PeakRss, record
 
 import app
-from app.editor_component import BLOB_STORE_IDS, BoundedImageEditor
+from app.editor_component import BLOB_STORE_IDS, BlobStore, BoundedImageEditor
 from app.imaging import (
     HEATMAP_MAX_PIXELS,
     PREVIEW_MAX_PIXELS,
@@ -290,3 +292,30 @@ def test_the_bounded_editor_is_served_as_the_plain_editor(served):
     props = component["props"]
     assert props["elem_id"] == "editor" and props["image_mode"] == "RGBA"
     assert props["layers"]["disabled"] is True and props["canvas_size"] == [512, 512]
+
+
+def test_the_snapshot_store_drops_the_oldest_beyond_its_bytes():
+    store = BlobStore(max_ids=100, max_bytes=3000)
+    for number in range(4):
+        store.put(f"id-{number}", "background", b"\0" * 1000)
+    store.put("id-3", "background", b"\0" * 1000)  # replacing a picture does not add up
+    assert len(store) == 3 and store.total_bytes == 3000 and "id-0" not in store
+    store.put("id-3", "layer", b"\0" * 500)  # 3500 bytes: the oldest goes
+    assert "id-1" not in store and store.total_bytes == 2500
+    assert store.pop("id-3") is not None and store.total_bytes == 1000
+
+
+def test_a_browser_snapshot_of_a_thin_picture_is_refused_from_its_header(tmp_path):
+    """The browser sends the canvas through ``accept_blobs`` and then only its id: the same
+    header checks apply, and the refused snapshot is dropped."""
+    editor = BoundedImageEditor(type="numpy", image_mode="RGBA")
+    thin = png(tmp_path / "thin.png", 10000, 1)
+    editor.blob_storage.put("snapshot", "background", thin.read_bytes())
+    with pytest.raises(gr.Error, match="too elongated"):
+        editor.preprocess(EditorData(id="snapshot"))
+    assert "snapshot" not in editor.blob_storage
+    fine = png(tmp_path / "fine.png", 48, 32)
+    editor.blob_storage.put("snapshot", "background", fine.read_bytes())
+    editor.blob_storage.put("snapshot", "layer", fine.read_bytes())
+    value = editor.preprocess(EditorData(id="snapshot"))
+    assert value["background"].shape == (32, 48, 4) and len(value["layers"]) == 1
