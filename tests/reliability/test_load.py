@@ -6,7 +6,7 @@ model; the report says which. The app is launched with ``launch.py``'s own setti
 (``load_driver.py``), so this process's RSS is the server's. Reduced size (CI): 8 users for
 15 s; full size (``HMAR_RELIABILITY_FULL=1``): 16 users for 60 s. Every user alternates
 Generate and Inpaint (half of them starting with each; its own picture and brush layer
-uploaded each time, random seeds) until the deadline; a request still waiting 5 s after it
+uploaded each time, random seeds) until the deadline; a request still waiting 60 s after it
 is cancelled ("cut", not an error), so everything stops by itself (bounded count and time).
 The server's RSS is sampled at the end of each of 6 equal periods of the load; the first half
 is the warm-up.
