@@ -3,7 +3,8 @@
 Every event of the app can be called by ``fn_index`` (``POST /gradio_api/queue/join``; the
 browser does exactly that, so "private" events stay reachable) and the public ones by name
 (``POST /gradio_api/call/<name>``). Gradio turns a wrong call (an unknown index, too few
-values, a text where a slider wants a number, a gallery ``select`` without its event data)
+values, a text where a slider wants a number, a choice that a dropdown does not offer, a
+gallery ``select`` without its event data)
 into an exception that it prints with a full traceback; ``remember_selection`` answered
 "'NoneType' object is not subscriptable" (issue 17, item 5). :func:`check_call` says what is
 wrong with such a call so that :class:`app.request_limits.RequestLimits` answers it with a
@@ -62,8 +63,29 @@ def _takes_select_data(handler: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)  # ints of any size are exact
+
+
+def _choice_values(block: Any) -> list[Any]:
+    return [choice[1] if isinstance(choice, (tuple, list)) else choice
+            for choice in (block.choices or [])]
+
+
+def _value_problem(value: Any, block: Any) -> str | None:
+    """Why ``value`` cannot be this input component's value (``None`` if it can)."""
+    if isinstance(block, gr.Slider):
+        return None if _is_number(value) else "must be a finite number"
+    if isinstance(block, gr.Number):
+        return None if value is None or _is_number(value) else "must be a number"
+    if isinstance(block, gr.Dropdown) and not block.multiselect and not block.allow_custom_value:
+        return None if value in _choice_values(block) else "is not one of the choices"
+    if isinstance(block, gr.CheckboxGroup):
+        choices = _choice_values(block)
+        if not isinstance(value, list) or any(item not in choices for item in value):
+            return "must be a list of the choices"
+    return None
 
 
 def check_call(blocks: gr.Blocks, path: str, body: bytes) -> None:
@@ -76,8 +98,9 @@ def check_call(blocks: gr.Blocks, path: str, body: bytes) -> None:
 
     Raises:
         CallRefusedError: unknown event, an event without a server function, the wrong number of
-            values, a slider value that is not a finite number, or a ``select`` event without
-            its ``{"index", "value"}`` event data.
+            values, a slider or number value that is not a number, a dropdown or checkbox-group
+            value that is not among the choices, or a ``select`` event without its
+            ``{"index", "value"}`` event data.
     """
     try:
         payload = json.loads(body)
@@ -97,8 +120,9 @@ def check_call(blocks: gr.Blocks, path: str, body: bytes) -> None:
     if len(data) != len(fn.inputs):
         raise CallRefusedError(422, f"{fn.name} takes {len(fn.inputs)} values, got {len(data)}")
     for position, (value, block) in enumerate(zip(data, fn.inputs)):
-        if isinstance(block, gr.Slider) and not _is_number(value):
-            raise CallRefusedError(422, f"value {position} of {fn.name} must be a finite number")
+        problem = _value_problem(value, block)
+        if problem is not None:
+            raise CallRefusedError(422, f"value {position} of {fn.name} {problem}")
     if _takes_select_data(fn.fn):
         event = payload.get("event_data")
         if not isinstance(event, dict) or not {"index", "value"} <= event.keys():

@@ -14,7 +14,8 @@ temporary file in the cache (issue 17, item 4). Here, for every request with a b
   upload leaves nothing behind;
 * an event call (``/queue/join``, ``/call/<name>``) is read completely (it is small) and checked
   by :func:`app.call_checks.check_call`: a malformed one is answered 4xx with one log line,
-  before Gradio would print a traceback for it.
+  before Gradio would print a traceback for it;
+* an exception that Gradio's routes do not handle is answered 500 with one ERROR log line.
 
 Installed by ``launch.py`` through ``demo.launch(app_kwargs={"middleware": [...]})``
 (:func:`middleware`).
@@ -28,7 +29,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, BinaryIO
 
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from .call_checks import CallRefusedError, check_call, is_call_path
 from .limits import MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES
@@ -99,8 +100,11 @@ class RequestLimits:
         self.max_files = max_files
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self._run(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
         length_header = headers.get(b"content-length")
@@ -108,7 +112,7 @@ class RequestLimits:
             if b"transfer-encoding" in headers:
                 await _answer(send, 411, "A request body needs a Content-Length.")
                 return
-            await self.app(scope, receive, send)  # no body
+            await self._run(scope, receive, send)  # no body
             return
         try:
             length = int(length_header)
@@ -127,7 +131,7 @@ class RequestLimits:
             if is_call_path(path) and "app" in scope and _authenticated(scope):
                 await self._checked_call(scope, receive, send, path)
             else:
-                await self.app(scope, receive, send)
+                await self._run(scope, receive, send)
             return
         max_parts = self.max_files
         if not path.rstrip("/").endswith("/upload"):
@@ -140,7 +144,7 @@ class RequestLimits:
                     await _answer(send, 413, outcome)
                 return
             body.seek(0)
-            await self.app(scope, _replay(body, receive), send)
+            await self._run(scope, _replay(body, receive), send)
 
     async def _checked_call(self, scope: Scope, receive: Receive, send: Send, path: str
                             ) -> None:
@@ -168,7 +172,31 @@ class RequestLimits:
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as buffered:
             buffered.write(body)
             buffered.seek(0)
-            await self.app(scope, _replay(buffered, receive), send)
+            await self._run(scope, _replay(buffered, receive), send)
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Gradio's handling of a request; an exception it does not handle (a malformed
+        request to one of its routes, e.g. ``component_server`` without its fields) is logged
+        as one line (the traceback at DEBUG) and answered 500, instead of a traceback."""
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except ClientDisconnect:
+            return  # the client left: nobody to answer
+        except Exception as err:
+            if started:
+                raise
+            detail = (str(err).strip().splitlines() or [""])[0][:200]
+            logger.error("request to %s failed: %s: %s", scope.get("path"),
+                         type(err).__name__, detail)
+            logger.debug("the failure in full", exc_info=True)
+            await _answer(send, 500, "Internal error: the request could not be processed.")
 
     async def _buffer(self, receive: Receive, body: BinaryIO, boundary: bytes,
                       max_parts: int) -> str | None:

@@ -236,14 +236,19 @@ def completion(served: Served) -> dict:
 
 def test_malformed_event_calls_get_a_4xx_and_one_log_line(served, capfd, caplog):
     """Internal events by fn_index with wrong values, unknown indices, the Stop button's
-    client-side event, a select without its data: each used to print a full traceback (and
-    ``remember_selection`` answered "'NoneType' object is not subscriptable")."""
+    client-side event, a select without its data, a class or side that is not offered, a
+    text seed: each used to print a full traceback (and ``remember_selection`` answered
+    "'NoneType' object is not subscriptable")."""
     select = served.fn_index("remember_selection")
     calls = [(select, [], None), (select, [], {"index": None}), (999, [], None),
              (served.fn_index("toggle_heatmap"), [], None),
              (served.fn_index("<lambda>"), ["x", None], None),
              (served.fn_index("edit_result"), [None, None, None], None),
-             (served.fn_index("generate"), ["x"], None)]
+             (served.fn_index("generate"), ["x"], None),
+             (served.fn_index("generate"), [None, "cat", 1, 1.5, 0, 0.0, 7, 1, False], None),
+             (served.fn_index("generate"), [None, -1, 1, 1.5, 0, 0.0, "x", 1, False], None),
+             (served.fn_index("outpaint"), [None, None, ["Nowhere"], 25, -1, 1, 1.5, 0, 0.0,
+                                            7, 1, False, 1, 8, False, 32], None)]
     no_backend = [fn._id for fn in served.demo.fns.values() if fn.fn is None]
     calls += [(index, [None] * 1, None) for index in no_backend]
     capfd.readouterr()
@@ -256,6 +261,14 @@ def test_malformed_event_calls_get_a_4xx_and_one_log_line(served, capfd, caplog)
     assert all("\n" not in r.getMessage() and r.exc_info is None for r in refused)
     assert "Traceback" not in capfd.readouterr().err
     record("hostile", malformed_calls_refused=len(calls))
+    with caplog.at_level(logging.ERROR, logger="app"):  # a Gradio route's own KeyError
+        caplog.clear()
+        answer = httpx.post(served.url + "gradio_api/component_server",
+                            data={"fn_name": "accept_blobs"}, files={"f": ("a.png", b"1")},
+                            timeout=60)
+    assert answer.status_code == 500
+    assert [r.levelname for r in caplog.records if r.name.startswith("app")] == ["ERROR"]
+    assert "Traceback" not in capfd.readouterr().err
     # the real thing still works: a select with its event data, then Edit without a result
     assert join(served, select, [], {"index": 1, "value": None}).status_code == 200
     assert completion(served)["success"] is True
