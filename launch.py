@@ -14,10 +14,14 @@ Examples::
 Sharing on a local network: ``--host 0.0.0.0`` serves on every interface, so always add a
 login with ``--auth USER:PASSWORD`` (repeatable) or ``--auth-file FILE`` (one ``user:password``
 per line, ``#`` comments; keeps passwords out of the shell history and ``ps``). Without a login
-a non-local host is served with a warning. Uploads are capped at ``app.MAX_FILE_SIZE``,
-pictures above ``app.handlers.MAX_PIXELS`` are refused while their header is read, before
+a non-local host is served with a warning; ``--share`` (a public gradio.live link) refuses to
+start without one. A model that cannot be loaded stops the launch with one line and exit
+code 1. Every request is bounded by ``app.request_limits`` (20 MB and 3 files per request,
+malformed event calls refused with one log line), pictures above ``app.limits.MAX_PIXELS``
+or more elongated than ``MAX_ASPECT_RATIO`` are refused while their header is read, before
 they are decoded (a small PNG can declare a huge picture), and the per-user state of at most
-``SESSION_CAPACITY`` sessions is kept (the oldest is forgotten first).
+``SESSION_CAPACITY`` sessions is kept (the oldest is forgotten first). docs/RELIABILITY.md
+has the figures.
 """
 
 from __future__ import annotations
@@ -78,7 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-browser", action="store_true",
                         help="do not open a browser tab")
     parser.add_argument("--share", action="store_true",
-                        help="also make a public gradio.live link (needs internet; off by default)")
+                        help="also make a public gradio.live link (needs internet and a login: "
+                             "--auth or --auth-file; off by default)")
     parser.add_argument("--auth", action="append", default=[], metavar="USER:PASSWORD",
                         help="require this login (repeatable); use it with --host 0.0.0.0")
     parser.add_argument("--auth-file", type=Path, default=None, metavar="FILE",
@@ -102,11 +107,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if not user.strip() or not password:
             parser.error("logins must look like USER:PASSWORD (non-empty user and password)")
         args.logins.append((user.strip(), password))
+    if args.share and not args.logins:
+        parser.error("--share publishes the app on a public gradio.live link: add a login with "
+                     "--auth USER:PASSWORD or --auth-file FILE")
     return args
 
 
 def launch_options(args: argparse.Namespace, max_file_size: str) -> dict[str, Any]:
-    """The keyword arguments of ``demo.launch()`` for these flags."""
+    """The keyword arguments of ``demo.launch()`` for these flags (with the app's request
+    limits, :mod:`app.request_limits`, as middleware)."""
+    from app.request_limits import middleware
     if args.host not in LOCAL_HOSTS and not args.logins:
         logger.warning("serving on %s without a login: anyone who can reach this address can "
                        "use the app (add --auth USER:PASSWORD or --auth-file FILE)", args.host)
@@ -119,6 +129,7 @@ def launch_options(args: argparse.Namespace, max_file_size: str) -> dict[str, An
         "max_file_size": max_file_size,
         "state_session_capacity": SESSION_CAPACITY,
         "show_error": True,
+        "app_kwargs": {"middleware": middleware()},
         "footer_links": ["api"],
     }
 
@@ -136,10 +147,23 @@ def limit_image_decoding(max_pixels: int) -> None:
 
 
 def pick_device(requested: str | None) -> torch.device:
-    """The device: as requested, else CUDA when available, else the CPU."""
+    """The device: as requested, else CUDA when available, else the CPU.
+
+    Raises:
+        SystemExit: an unknown device name (one line, no traceback).
+    """
     if requested:
-        return torch.device(requested)
+        try:
+            return torch.device(requested)
+        except RuntimeError as err:
+            raise SystemExit(f"launch.py: --device {requested!r}: {first_line(err)}") from None
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type name when the message is empty)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def load_pipeline(args: argparse.Namespace, device: torch.device) -> tuple[Pipeline, str | None]:
@@ -172,7 +196,11 @@ def main(argv: list[str] | None = None) -> None:
     import app
 
     limit_image_decoding(app.handlers.MAX_PIXELS)
-    pipeline, warning = load_pipeline(args, device)
+    try:
+        pipeline, warning = load_pipeline(args, device)
+    except (ValueError, OSError, RuntimeError, MemoryError) as err:
+        # CheckpointError is a ValueError; RecursionError a RuntimeError. One line, exit 1.
+        raise SystemExit(f"launch.py: cannot load the model: {first_line(err)}") from None
     logger.info("measuring the model's speed for the time estimate…")
     timing = app.calibrate(pipeline)
     demo = app.build_demo(pipeline, warning=warning, timing=timing)

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import InputError
+from .limits import open_image
 
 __all__ = ["background_image", "editor_value", "mask_from_layers", "mask_image"]
 
@@ -31,7 +32,7 @@ def _as_array(image: Any) -> np.ndarray | None:
     elif isinstance(image, Image.Image):
         array = np.asarray(image)
     else:  # a file path (type="filepath")
-        with Image.open(image) as opened:
+        with open_image(image) as opened:  # READ_FORMATS only (app/limits.py)
             array = np.asarray(opened.convert("RGBA"))
     if array.ndim == 2:
         array = array[..., None]

@@ -29,6 +29,7 @@ from hmar_core.editing import EditOptions, EditSession
 from .editor import background_image, editor_value, mask_from_layers
 from .errors import InputError, friendly_message
 from .imaging import confidence_overlay
+from .limits import MAX_PIXELS, check_picture_size
 from .outputs import OutputFolder
 from .params import (
     SamplingParams,
@@ -74,8 +75,6 @@ logger = logging.getLogger(__name__)
 RunOutputs = tuple[Any, Any, Any, str, Any]
 #: What an editing mode validates before running: (picture, mask, options, outpaint extents).
 Prepared = tuple[Image.Image, np.ndarray | None, EditOptions, dict[str, int] | None]
-#: Pictures above this many pixels are refused (the browser canvas struggles long before).
-MAX_PIXELS = 40_000_000
 
 
 def randomize_seed() -> int:
@@ -162,7 +161,8 @@ def edit_result(result: RunResult | None, selected: int | None) -> Iterator[dict
         gr.Error: no result yet.
     """
     if result is None or not result.images:
-        raise gr.Error("Nothing to edit yet: run Generate (or an edit) first.")
+        raise gr.Error("Nothing to edit yet: run Generate (or an edit) first.",
+                       print_exception=False)
     index = selected if selected is not None and 0 <= selected < len(result.images) else 0
     with OutputFolder() as files:
         picture = files.png(result.images[index].convert("RGBA"), _file_name(result, index))
@@ -272,9 +272,7 @@ def _picture(value: Any, need_mask: bool) -> tuple[Image.Image, np.ndarray | Non
     image, mask = editor_value(value)
     if image is None:
         raise InputError("Upload a picture first: drop it on the editor or click it.")
-    if image.width * image.height > MAX_PIXELS:
-        raise InputError(f"The picture is too large ({image.width}×{image.height}); "
-                         f"use one under {MAX_PIXELS // 1_000_000} megapixels.")
+    check_picture_size(image.width, image.height, MAX_PIXELS)  # app/limits.py
     if need_mask and mask is None:
         raise InputError("Paint over the area to change with the brush first.")
     return image, mask

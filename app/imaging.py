@@ -1,10 +1,16 @@
 """Pure image helpers of the app: tensors to PIL, preview strips, confidence heatmaps.
 
+Every image derived here for display is bounded by its total pixels, whatever the shape of the
+picture it comes from: a preview strip by :data:`PREVIEW_MAX_PIXELS`, a confidence overlay by
+:data:`HEATMAP_MAX_PIXELS` (docs/RELIABILITY.md). A 10000×1 picture once made a 2.56 M × 256 px
+strip at every scale (+7.5 GB).
+
 Shape legend: B = batch, H×W = image size, p = side of the last token grid.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +31,10 @@ __all__ = [
 PREVIEW_HEIGHT = 256
 #: and big pictures are scaled down to at most this height (previews stay cheap to send).
 PREVIEW_MAX_HEIGHT = 384
+#: A preview strip never has more pixels than this (all variants and gaps together).
+PREVIEW_MAX_PIXELS = 2_000_000
+#: A confidence overlay is drawn on a copy scaled down to at most this many pixels (1024²).
+HEATMAP_MAX_PIXELS = 1_048_576
 
 # A perceptual dark-blue → teal → yellow ramp (viridis-like anchors), low → high confidence.
 _RAMP = np.array([
@@ -42,11 +52,13 @@ def to_pil_images(images_B3HW: torch.Tensor, value_range: tuple[float, float] = 
 
 
 def preview_strip(images: Sequence[Image.Image], min_height: int = PREVIEW_HEIGHT,
-                  gap: int = 4, max_height: int = PREVIEW_MAX_HEIGHT) -> Image.Image:
-    """The variants side by side on white.
+                  gap: int = 4, max_height: int = PREVIEW_MAX_HEIGHT,
+                  max_pixels: int = PREVIEW_MAX_PIXELS) -> Image.Image:
+    """The variants side by side on white, at most ``max_pixels`` in all.
 
     Small images are scaled up by a whole factor (nearest, so tokens stay crisp) to at least
-    ``min_height``; large ones are scaled down (bilinear) to ``max_height``.
+    ``min_height``; large ones are scaled down (bilinear) to ``max_height``; then everything is
+    scaled down further if the strip would exceed ``max_pixels`` (very wide pictures).
     """
     if not images:
         raise ValueError("preview_strip needs at least one image")
@@ -55,15 +67,25 @@ def preview_strip(images: Sequence[Image.Image], min_height: int = PREVIEW_HEIGH
         scale, method = max_height / height, Image.Resampling.BILINEAR
     else:
         scale, method = float(max(1, -(-min_height // height))), Image.Resampling.NEAREST  # ceil
-    tiles = [image.convert("RGB").resize((max(1, round(image.width * scale)),
-                                          max(1, round(image.height * scale))), method)
+    width = sum(image.width for image in images)
+    gaps = gap * (len(images) - 1)
+    # strip ≈ (width·scale + gaps) × (height·scale): solve for the largest scale that fits
+    while scale > 0 and (width * scale + gaps + len(images)) * (height * scale + 1) > max_pixels:
+        fitted = (-gaps + math.sqrt(gaps**2 + 4 * width * max_pixels / height)) / (2 * width)
+        scale = min(scale * 0.9, fitted)
+        method = Image.Resampling.BILINEAR
+    sizes = [(max(1, round(image.width * scale)), max(1, round(image.height * scale)))
              for image in images]
-    width = sum(tile.width for tile in tiles) + gap * (len(tiles) - 1)
-    strip = Image.new("RGB", (width, max(tile.height for tile in tiles)), "white")
+    strip_width = sum(w for w, _ in sizes) + gaps
+    strip_height = max(h for _, h in sizes)
+    if strip_width * strip_height > max_pixels:  # many 1-px tiles: nothing sensible to show
+        raise ValueError(f"a preview of {len(images)} images this shape exceeds "
+                         f"{max_pixels} pixels")
+    strip = Image.new("RGB", (strip_width, strip_height), "white")
     x = 0
-    for tile in tiles:
-        strip.paste(tile, (x, 0))
-        x += tile.width + gap
+    for image, size in zip(images, sizes):
+        strip.paste(image.convert("RGB").resize(size, method), (x, 0))
+        x += size[0] + gap
     return strip
 
 
@@ -115,8 +137,21 @@ def confidence_map(tiles: Sequence[ConfidenceTile], size: tuple[int, int]) -> np
     return out
 
 
-def confidence_overlay(image: Image.Image, tiles: Sequence[ConfidenceTile], alpha: float = 0.55
-                       ) -> Image.Image:
+def _scaled_down(image: Image.Image, tiles: Sequence[ConfidenceTile], max_pixels: int
+                 ) -> tuple[Image.Image, list[ConfidenceTile]]:
+    """The image and its tiles scaled by one factor so that the image has ≤ ``max_pixels``."""
+    if image.width * image.height <= max_pixels:
+        return image, list(tiles)
+    factor = math.sqrt(max_pixels / (image.width * image.height))
+    size = (max(1, math.floor(image.width * factor)), max(1, math.floor(image.height * factor)))
+    scaled = [ConfidenceTile(tile.values, math.floor(tile.left * factor),
+                             math.floor(tile.top * factor), max(1, round(tile.side * factor)))
+              for tile in tiles]
+    return image.resize(size, Image.Resampling.BILINEAR), scaled
+
+
+def confidence_overlay(image: Image.Image, tiles: Sequence[ConfidenceTile], alpha: float = 0.55,
+                       max_pixels: int = HEATMAP_MAX_PIXELS) -> Image.Image:
     """Blend token-confidence maps over an image.
 
     Args:
@@ -124,12 +159,16 @@ def confidence_overlay(image: Image.Image, tiles: Sequence[ConfidenceTile], alph
         tiles: the maps and the windows they cover (see :func:`confidence_map`); pixels no
             tile covers are left as they are.
         alpha: weight of the heatmap.
+        max_pixels: larger images are drawn on a scaled-down copy (the overlay costs ~60 bytes
+            per pixel while it is computed).
 
     Returns:
-        An RGB image of the same size: yellow = confident, dark blue = unsure.
+        An RGB image of the same size (or scaled down to ``max_pixels``): yellow = confident,
+        dark blue = unsure.
     """
+    image, tiles = _scaled_down(image, tiles, max_pixels)
     values = confidence_map(tiles, image.size)
-    colors = heatmap_colors(values).astype(np.float32)
+    colors = heatmap_colors(values).astype(np.float32)  # (H, W, 3)
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
     weight = np.where(np.isnan(values), 0.0, alpha)[..., None]
     blended = base * (1 - weight) + colors * weight

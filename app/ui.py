@@ -19,6 +19,7 @@ from hmar_core import Pipeline
 from hmar_core.editing import EditSession, default_class_strength
 
 from . import handlers
+from .editor_component import BoundedImageEditor
 from .params import MAX_VARIANTS, NO_CLASS, Timing, class_choices, max_quality_steps
 from .streaming import StopSignal
 
@@ -84,7 +85,7 @@ def build_demo(
         with gr.Row(equal_height=False):
             # ------------------------------------------------------------------ inputs
             with gr.Column(scale=5):
-                editor = gr.ImageEditor(
+                editor = BoundedImageEditor(  # gr.ImageEditor, server side bounded
                     label=f"Image (upload any picture; it is fitted to {size}×{size}), "
                           "then paint the area to change",
                     type="numpy", image_mode="RGBA", format="png",

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from reliability_support import count_case, fuzz_settings
 
 from app import handlers
+from app.limits import MAX_ASPECT_RATIO
 from app.runs import RunResult
 from hmar_core.editing import EditSession
 
@@ -99,8 +100,10 @@ def editor_values(draw: st.DrawFn) -> dict | None:
 
 @st.composite
 def painted_editor(draw: st.DrawFn) -> dict:
-    """An opaque picture with a painted box of its own size (what a user normally sends)."""
-    height, width = draw(SIDES), draw(SIDES)
+    """An opaque picture with a painted box of its own size (what a user normally sends);
+    shapes the app accepts (at most 16:1, ``app.limits.MAX_ASPECT_RATIO``)."""
+    height = draw(SIDES)
+    width = draw(SIDES.filter(lambda w: max(w, height) <= MAX_ASPECT_RATIO * min(w, height)))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     background = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
     background[..., 3] = 255

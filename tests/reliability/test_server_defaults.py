@@ -164,7 +164,7 @@ def test_a_small_file_declaring_a_huge_picture_is_refused_before_decoding(launch
                   "composite": None}
         try:
             with PeakRss() as probe:
-                with pytest.raises(AppError, match="decompression bomb|exceeds limit"):
+                with pytest.raises(AppError, match="too large|decompression bomb|exceeds limit"):
                     client.predict(editor, -1, 0, 1, 1.5, 0, 0.0, 1, 1, False, 1, 8, False, 32,
                                    api_name="/inpaint")
             again = client.predict(-1, 1, 1.5, 0, 0.0, 1, 1, False, api_name="/generate")
@@ -210,3 +210,44 @@ def test_per_session_state_is_bounded(launch, served_with):
     record("security", session_capacity=capacity,
            rss_growth_over_2x_capacity_more_sessions_mib=round(growth, 1))
     assert growth < 16, f"+{growth:.0f} MiB for {2 * capacity} sessions beyond the capacity"
+
+
+def test_share_without_a_login_is_refused(launch, capsys):
+    """``--share`` publishes a public gradio.live link: without a login it used to start
+    silently (issue 17, item 5); now it refuses to start and says what to add."""
+    with pytest.raises(SystemExit) as exit_info:
+        launch.parse_args(["--share"])
+    assert exit_info.value.code != 0
+    assert "--auth" in capsys.readouterr().err
+    options = launch.launch_options(launch.parse_args(["--share", "--auth", "a:b"]), "1mb")
+    assert options["share"] is True and options["auth"] == [("a", "b")]
+
+
+def _damaged_folder(root: Path) -> Path:
+    folder = root / "damaged"
+    folder.mkdir()
+    (folder / "config.json").write_text("[" * 200_000)  # nested beyond any recursion limit
+    return folder
+
+
+@pytest.mark.parametrize("flags", [
+    ["--checkpoint", "{tmp}/missing-folder"],
+    ["--checkpoint", "{tmp}/damaged"],
+    ["--vae", "{tmp}/missing.pth", "--hmar", "{tmp}/missing2.pth"],
+    ["--device", "no-such-device"],
+])
+def test_a_bad_model_or_device_stops_launch_with_one_line(flags, tmp_path):
+    """launch.py on a missing folder, a damaged config, missing .pth files or an unknown
+    device: exit code != 0 and one line on stderr, no traceback (issue 17, item 13)."""
+    import subprocess
+    import sys
+
+    _damaged_folder(tmp_path)
+    argv = [flag.format(tmp=tmp_path) for flag in flags]
+    done = subprocess.run([sys.executable, str(Path(app.__file__).parents[1] / "launch.py"),
+                           "--no-browser", "--log-level", "ERROR", *argv],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("launch.py: "), done.stderr[-2000:]

@@ -256,7 +256,7 @@ def test_truncated_legacy_pth_is_a_checkpoint_error(tmp_path, length):
 
 # ---------------------------------------------------------------------- the app's endpoints
 ALLOWED_INPUTS = {"Dropdown", "Slider", "Number", "Checkbox", "CheckboxGroup", "ImageEditor",
-                  "State"}
+                  "BoundedImageEditor", "State"}  # app/editor_component.py: an ImageEditor
 
 
 def free_port() -> int:
