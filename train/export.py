@@ -29,6 +29,7 @@ from hmar_core.checkpoint import load_into
 from hmar_core.config import TokenizerConfig, TransformerConfig
 from hmar_core.tokenizer import MultiScaleVQTokenizer
 from hmar_core.transformer import HMARTransformer
+from hmar_core.weights_io import load_weights
 
 __all__ = [
     "export_checkpoint",
@@ -110,10 +111,7 @@ def load_transformer_weights(path: str | os.PathLike, cfg: TransformerConfig
         if not config_path.is_file():
             raise CheckpointError(f"{path} has no config.json (expected a model folder)")
         saved = json.loads(config_path.read_text()).get("transformer")
-        try:
-            state = load_file(str(path / "transformer.safetensors"))
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"cannot read {path / 'transformer.safetensors'}: {err}") from err
+        state = load_weights(path, "transformer")  # one file or a shard set (assets/)
     elif path.is_file():
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
