@@ -12,24 +12,29 @@ MODEL=${MODEL:-runs/emoji64-hmar-stage2/model}
 DATA=${DATA:-data/emoji64/emoji64.npz}
 REPORTS=${REPORTS:-runs/reports}
 SAMPLES=${SAMPLES:-1020}
-MASK_CFG=${MASK_CFG:-0 0.5}
-STRENGTHS=${STRENGTHS:-0 2 3 4 5}
+MASK_CFG=${MASK_CFG-0 0.5}            # empty: none
+STRENGTHS=${STRENGTHS:-1 2 3 4}
 DEVICE=${DEVICE:-cuda}
-EDITS=${EDITS:-100}
+EDITS=${EDITS:-100}                   # 0: no editing benchmark
+CURVE=${CURVE:-1}                     # 0: skip step 1 (e.g. only the guidance runs)
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH=.:benchmarks${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p "$REPORTS"
 name=$(basename "$(dirname "$MODEL")")
 
-$PY benchmarks/quality.py --model "$MODEL" --data "$DATA" --device "$DEVICE" \
-  --samples "$SAMPLES" --batch-size 255 --curve 0 1 2 4 8 --skip-timing \
-  --json "$REPORTS/quality_$name.json" --grid "$REPORTS/grids_$name"
+if [[ "$CURVE" == 1 ]]; then
+  $PY benchmarks/quality.py --model "$MODEL" --data "$DATA" --device "$DEVICE" \
+    --samples "$SAMPLES" --batch-size 255 --curve 0 1 2 4 8 --skip-timing \
+    --json "$REPORTS/quality_$name.json" --grid "$REPORTS/grids_$name"
+fi
 for ratio in $MASK_CFG; do
   $PY benchmarks/quality.py --model "$MODEL" --data "$DATA" --device "$DEVICE" \
     --samples "$SAMPLES" --batch-size 255 --refine 2 --curve 4 --skip-timing \
     --mask-cfg-ratio "$ratio" --json "$REPORTS/quality_${name}_maskcfg$ratio.json"
 done
-$PY benchmarks/editing_quality.py --model "$MODEL" --images "$DATA" \
-  --classifier classifier:editing_classifier --num "$EDITS" --device "$DEVICE" \
-  --class-strength $STRENGTHS --out "$REPORTS/editing_$name.json"
+if [[ "$EDITS" != 0 ]]; then
+  $PY benchmarks/editing_quality.py --model "$MODEL" --images "$DATA" \
+    --classifier classifier:editing_classifier --num "$EDITS" --device "$DEVICE" \
+    --class-strength $STRENGTHS --out "$REPORTS/editing_$name.json"
+fi
 echo "DEMO EVALUATION DONE: $REPORTS"

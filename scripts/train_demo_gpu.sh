@@ -7,6 +7,9 @@
 # weights with a fresh optimiser and its own warm-up and decay, then a new stage 2):
 #   INIT_MODEL=assets/hmar-emoji64 STAGE1_MINUTES=5 STAGE2_MINUTES=4.5 \
 #     bash scripts/train_demo_gpu.sh
+# STAGE1_MINUTES=0 with INIT_MODEL skips stage 1: stage 2 then continues the model's own mask
+# branch (init_mask_from_ns=false) on its unchanged base and ns branch (what ran in session 4:
+#   INIT_MODEL=assets/hmar-emoji64 STAGE1_MINUTES=0 STAGE2_MINUTES=5.5 bash scripts/train_demo_gpu.sh).
 # Resume a run that was cut off (same variables again, plus RESUME=1): every stage continues
 # from the newest checkpoint in its output folder; a stage whose model/ is already exported is
 # skipped.
@@ -50,7 +53,13 @@ fi
 stage1_lr=()
 [[ -n "$STAGE1_LR" ]] && stage1_lr=(--set "optim.lr=$STAGE1_LR")
 # 2. HMAR stage 1: next-scale prediction (DDP over NPROC GPUs)
-if ! done_stage "$RUNS/emoji64-hmar/model"; then
+STAGE2_INIT=$RUNS/emoji64-hmar/model
+stage2_mask=()
+if [[ -n "$INIT_MODEL" && "$STAGE1_MINUTES" == 0 ]]; then
+  STAGE2_INIT=$INIT_MODEL
+  stage2_mask=(--set init_mask_from_ns=false)
+  echo "no stage 1: stage 2 continues the mask branch of $INIT_MODEL"
+elif ! done_stage "$RUNS/emoji64-hmar/model"; then
   $PY -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m train.hmar \
     --config train/configs/emoji64-hmar.yaml --data "$DATA" \
     --tokenizer "$TOKENIZER" --out "$RUNS/emoji64-hmar" "${stage1_init[@]}" \
@@ -62,7 +71,7 @@ fi
 if ! done_stage "$RUNS/emoji64-hmar-stage2/model"; then
   $PY -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m train.hmar \
     --config train/configs/emoji64-hmar.yaml --data "$DATA" --stage stage2 \
-    --tokenizer "$TOKENIZER" --init-from "$RUNS/emoji64-hmar/model" \
+    --tokenizer "$TOKENIZER" --init-from "$STAGE2_INIT" "${stage2_mask[@]}" \
     --out "$RUNS/emoji64-hmar-stage2" --steps "$STAGE2_STEPS" --max-minutes "$STAGE2_MINUTES" \
     --device "$DEVICE" --set run.progress_bar=false "${resume[@]}" $EXTRA
 fi

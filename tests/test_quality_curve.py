@@ -82,3 +82,18 @@ def test_class_edits_use_the_same_targets_at_every_strength(tiny_pipe) -> None:
     expected = sum(int(targets_rng.choice([c for c in range(tiny_pipe.num_classes) if c != y]))
                    == 0 for y in labels) / 4
     assert rows[0]["success"] == expected
+
+
+def test_sample_grids_one_column_per_category_without_empty_classes(tmp_path) -> None:
+    from benchmarks.sample_grids import grid, style_classes
+
+    names = ["a/x", "a/y", "b/x", "b/y"]
+    assert style_classes(names, [1]) == {"a": [0], "b": [2, 3]}
+    with pytest.raises(ValueError, match="not style/category"):
+        style_classes(["plain"], [])
+    images = torch.rand(6, 3, 4, 4)
+    picture = grid(images, 3)
+    assert picture.size == (12, 8)
+    pixels = np.asarray(picture)
+    expected = (images[4].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(pixels[4:8, 4:8], expected)  # row 1, column 1
