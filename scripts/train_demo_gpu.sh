@@ -8,8 +8,9 @@
 #   INIT_MODEL=assets/hmar-emoji64 STAGE1_MINUTES=5 STAGE2_MINUTES=4.5 \
 #     bash scripts/train_demo_gpu.sh
 # STAGE1_MINUTES=0 with INIT_MODEL skips stage 1: stage 2 then continues the model's own mask
-# branch (init_mask_from_ns=false) on its unchanged base and ns branch (what ran in session 4:
-#   INIT_MODEL=assets/hmar-emoji64 STAGE1_MINUTES=0 STAGE2_MINUTES=5.5 bash scripts/train_demo_gpu.sh).
+# branch (init_mask_from_ns=false) on its unchanged base and ns branch (what ran in session 4,
+# for 2.8 minutes on an H100, 210 steps: too short to measure; see assets/MODEL_CARD.md):
+#   INIT_MODEL=assets/hmar-emoji64 STAGE1_MINUTES=0 STAGE2_MINUTES=10 bash scripts/train_demo_gpu.sh
 # Resume a run that was cut off (same variables again, plus RESUME=1): every stage continues
 # from the newest checkpoint in its output folder; a stage whose model/ is already exported is
 # skipped.
@@ -28,6 +29,14 @@ STAGE1_LR=${STAGE1_LR:-}              # peak lr of stage 1 (YAML: 6e-4; 3e-4 whe
 RESUME=${RESUME:-0}
 DEVICE=${DEVICE:-cuda}
 EXTRA=${EXTRA:-}                      # more flags for every train.hmar call (e.g. smoke tests)
+# Stage 2 runs eager unless STAGE2_COMPILE=1: in session 4 (H100, a quality.py run beside it)
+# the torch.compile of the first stage-2 step took the whole 3.5-minute budget (step 1 of 6000),
+# while eager stage 2 runs at 337 ms per step (~760 img/s) from its first minute. Compile only
+# pays for runs of many minutes.
+STAGE2_COMPILE=${STAGE2_COMPILE:-0}
+stage2_speed=()
+[[ "$STAGE2_COMPILE" == 1 ]] || stage2_speed=(--set speed.compile_blocks=false \
+  --set speed.compile_inputs=false --set speed.compile_loss=false)
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 resume=()
@@ -73,6 +82,6 @@ if ! done_stage "$RUNS/emoji64-hmar-stage2/model"; then
     --config train/configs/emoji64-hmar.yaml --data "$DATA" --stage stage2 \
     --tokenizer "$TOKENIZER" --init-from "$STAGE2_INIT" "${stage2_mask[@]}" \
     --out "$RUNS/emoji64-hmar-stage2" --steps "$STAGE2_STEPS" --max-minutes "$STAGE2_MINUTES" \
-    --device "$DEVICE" --set run.progress_bar=false "${resume[@]}" $EXTRA
+    --device "$DEVICE" --set run.progress_bar=false "${stage2_speed[@]}" "${resume[@]}" $EXTRA
 fi
 echo "DEMO TRAINING DONE: $RUNS/emoji64-hmar-stage2/model"
