@@ -97,3 +97,23 @@ def test_sample_grids_one_column_per_category_without_empty_classes(tmp_path) ->
     pixels = np.asarray(picture)
     expected = (images[4].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     np.testing.assert_array_equal(pixels[4:8, 4:8], expected)  # row 1, column 1
+
+
+def test_bundled_default_steps_is_not_dominated_on_its_measured_curve() -> None:
+    """The bundled model's default ``steps`` comes from its measured speed/quality curve: no
+    other measured ``steps`` is at least as good on FD, class accuracy and cost at once."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    config = json.loads((root / "assets/hmar-emoji64/config.json").read_text())
+    report = json.loads(
+        (root / "benchmarks/models/quality_hmar-emoji64_curve_h100.json").read_text())
+    rows = {row["steps"]: row for row in report["curve"]["rows"]}
+    default = config["sampler"]["steps"]
+    assert default in rows, f"default steps {default} was not measured"
+    mine = rows[default]
+    for steps, row in rows.items():
+        dominates = (steps <= default and row["fd_val"] <= mine["fd_val"]
+                     and row["accuracy_ratio"] >= mine["accuracy_ratio"] and steps != default)
+        assert not dominates, f"steps={steps} is as fast, as good on FD and accuracy as {default}"
