@@ -20,7 +20,9 @@ Metrics (one JSON report):
   with the same masks (``seam_excess`` = edited / original: 1.0 means the boundary is as smooth
   as natural content, above 1 a visible seam).
 * **class-edit success** = fraction of whole-image class edits (random target ≠ source label,
-  default strength) that the classifier assigns to the target class.
+  default strength) that the classifier assigns to the target class; with several
+  ``--class-strength`` values, one row per strength in ``class_edit_by_strength`` (the same
+  images, targets and seeds at every strength).
 * **seconds per edit** on this machine (``--device``, default CPU), mean and median.
 """
 
@@ -126,6 +128,26 @@ def load_images(source: str | None, pipe: Pipeline, num: int, seed: int
             [names.get(files[i].parent.name) for i in order])
 
 
+def class_edits(pipe: Pipeline, classifier: Classifier, images: list[np.ndarray],
+                labels: list[int | None], strength: int, seed: int, steps: int | None,
+                device: torch.device) -> dict:
+    """Whole-image class edits to a random other class at one strength: the fraction that the
+    classifier assigns to the target class (targets and seeds fixed by ``seed``)."""
+    rng = np.random.default_rng(seed + 1)
+    hits, seconds = 0, []
+    for index, (rgb, label) in enumerate(zip(images, labels)):
+        target = int(rng.choice([c for c in range(pipe.num_classes) if c != label]))
+        start = time.perf_counter()
+        result = pipe.edit(rgb, None, EditOptions(class_id=target, seed=seed + index,
+                                                  steps=steps, strength=strength))
+        seconds.append(time.perf_counter() - start)
+        hits += predict(classifier, [result.image], device)[0] == target
+    edits = len(images)
+    logger.info("class edits at strength %d: %d/%d reach the target", strength, hits, edits)
+    return {"strength": strength, "success": hits / max(edits, 1), "edits": edits,
+            "seconds_mean": statistics.fmean(seconds) if seconds else float("nan")}
+
+
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     if args.model:
@@ -158,20 +180,17 @@ def run(args: argparse.Namespace) -> dict:
                   seconds_per_edit_median=statistics.median(seconds))
     if args.classifier:
         classifier = load_classifier(args.classifier, device)
-        hits, total, class_seconds = 0, 0, []
-        for index, (rgb, label) in enumerate(zip(images, labels)):
-            choices = [c for c in range(pipe.num_classes) if c != label]
-            target = int(rng.choice(choices))
-            start = time.perf_counter()
-            result = pipe.edit(rgb, None, EditOptions(
-                class_id=target, seed=args.seed + index, steps=args.steps,
-                strength=args.class_strength if args.class_strength is not None
-                else default_class_strength(len(pipe.patch_nums))))
-            class_seconds.append(time.perf_counter() - start)
-            hits += predict(classifier, [result.image], device)[0] == target
-            total += 1
-        report.update(class_edit_success=hits / max(total, 1), class_edits=total,
-                      seconds_per_class_edit_mean=statistics.fmean(class_seconds))
+        default = default_class_strength(len(pipe.patch_nums))
+        strengths = args.class_strength or [default]
+        by_strength = {}
+        for strength in strengths:
+            by_strength[strength] = class_edits(pipe, classifier, images, labels, strength,
+                                                args.seed, args.steps, device)
+        first = by_strength[default if default in by_strength else strengths[0]]
+        report.update(class_edit_success=first["success"], class_edits=first["edits"],
+                      class_edit_strength=first["strength"],
+                      seconds_per_class_edit_mean=first["seconds_mean"],
+                      class_edit_by_strength=list(by_strength.values()))
     else:
         logger.info("no --classifier: class-edit success skipped")
     return report
@@ -187,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="refinement steps")
     parser.add_argument("--feather", type=int, default=8)
-    parser.add_argument("--class-strength", type=int, default=None)
+    parser.add_argument("--class-strength", type=int, nargs="+", default=None,
+                        help="strength(s) of the class edits (default: the editor's default)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", help="write the JSON report here")

@@ -35,6 +35,12 @@ Metrics (fixed seeds; ``--data`` is the ``emoji64.npz`` of ``python -m train.dat
   average is recorded: on a shared machine the times are upper bounds.
 * The ON - OFF domain-FD difference comes with a paired bootstrap (``fd_on_minus_off_bootstrap``)
   so that a difference within the sampling noise is not read as an effect.
+* **Speed/quality curve** (``--curve 0 1 2 4 8``): the same metrics for every ``steps=N``
+  (same labels and seeds), the device seconds per image of each set (and with timing, the CPU
+  median of a batch-1 generation), a paired bootstrap of each N against ``steps=0`` and of each
+  N against the previous one (does FD rise from 1 to 2 to 4 steps beyond its noise?). Settings
+  whose schedules coincide (e.g. the model default and ``steps=2``) are generated once.
+  ``--mask-cfg-ratio`` overrides the model's guidance of the mask steps (to choose it).
 
 Cost: generation dominates (two sets of ``--samples`` images). On 2 CPU cores 1020 samples per
 setting take tens of minutes; ``--device cuda`` runs the sets on the GPU and still times on CPU.
@@ -46,6 +52,7 @@ training images for the feature-space statistics, 3 timing repetitions.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -91,7 +98,7 @@ ACCURACY_RATIO_TARGET = 0.8
 SECONDS_TARGET = 1.0
 NEAR_COPY_QUANTILE = 0.05
 FLOOR_DRAWS = 5
-BOOTSTRAP_REPS = 50
+BOOTSTRAP_REPS = 200
 
 
 @dataclass
@@ -131,6 +138,17 @@ def resolve_settings(pipe: Pipeline, refine: str) -> list[Setting]:
         setting_schedule = pipe.resolve_schedule(setting.mask_schedule, setting.steps)
         setting.description += f"; extra passes {sum(len(e) - 1 for e in setting_schedule)}"
     return [on, off]
+
+
+def curve_settings(pipe: Pipeline, steps: Sequence[int]) -> list[Setting]:
+    """One setting ``steps_N`` per value of ``--curve`` (distinct, sorted)."""
+    out = []
+    for n in sorted(set(steps)):
+        if n < 0:
+            raise ValueError(f"--curve steps must be >= 0, got {n}")
+        extra = sum(len(e) - 1 for e in pipe.resolve_schedule(None, n))
+        out.append(Setting(f"steps_{n}", None, n, f"steps={n}; extra passes {extra}"))
+    return out
 
 
 def cycling_labels(count: int, classes: Sequence[int]) -> np.ndarray:
@@ -225,6 +243,83 @@ def paired_fd_bootstrap(feats_on: np.ndarray, feats_off: np.ndarray, labels: np.
             "fraction_on_better": float(np.mean(diffs_arr < 0))}
 
 
+@dataclass
+class RealSets:
+    """Features, labels and pixels of the real images that every generated set is scored
+    against (``val`` and ``train``), and the classifier's report on ``val``."""
+
+    val_feats: np.ndarray
+    val_y: np.ndarray
+    train_feats: torch.Tensor
+    train_feats_y: np.ndarray
+    val_pix: torch.Tensor
+    train_pix: torch.Tensor
+    train_x: np.ndarray
+    real: dict[str, Any]
+
+
+def evaluate_setting(pipe: Pipeline, classifier: torch.nn.Module, labels: np.ndarray,
+                     setting: Setting, args: argparse.Namespace, ref: RealSets
+                     ) -> tuple[dict[str, Any], np.ndarray]:
+    """Generate one setting's set and score it: (report entry, classifier features)."""
+    t0 = time.perf_counter()
+    images = generate_set(pipe, labels, setting, args.seed, args.batch_size)
+    seconds = time.perf_counter() - t0
+    logits, feats = predict_logits(classifier, images)
+    acc = accuracy_report(logits, labels)
+    real = ref.real
+    entry = {
+        "description": setting.description, "seconds": seconds,
+        "seconds_per_image": seconds / len(labels), "accuracy": acc,
+        "accuracy_ratio": acc["class_top1_balanced"] / real["class_top1_balanced"],
+        "accuracy_ratio_plain": acc["class_top1"] / real["class_top1"],
+        "category_ratio": acc["category_top1_balanced"] / real["category_top1_balanced"],
+        "style_ratio": acc["style_top1_balanced"] / real["style_top1_balanced"],
+        "fd_val": fd(feats.numpy(), labels, ref.val_feats, ref.val_y),
+        "fd_val_unweighted": fd(feats.numpy(), None, ref.val_feats, None),
+        "fd_train": fd(feats.numpy(), labels, ref.train_feats.numpy(), ref.train_feats_y),
+        "memorisation_pixels32": memorisation(to_pixels32(images), labels, ref.val_pix,
+                                              ref.val_y, ref.train_pix, rms=True, tiny=0.01),
+        "memorisation_features": memorisation(feats, labels, torch.from_numpy(ref.val_feats),
+                                              ref.val_y, ref.train_feats, rms=False,
+                                              tiny=1e-6),
+    }
+    logger.info("%s: balanced acc %.3f (ratio %.3f), FD %.2f, NN ratio %.3f (%.0f s)",
+                setting.name, acc["class_top1_balanced"], entry["accuracy_ratio"],
+                entry["fd_val"], entry["memorisation_pixels32"]["ratio_balanced_mean"], seconds)
+    if args.grid:
+        save_grid(images, labels, Path(args.grid) / f"{setting.name}.png")
+        save_nn_pairs(images, ref.train_x, ref.train_pix,
+                      Path(args.grid) / f"{setting.name}_nn.png")
+    return entry, feats.numpy()
+
+
+def curve_report(report: dict[str, Any], steps: Sequence[int], gen_feats: dict[str, np.ndarray],
+                 labels: np.ndarray, val_feats: np.ndarray, val_y: np.ndarray, reps: int,
+                 seed: int) -> dict[str, Any]:
+    """The speed/quality curve: one row per ``steps`` value, paired FD bootstraps of every N
+    against ``steps=0`` (``fraction_on_better``: N better) and against the previous N."""
+    ordered = sorted(set(steps))
+    rows = []
+    for n in ordered:
+        entry = report["generated"][f"steps_{n}"]
+        rows.append({"steps": n, "fd_val": entry["fd_val"],
+                     "accuracy_ratio": entry["accuracy_ratio"],
+                     "category_ratio": entry["category_ratio"],
+                     "nn_ratio": entry["memorisation_pixels32"]["ratio_balanced_mean"],
+                     "identical": entry["memorisation_pixels32"]["generated"]["identical"],
+                     "seconds_per_image": entry["seconds_per_image"]})
+    out: dict[str, Any] = {"rows": rows, "vs_steps0": {}, "vs_previous": {}}
+    for previous, n in zip(ordered, ordered[1:]):
+        for key, base in (("vs_steps0", ordered[0]), ("vs_previous", previous)):
+            boot = paired_fd_bootstrap(gen_feats[f"steps_{n}"], gen_feats[f"steps_{base}"],
+                                       labels, val_feats, val_y, reps, seed)
+            boot["verdict"] = fd_verdict(boot["fraction_on_better"]).replace(
+                "ON", f"steps={n}").replace("OFF", f"steps={base}")
+            out[key][f"{n}_vs_{base}"] = boot
+    return out
+
+
 def fd_verdict(fraction_on_better: float, confidence: float = 0.95) -> str:
     """``ON better`` / ``OFF better`` when that many bootstrap resamples agree, else no call."""
     if fraction_on_better >= confidence:
@@ -268,9 +363,10 @@ def _median_seconds(fn: Callable[[], object], reps: int) -> tuple[float, list[fl
     return statistics.median(times), times
 
 
-def cpu_timing(pipe: Pipeline, on: Setting, image: np.ndarray, reps: int, seed: int
-               ) -> dict[str, Any]:
-    """Median seconds of batch-1 generations and centre-box inpaints on the CPU pipeline."""
+def cpu_timing(pipe: Pipeline, on: Setting, image: np.ndarray, reps: int, seed: int,
+               curve: Sequence[int] = ()) -> dict[str, Any]:
+    """Median seconds of batch-1 generations and centre-box inpaints on the CPU pipeline
+    (and of a batch-1 generation at every ``steps`` of ``curve``)."""
     size = pipe.image_size
     mask = np.zeros((size, size), dtype=bool)
     mask[size // 4:3 * size // 4, size // 4:3 * size // 4] = True
@@ -283,6 +379,8 @@ def cpu_timing(pipe: Pipeline, on: Setting, image: np.ndarray, reps: int, seed: 
         "inpaint_default": lambda: pipe.inpaint(picture, mask, seed=seed),
         "inpaint_steps0": lambda: pipe.inpaint(picture, mask, seed=seed, steps=0),
     }
+    for n in sorted(set(curve)):
+        jobs[f"generate_steps_{n}"] = lambda n=n: pipe.generate(0, seed=seed, steps=n)
     for name, job in jobs.items():
         median, times = _median_seconds(job, reps)
         result[name] = {"median_s": median, "min_s": min(times),
@@ -385,18 +483,28 @@ def print_table(report: dict[str, Any]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
 
 
+def load_pipe(model: Path, device: torch.device | None, mask_cfg_ratio: float | None
+              ) -> Pipeline:
+    """The model's pipeline, with its mask-step guidance ratio replaced when one is given."""
+    pipe = Pipeline.from_pretrained(model, device=device)
+    if mask_cfg_ratio is not None:
+        pipe.sampler_config = dataclasses.replace(pipe.sampler_config,
+                                                  mask_cfg_ratio=mask_cfg_ratio)
+    return pipe
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run every metric and return the JSON report."""
     start = time.perf_counter()
     device = torch.device(args.device)
-    pipe = Pipeline.from_pretrained(args.model, device=device)
+    pipe = load_pipe(args.model, device, args.mask_cfg_ratio)
     classifier, _ = load_classifier(args.classifier, device)
     if classifier.cfg.num_classes != pipe.num_classes:
         raise ValueError(f"classifier has {classifier.cfg.num_classes} classes, the model "
                          f"{pipe.num_classes}")
     train_x, train_y, _ = load_npz_split(args.data, "train")
     val_x, val_y, _ = load_npz_split(args.data, "val")
-    settings = resolve_settings(pipe, args.refine)
+    settings = resolve_settings(pipe, args.refine) + curve_settings(pipe, args.curve or [])
     report: dict[str, Any] = {
         "model": str(args.model), "classifier": str(args.classifier), "data": str(args.data),
         "device": str(device), "seed": args.seed, "samples": args.samples, "quick": args.quick,
@@ -409,8 +517,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.timing_only:
         report["timing"] = cpu_timing(pipe if device.type == "cpu" else
-                                      Pipeline.from_pretrained(args.model), settings[0],
-                                      val_x[0], args.timing_reps, args.seed)
+                                      load_pipe(args.model, None, args.mask_cfg_ratio),
+                                      settings[0], val_x[0], args.timing_reps, args.seed,
+                                      args.curve or [])
         report["runtime_s"] = time.perf_counter() - start
         return report
 
@@ -458,35 +567,22 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     report["generated"] = {}
     gen_feats: dict[str, np.ndarray] = {}
     pipe.generate(int(labels[0]), seed=args.seed)  # warm-up, so the first setting is not charged
+    real_sets = RealSets(val_feats.numpy(), val_y, train_feats, train_feats_y, val_pix, train_pix,
+                         train_x, real)
+    done: dict[Schedule, str] = {}
     for setting in settings:
-        t0 = time.perf_counter()
-        images = generate_set(pipe, labels, setting, args.seed, args.batch_size)
-        seconds = time.perf_counter() - t0
-        logits, feats = predict_logits(classifier, images)
-        acc = accuracy_report(logits, labels)
-        entry = {
-            "description": setting.description, "seconds": seconds, "accuracy": acc,
-            "accuracy_ratio": acc["class_top1_balanced"] / real["class_top1_balanced"],
-            "accuracy_ratio_plain": acc["class_top1"] / real["class_top1"],
-            "category_ratio": acc["category_top1_balanced"] / real["category_top1_balanced"],
-            "style_ratio": acc["style_top1_balanced"] / real["style_top1_balanced"],
-            "fd_val": fd(feats.numpy(), labels, val_feats.numpy(), val_y),
-            "fd_val_unweighted": fd(feats.numpy(), None, val_feats.numpy(), None),
-            "fd_train": fd(feats.numpy(), labels, train_feats.numpy(), train_feats_y),
-            "memorisation_pixels32": memorisation(to_pixels32(images), labels, val_pix, val_y,
-                                                  train_pix, rms=True, tiny=0.01),
-            "memorisation_features": memorisation(feats, labels, val_feats, val_y,
-                                                  train_feats, rms=False, tiny=1e-6),
-        }
+        schedule = pipe.resolve_schedule(setting.mask_schedule, setting.steps)
+        if schedule in done:  # same schedule, labels and seeds: the same images
+            twin = done[schedule]
+            report["generated"][setting.name] = {**report["generated"][twin],
+                                                 "description": setting.description,
+                                                 "same_images_as": twin}
+            gen_feats[setting.name] = gen_feats[twin]
+            continue
+        entry, gen_feats[setting.name] = evaluate_setting(pipe, classifier, labels, setting, args,
+                                                          real_sets)
         report["generated"][setting.name] = entry
-        gen_feats[setting.name] = feats.numpy()
-        logger.info("%s: balanced acc %.3f (ratio %.3f), FD %.2f, NN ratio %.3f (%.0f s)",
-                    setting.name, acc["class_top1_balanced"], entry["accuracy_ratio"],
-                    entry["fd_val"], entry["memorisation_pixels32"]["ratio_balanced_mean"],
-                    seconds)
-        if args.grid:
-            save_grid(images, labels, Path(args.grid) / f"{setting.name}.png")
-            save_nn_pairs(images, train_x, train_pix, Path(args.grid) / f"{setting.name}_nn.png")
+        done[schedule] = setting.name
     on, off = report["generated"]["refine_on"], report["generated"]["refine_off"]
     report["refinement_helps_fd"] = bool(on["fd_val"] < off["fd_val"])
     boot = paired_fd_bootstrap(gen_feats["refine_on"], gen_feats["refine_off"], labels,
@@ -494,12 +590,16 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     report["fd_on_minus_off_bootstrap"] = boot
     report["refinement_fd_verdict"] = fd_verdict(boot["fraction_on_better"])
     report["refinement_helps_accuracy"] = bool(on["accuracy_ratio"] > off["accuracy_ratio"])
+    if args.curve:
+        report["curve"] = curve_report(report, args.curve, gen_feats, labels, val_feats.numpy(),
+                                       val_y, BOOTSTRAP_REPS, args.seed)
 
     # 4. CPU timing
     if not args.skip_timing:
-        cpu_pipe = pipe if device.type == "cpu" else Pipeline.from_pretrained(args.model)
+        cpu_pipe = (pipe if device.type == "cpu"
+                    else load_pipe(args.model, None, args.mask_cfg_ratio))
         report["timing"] = cpu_timing(cpu_pipe, settings[0], val_x[0], args.timing_reps,
-                                      args.seed)
+                                      args.seed, args.curve or [])
     report["runtime_s"] = time.perf_counter() - start
     return report
 
@@ -553,6 +653,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown block")
+    parser.add_argument("--curve", type=int, nargs="+", default=None, metavar="STEPS",
+                        help="speed/quality curve: also evaluate steps=N for each N, e.g. "
+                        "--curve 0 1 2 4 8")
+    parser.add_argument("--mask-cfg-ratio", type=float, default=None,
+                        help="guidance ratio of the mask steps (default: the model's)")
     parser.add_argument("--grid", type=Path, help="folder for per-setting sample grids and "
                         "closest-to-training pairs")
     args = parser.parse_args(argv)

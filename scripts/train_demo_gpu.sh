@@ -1,6 +1,19 @@
 #!/usr/bin/env bash
 # Train the bundled demo model (assets/hmar-emoji64) on one or two GPUs.
-#   NPROC=2 bash scripts/train_demo_gpu.sh     # what was run on 2x H200 for the shipped model
+#
+# From scratch (tokenizer, stage 1, stage 2; what gave the first shipped model on one H200):
+#   NPROC=1 TOK_MINUTES=4.5 STAGE1_MINUTES=6 STAGE2_MINUTES=2 bash scripts/train_demo_gpu.sh
+# Continue from an exported model folder (keeps its tokenizer; stage 1 restarts from its
+# weights with a fresh optimiser and its own warm-up and decay, then a new stage 2):
+#   INIT_MODEL=assets/hmar-emoji64 STAGE1_MINUTES=5 STAGE2_MINUTES=4.5 \
+#     bash scripts/train_demo_gpu.sh
+# STAGE1_MINUTES=0 with INIT_MODEL skips stage 1: stage 2 then continues the model's own mask
+# branch (init_mask_from_ns=false) on its unchanged base and ns branch (what ran in session 4,
+# for 2.8 minutes on an H100, 210 steps: too short to measure; see assets/MODEL_CARD.md):
+#   INIT_MODEL=assets/hmar-emoji64 STAGE1_MINUTES=0 STAGE2_MINUTES=10 bash scripts/train_demo_gpu.sh
+# Resume a run that was cut off (same variables again, plus RESUME=1): every stage continues
+# from the newest checkpoint in its output folder; a stage whose model/ is already exported is
+# skipped.
 # Needs data/emoji64/emoji64.npz (python -m train.data emoji --out data/emoji64 --npz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,23 +23,65 @@ NPROC=${NPROC:-1}
 TOK_MINUTES=${TOK_MINUTES:-4}
 STAGE1_MINUTES=${STAGE1_MINUTES:-6}
 STAGE2_MINUTES=${STAGE2_MINUTES:-2}
+STAGE2_STEPS=${STAGE2_STEPS:-6000}    # upper bound; --max-minutes shortens the schedule
+INIT_MODEL=${INIT_MODEL:-}            # continue from this model folder (fresh optimiser)
+STAGE1_LR=${STAGE1_LR:-}              # peak lr of stage 1 (YAML: 6e-4; 3e-4 when continuing)
+RESUME=${RESUME:-0}
+DEVICE=${DEVICE:-cuda}
+EXTRA=${EXTRA:-}                      # more flags for every train.hmar call (e.g. smoke tests)
+# Stage 2 runs eager unless STAGE2_COMPILE=1: in session 4 (H100, a quality.py run beside it)
+# the torch.compile of the first stage-2 step took the whole 3.5-minute budget (step 1 of 6000),
+# while eager stage 2 runs at 337 ms per step (~760 img/s) from its first minute. Compile only
+# pays for runs of many minutes.
+STAGE2_COMPILE=${STAGE2_COMPILE:-0}
+stage2_speed=()
+[[ "$STAGE2_COMPILE" == 1 ]] || stage2_speed=(--set speed.compile_blocks=false \
+  --set speed.compile_inputs=false --set speed.compile_loss=false)
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
+resume=()
+[[ "$RESUME" == 1 ]] && resume=(--resume)
+done_stage() { [[ "$RESUME" == 1 && -f "$1/config.json" ]]; }
 
-# 1. tokenizer (one GPU)
-CUDA_VISIBLE_DEVICES=${TOK_GPU:-0} $PY -m train.tokenizer \
-  --config train/configs/emoji64-tokenizer.yaml --data "$DATA" \
-  --out "$RUNS/emoji64-tokenizer" --max-minutes "$TOK_MINUTES" --device cuda \
-  --set run.progress_bar=false
+# 1. tokenizer (one GPU), unless continuing from a model folder (its tokenizer is kept)
+if [[ -n "$INIT_MODEL" ]]; then
+  TOKENIZER=$INIT_MODEL
+  STAGE1_LR=${STAGE1_LR:-3e-4}
+  stage1_init=(--init-from "$INIT_MODEL")
+  echo "continuing from $INIT_MODEL: its tokenizer, its transformer weights, a fresh optimiser"
+else
+  TOKENIZER=$RUNS/emoji64-tokenizer/tokenizer
+  stage1_init=()
+  if ! done_stage "$TOKENIZER"; then
+    CUDA_VISIBLE_DEVICES=${TOK_GPU:-0} $PY -m train.tokenizer \
+      --config train/configs/emoji64-tokenizer.yaml --data "$DATA" \
+      --out "$RUNS/emoji64-tokenizer" --max-minutes "$TOK_MINUTES" --device "$DEVICE" \
+      --set run.progress_bar=false "${resume[@]}"
+  fi
+fi
+stage1_lr=()
+[[ -n "$STAGE1_LR" ]] && stage1_lr=(--set "optim.lr=$STAGE1_LR")
 # 2. HMAR stage 1: next-scale prediction (DDP over NPROC GPUs)
-$PY -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m train.hmar \
-  --config train/configs/emoji64-hmar.yaml --data "$DATA" \
-  --tokenizer "$RUNS/emoji64-tokenizer/tokenizer" --out "$RUNS/emoji64-hmar" \
-  --max-minutes "$STAGE1_MINUTES" --device cuda --set run.progress_bar=false
-# 3. HMAR stage 2: masked prediction (base blocks and ns branch frozen)
-$PY -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m train.hmar \
-  --config train/configs/emoji64-hmar.yaml --data "$DATA" --stage stage2 \
-  --tokenizer "$RUNS/emoji64-tokenizer/tokenizer" --init-from "$RUNS/emoji64-hmar/model" \
-  --out "$RUNS/emoji64-hmar-stage2" --steps 3000 --max-minutes "$STAGE2_MINUTES" \
-  --device cuda --set run.progress_bar=false
+STAGE2_INIT=$RUNS/emoji64-hmar/model
+stage2_mask=()
+if [[ -n "$INIT_MODEL" && "$STAGE1_MINUTES" == 0 ]]; then
+  STAGE2_INIT=$INIT_MODEL
+  stage2_mask=(--set init_mask_from_ns=false)
+  echo "no stage 1: stage 2 continues the mask branch of $INIT_MODEL"
+elif ! done_stage "$RUNS/emoji64-hmar/model"; then
+  $PY -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m train.hmar \
+    --config train/configs/emoji64-hmar.yaml --data "$DATA" \
+    --tokenizer "$TOKENIZER" --out "$RUNS/emoji64-hmar" "${stage1_init[@]}" \
+    --max-minutes "$STAGE1_MINUTES" --device "$DEVICE" --set run.progress_bar=false \
+    "${stage1_lr[@]}" "${resume[@]}" $EXTRA
+fi
+# 3. HMAR stage 2: masked prediction (base blocks and ns branch frozen; the mask-ratio
+#    distribution is in the YAML: mask_ratio_min/max, mask_per_sample)
+if ! done_stage "$RUNS/emoji64-hmar-stage2/model"; then
+  $PY -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m train.hmar \
+    --config train/configs/emoji64-hmar.yaml --data "$DATA" --stage stage2 \
+    --tokenizer "$TOKENIZER" --init-from "$STAGE2_INIT" "${stage2_mask[@]}" \
+    --out "$RUNS/emoji64-hmar-stage2" --steps "$STAGE2_STEPS" --max-minutes "$STAGE2_MINUTES" \
+    --device "$DEVICE" --set run.progress_bar=false "${stage2_speed[@]}" "${resume[@]}" $EXTRA
+fi
 echo "DEMO TRAINING DONE: $RUNS/emoji64-hmar-stage2/model"
