@@ -146,8 +146,9 @@ def tiny_pipe():
 
 @pytest.fixture(scope="module")
 def launch() -> ModuleType:
-    """``launch.py`` imported as a module (a fresh copy per test module)."""
-    spec = importlib.util.spec_from_file_location("hmar_launch", ROOT / "launch.py")
+    """``app/launcher.py`` (what ``python launch.py`` runs) imported as a module (a fresh copy
+    per test module)."""
+    spec = importlib.util.spec_from_file_location("hmar_launch", ROOT / "app" / "launcher.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

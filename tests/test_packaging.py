@@ -15,9 +15,8 @@ tomllib = pytest.importorskip("tomllib")
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("hmar_core", "kernels", "train", "app")
 
-# Console scripts whose target module is not in the tree yet. app/launcher.py (launch.py's body
-# with a main()) arrives with the one-engine refactor; then remove "hmar-studio" from here.
-PENDING_SCRIPTS = {"hmar-studio": "app.launcher"}
+#: Console scripts whose target module is not in the tree yet (none).
+PENDING_SCRIPTS: dict[str, str] = {}
 
 #: Files allowed to edit sys.path outside tests (none).
 SYS_PATH_EXEMPT: set[str] = set()
