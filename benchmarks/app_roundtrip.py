@@ -59,8 +59,9 @@ def _inputs(side: int, folder: Path) -> tuple[Path, Path, Image.Image, Image.Ima
 
 
 def run(args: argparse.Namespace) -> dict:
-    import app
     from gradio_client import Client, handle_file
+
+    import app
 
     pipe = _pipeline(args)
     demo = app.build_demo(pipe)
