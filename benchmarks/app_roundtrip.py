@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> dict:
             editor = {"background": handle_file(str(image_path)),
                       "layers": [handle_file(str(layer_path))], "composite": None}
             served, direct = [], []
-            for i in range(-2, args.reps):  # two warm-up rounds
+            for _ in range(-2, args.reps):  # two warm-up rounds
                 tick = time.perf_counter()
                 client.predict(editor, *INPAINT_ARGS, api_name="/inpaint")
                 served.append((time.perf_counter() - tick) * 1000)
