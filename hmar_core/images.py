@@ -55,8 +55,9 @@ logger = logging.getLogger(__name__)
 
 ImageLike = Image.Image | np.ndarray
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-#: The only file formats read anywhere (app, CLI, datasets): ``Image.open(f, formats=READ_FORMATS)``.
-#: Anything else PIL could open (EPS would run Ghostscript, PSD, ICO, ...) is refused.
+#: The only file formats read anywhere (app, CLI, datasets):
+#: ``Image.open(f, formats=READ_FORMATS)`` (see :func:`open_image`). Anything else PIL could
+#: open (EPS would run Ghostscript, PSD, ICO, ...) is refused.
 READ_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 #: Largest image or mask accepted, in pixels (8192 × 8192 = 64 MP; see the module docstring).
 MAX_INPUT_PIXELS = 8192 * 8192
