@@ -27,7 +27,7 @@ from PIL import Image
 
 from .cli_common import add_model_args, add_sampling_args, class_index, load_pipeline
 from .cli_outputs import check_image_outputs, check_preview_folder, variant_paths
-from .editing import FIT_MODES, EditOptions
+from .editing import FIT_MODES, MAX_VARIANTS, EditOptions
 from .editing_ops import EditPreview, EditResult, default_class_strength, edit
 from .editing_outpaint import FILL_MODES, outpaint
 from .images import open_image
@@ -72,8 +72,8 @@ def _options(args: argparse.Namespace, class_id: int | None, strength: int,
 
 def _check_outputs(args: argparse.Namespace, inputs: list[str | None]) -> None:
     """Refuse bad outputs before the model is loaded (see :mod:`hmar_core.cli_outputs`)."""
-    if args.variants < 1:
-        raise ValueError(f"--variants must be at least 1, got {args.variants}")
+    if not 1 <= args.variants <= MAX_VARIANTS:
+        raise ValueError(f"--variants must be in [1, {MAX_VARIANTS}], got {args.variants}")
     outputs = [("--out", path) for path in variant_paths(args.out, args.variants)]
     if args.confidence:
         outputs.append(("--confidence", args.confidence))

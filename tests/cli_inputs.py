@@ -6,10 +6,13 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,3 +56,24 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "hmar_core", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
+
+
+def error_without_blocking(call: Callable[[], object], fifo: Path) -> BaseException | None:
+    """Run ``call`` in a thread and return what it raised; fail the test if it blocks on
+    ``fifo`` (then unblock it by opening the FIFO's other end, so nothing hangs)."""
+    raised: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            call()
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            raised.append(err)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(60)  # a bound on a hang, not a speed assertion: the fixed code never waits
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # EOF for the blocked reader
+        thread.join(60)
+        pytest.fail(f"reading {fifo.name} blocked on a FIFO")
+    return raised[0] if raised else None

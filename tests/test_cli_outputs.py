@@ -109,3 +109,9 @@ def test_output_parent_must_be_a_folder(tmp_path):
     with pytest.raises(ValueError, match="is not a folder"):
         check_image_outputs([("--out", tmp_path / "file" / "out.png")], [], False)
     assert variant_paths("a/out.png", 2) == [Path("a/out_0.png"), Path("a/out_1.png")]
+
+
+@pytest.mark.parametrize("variants", ["0", "1000000000"])
+def test_variants_are_bounded_before_outputs_are_listed(files, caplog, variants):
+    assert _inpaint(files, files / "v.png", "--variants", variants) == 2
+    assert "--variants must be in [1, 64]" in _errors(caplog)
