@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -245,10 +246,7 @@ class SamplerConfig(_Serializable):
     def __post_init__(self) -> None:
         if not _is_real(self.cfg) or not math.isfinite(self.cfg) or not 0 <= self.cfg <= MAX_CFG:
             raise ValueError(f"cfg must be a number in [0, {MAX_CFG}], got {self.cfg}")
-        if (isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, float))
-                or not math.isfinite(self.top_k) or int(self.top_k) != self.top_k
-                or self.top_k < 0):
-            raise ValueError(f"top_k must be an int >= 0 (0 disables), got {self.top_k}")
+        _check_positive(self, ("top_k",), minimum=0)  # 0 disables
         if not _is_real(self.top_p) or not 0.0 <= self.top_p <= 1.0:
             raise ValueError(f"top_p must be in [0, 1] (0 disables), got {self.top_p!r}")
         if (not _is_real(self.mask_cfg_ratio) or not math.isfinite(self.mask_cfg_ratio)
@@ -267,8 +265,8 @@ class SamplerConfig(_Serializable):
 
 
 def _is_real(value: object) -> bool:
-    """An int or float (not a bool, a string or None)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A real number, numpy scalars included (not a bool, a string or None)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def _is_int(value: object) -> bool:
