@@ -60,7 +60,8 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def error_without_blocking(call: Callable[[], object], fifo: Path) -> BaseException | None:
     """Run ``call`` in a thread and return what it raised; fail the test if it blocks on
-    ``fifo`` (then unblock it by opening the FIFO's other end, so nothing hangs)."""
+    ``fifo`` (then unblock it by opening the FIFO's other end, so nothing hangs). Only for
+    readers that release the GIL while blocked (Python's ``open``)."""
     raised: list[BaseException] = []
 
     def target() -> None:

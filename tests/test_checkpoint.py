@@ -6,11 +6,13 @@ import json
 import os
 import pickle
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from cli_inputs import error_without_blocking
+from cli_inputs import ROOT, error_without_blocking
 
 from hmar_core import CheckpointError, Pipeline, load_official
 from hmar_core import checkpoint as ckpt
@@ -221,14 +223,29 @@ def test_deeply_nested_config_is_a_checkpoint_error(tiny_pipe, tmp_path):
         Pipeline.from_pretrained(tmp_path / "m")
 
 
-@pytest.mark.parametrize("name", ["tokenizer.safetensors", "config.json"])
-def test_fifo_in_model_folder_is_refused_without_blocking(tiny_pipe, tmp_path, name):
-    """Issue #17 item 11: opening a FIFO would block forever; it is refused before any open."""
+def test_fifo_in_model_folder_is_refused_without_blocking(tiny_pipe, tmp_path):
+    """Issue #17 item 11: opening a FIFO blocks until a writer comes, and safetensors does so
+    holding the GIL: the load runs in a child process, killed if it blocks."""
     tiny_pipe.save_pretrained(tmp_path / "m")
-    (tmp_path / "m" / name).unlink()
-    os.mkfifo(tmp_path / "m" / name)
+    (tmp_path / "m" / "tokenizer.safetensors").unlink()
+    os.mkfifo(tmp_path / "m" / "tokenizer.safetensors")
+    script = ("import sys\nfrom hmar_core import CheckpointError, Pipeline\ntry:\n"
+              "    Pipeline.from_pretrained(sys.argv[1])\n"
+              "except CheckpointError as err:\n    print(err)\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "m")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail("loading a folder whose tokenizer.safetensors is a FIFO blocked")
+    assert "tokenizer.safetensors is not a regular file" in done.stdout, done.stderr[-2000:]
+
+
+def test_fifo_config_is_refused_without_blocking(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").unlink()
+    os.mkfifo(tmp_path / "m" / "config.json")
     error = error_without_blocking(lambda: Pipeline.from_pretrained(tmp_path / "m"),
-                                   tmp_path / "m" / name)
+                                   tmp_path / "m" / "config.json")
     assert isinstance(error, CheckpointError) and "not a regular file" in str(error), error
 
 
