@@ -22,6 +22,8 @@ Conversion rules (documented once here, used by every editing entry point):
   exhaust memory. Downscale such pictures first. A file that cannot be decoded (truncated,
   corrupt) is a ``ValueError`` too, and so is a model window wider than
   :data:`MAX_WINDOW_SIDE` (16384 px; see :func:`crop_window`).
+* **Files** are read by :func:`open_image`: only :data:`READ_FORMATS`, regular files only (a
+  folder or FIFO is refused before any ``open``), the size checked from the header first.
 """
 
 from __future__ import annotations
