@@ -10,8 +10,10 @@ us and dropped (a VAR checkpoint's mask buffer differs from HMAR's, so it must n
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import re
+import stat
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +34,7 @@ __all__ = [
     "load_into",
     "load_torch_weights",
     "merge_official_stage_state_dicts",
+    "require_regular_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -72,6 +75,26 @@ class CheckpointError(ValueError):
     """A checkpoint that does not fit: missing, unexpected or mis-shaped keys, bad files."""
 
 
+def require_regular_file(path: Path, what: str) -> None:
+    """Refuse a missing path or anything but a regular file (FIFO, device, folder, socket).
+
+    Symbolic links are followed. Opening a FIFO for reading blocks until a writer appears, so
+    this check comes before any ``open``.
+
+    Raises:
+        CheckpointError: naming ``what`` and the path.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} not found: {path}") from None
+    except OSError as err:
+        raise CheckpointError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise CheckpointError(f"{what} {path} is {kind}")
+
+
 def load_torch_weights(path: str | Path) -> StateDict:
     """Read a ``.pth`` state dict safely (``weights_only=True``); refuse anything else.
 
@@ -80,15 +103,14 @@ def load_torch_weights(path: str | Path) -> StateDict:
             code), or not a flat mapping of names to tensors.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
+    require_regular_file(path, "checkpoint file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError,
             IndexError, KeyError, AssertionError, TypeError, struct.error, OSError) as err:
-        raise CheckpointError(
-            f"{path} is not a weights-only checkpoint (refused without executing it): {err}"
-        ) from err
+        raise CheckpointError(f"{path} is not a weights-only checkpoint, refused without "
+                              f"executing it ({_refusal_reason(err)}); only state dicts of "
+                              "plain tensors are read") from None
     if isinstance(obj, Mapping) and "trainer" in obj and isinstance(obj["trainer"], Mapping):
         obj = obj["trainer"].get("transformer_wo_ddp", obj)  # official training checkpoint
     if not isinstance(obj, Mapping) or not all(
@@ -96,6 +118,22 @@ def load_torch_weights(path: str | Path) -> StateDict:
     ):
         raise CheckpointError(f"{path} does not hold a flat state dict of tensors")
     return dict(obj)
+
+
+# Sentences of torch's refusal that must never reach a user: its advice to load unsafely.
+_UNSAFE_ADVICE = re.compile(r"weights_only|trusted source|safe_globals|allowlist|trust", re.I)
+
+
+def _refusal_reason(err: BaseException) -> str:
+    """The cause of torch's weights-only refusal in one short sentence, without torch's advice
+    to re-run ``torch.load`` unsafely (which would execute the file's code)."""
+    text = str(err)
+    _, found, detail = text.partition("WeightsUnpickler error:")
+    reason = " ".join((detail if found else text).split("Check the documentation")[0].split())
+    reason = re.split(r"(?<=\.)\s+|\s+(?=Please use)", reason)[0].rstrip(".")
+    if not reason or _UNSAFE_ADVICE.search(reason):
+        reason = f"{type(err).__name__}: it holds more than tensors"
+    return reason[:200]
 
 
 def _rename_block_key(key: str) -> str:

@@ -1,7 +1,10 @@
 """Editing subcommands of ``python -m hmar_core``: ``inpaint``, ``outpaint``, ``edit``.
 
 Registered by :func:`hmar_core.cli.build_parser` through :func:`add_edit_subcommands`; the
-handlers build an :class:`~hmar_core.editing.EditOptions` and call the library.
+handlers check the outputs (:mod:`hmar_core.cli_outputs`), read the inputs with their size
+checked from the header (:func:`hmar_core.images.open_image`), build an
+:class:`~hmar_core.editing.EditOptions` and call the library. Shared options come from
+:mod:`hmar_core.cli_common`; this module never imports :mod:`hmar_core.cli`.
 
 Examples::
 
@@ -20,8 +23,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from .cli_common import add_model_args, add_sampling_args, class_index, load_pipeline
+from .cli_outputs import check_image_outputs, check_preview_folder, variant_paths
 from .editing import (
     FILL_MODES,
     FIT_MODES,
@@ -32,22 +37,13 @@ from .editing import (
     edit,
     outpaint,
 )
+from .editing.spec import MAX_VARIANTS
+from .images import open_image
+from .pipeline import Pipeline
 
-__all__ = ["add_edit_subcommands", "confidence_heatmap", "read_image"]
+__all__ = ["add_edit_subcommands", "confidence_heatmap"]
 
 logger = logging.getLogger(__name__)
-
-AddArgs = Callable[[argparse.ArgumentParser], None]
-
-
-def read_image(path: str | Path) -> Image.Image:
-    """Open an image file (fully loaded), turning unreadable files into ``ValueError``."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except UnidentifiedImageError as err:
-        raise ValueError(f"{path}: not an image file") from err
 
 
 def confidence_heatmap(confidence_PP: np.ndarray, side: int) -> Image.Image:
@@ -66,6 +62,8 @@ def _add_edit_args(parser: argparse.ArgumentParser, *, masked_fit: bool = True) 
     parser.add_argument("--feather", type=int, default=8, help="blend width in pixels")
     parser.add_argument("--previews", help="folder for the per-scale preview PNGs")
     parser.add_argument("--confidence", help="PNG for the final token-confidence heatmap")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing outputs (never an input)")
     if masked_fit:
         parser.add_argument("--fit", choices=FIT_MODES, default="whole",
                             help="whole image, or a square crop around the mask")
@@ -78,6 +76,18 @@ def _options(args: argparse.Namespace, class_id: int | None, strength: int,
     return EditOptions(class_id=class_id, seed=args.seed, steps=args.steps, cfg=args.cfg,
                        top_k=args.top_k, top_p=args.top_p, strength=strength, grow=args.grow,
                        feather=args.feather, num_variants=args.variants, **extra)
+
+
+def _check_outputs(args: argparse.Namespace, inputs: list[str | None]) -> None:
+    """Refuse bad outputs before the model is loaded (see :mod:`hmar_core.cli_outputs`)."""
+    if not 1 <= args.variants <= MAX_VARIANTS:
+        raise ValueError(f"--variants must be in [1, {MAX_VARIANTS}], got {args.variants}")
+    outputs = [("--out", path) for path in variant_paths(args.out, args.variants)]
+    if args.confidence:
+        outputs.append(("--confidence", args.confidence))
+    inputs = inputs + [args.checkpoint, args.vae, args.hmar]
+    check_image_outputs(outputs, inputs, args.overwrite)
+    check_preview_folder(args.previews, inputs, args.overwrite)
 
 
 def _preview_writer(folder: str | None) -> Callable[[EditPreview], None] | None:
@@ -94,70 +104,70 @@ def _preview_writer(folder: str | None) -> Callable[[EditPreview], None] | None:
 
 
 def _save(result: EditResult, args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out] if len(result.images) == 1 else [
-        out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}") for i in range(len(result.images))]
+    paths = variant_paths(args.out, len(result.images))
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
     for image, path in zip(result.images, paths):
         image.save(path)
     if args.confidence and result.confidence is not None:
+        Path(args.confidence).parent.mkdir(parents=True, exist_ok=True)
         confidence_heatmap(result.confidence[0].numpy(), 256).save(args.confidence)
     logger.info("saved %s (seed %s, %.2f s in the sampler)", ", ".join(map(str, paths)),
                 result.seed, sum(result.scale_seconds))
     return 0
 
 
-def _pipeline(args: argparse.Namespace) -> Any:
-    from .cli import load_pipeline
-
+def _pipeline(args: argparse.Namespace) -> Pipeline:
     return load_pipeline(args.checkpoint, args.vae, args.hmar, args.device, args.engine,
                          args.kind)
 
 
-def _class(pipe: Any, value: str | None) -> int | None:
-    from .cli import _class_index
-
-    return None if value is None else _class_index(pipe, value)
+def _class(pipe: Pipeline, value: str | None) -> int | None:
+    return None if value is None else class_index(pipe, value)
 
 
 def _inpaint(args: argparse.Namespace) -> int:
+    _check_outputs(args, [args.image, args.mask])
+    image, mask = open_image(args.image), open_image(args.mask, "mask")
     pipe = _pipeline(args)
     options = _options(args, _class(pipe, args.class_id), args.strength, fit=args.fit,
                        padding=args.padding)
-    result = edit(pipe, read_image(args.image), read_image(args.mask), options,
-                  on_preview=_preview_writer(args.previews))
+    result = edit(pipe, image, mask, options, on_preview=_preview_writer(args.previews))
     return _save(result, args)
 
 
 def _outpaint(args: argparse.Namespace) -> int:
+    _check_outputs(args, [args.image])
+    image = open_image(args.image)
     pipe = _pipeline(args)
     options = _options(args, _class(pipe, args.class_id), args.strength)
-    result = outpaint(pipe, read_image(args.image), left=args.left, right=args.right,
+    result = outpaint(pipe, image, left=args.left, right=args.right,
                       top=args.top, bottom=args.bottom, options=options, fill=args.fill,
                       on_preview=_preview_writer(args.previews))
     return _save(result, args)
 
 
 def _edit(args: argparse.Namespace) -> int:
+    _check_outputs(args, [args.image, args.mask])
+    image = open_image(args.image)
+    mask = open_image(args.mask, "mask") if args.mask else None
     pipe = _pipeline(args)
     strength = (default_class_strength(len(pipe.patch_nums)) if args.strength is None
                 else args.strength)
     options = _options(args, _class(pipe, args.class_id), strength, fit=args.fit,
                        padding=args.padding)
-    mask = read_image(args.mask) if args.mask else None
-    result = edit(pipe, read_image(args.image), mask, options,
+    result = edit(pipe, image, mask, options,
                   on_preview=_preview_writer(args.previews))
     return _save(result, args)
 
 
-def add_edit_subcommands(
-    subparsers: Any, add_model_args: AddArgs, add_sampling_args: AddArgs
-) -> None:
+def add_edit_subcommands(subparsers: Any) -> list[argparse.ArgumentParser]:
     """Register ``inpaint``, ``outpaint`` and ``edit`` on the CLI's subparsers.
 
     Args:
         subparsers: the ``add_subparsers()`` object of the main parser.
-        add_model_args, add_sampling_args: the CLI's shared argument groups.
+
+    Returns:
+        The three subcommand parsers (the caller adds its own common options).
     """
     inpaint = subparsers.add_parser("inpaint", help="regenerate a masked region")
     inpaint.add_argument("image", help="input image (any size and mode)")
@@ -194,3 +204,4 @@ def add_edit_subcommands(
     add_sampling_args(change)
     _add_edit_args(change)
     change.set_defaults(func=_edit)
+    return [inpaint, out, change]

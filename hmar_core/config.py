@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -70,6 +72,9 @@ class _Serializable:
 
     @classmethod
     def from_dict(cls: type[_C], data: dict[str, Any]) -> _C:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{cls.__name__} must be a mapping of fields, "
+                             f"got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
         unknown = sorted(set(data) - names)
         if unknown:
@@ -101,13 +106,11 @@ class TokenizerConfig(_Serializable):
     phi_indices: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
-        object.__setattr__(self, "patch_nums", tuple(int(p) for p in self.patch_nums))
         _check_positive(self, ("vocab_size", "latent_channels", "channels", "num_res_blocks",
                                "image_channels", "num_phi", "norm_groups"))
-        if not self.channel_mult or min(self.channel_mult) < 1:
-            raise ValueError(f"channel_mult must be positive ints, got {self.channel_mult}")
-        _check_patch_nums(self.patch_nums)
+        _check_int_tuple(self, "channel_mult")
+        _check_patch_nums(self)
+        _check_float(self, "quant_resi", -1.0, 1.0)
         for width in {self.channels * m for m in self.channel_mult}:
             if width % self.norm_groups:
                 raise ValueError(
@@ -161,25 +164,31 @@ class TransformerConfig(_Serializable):
     num_scales: int = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "patch_nums", tuple(int(p) for p in self.patch_nums))
+        _check_positive(self, ("depth",))
+        _check_positive(self, ("width", "heads"), minimum=0)  # 0 = the official default
         if self.width == 0:
             object.__setattr__(self, "width", 64 * self.depth)
         if self.heads == 0:
             object.__setattr__(self, "heads", self.depth)
+        _check_float(self, "drop_path_rate", -math.inf, 1.0, high_open=True)
         if self.drop_path_rate < 0:
             object.__setattr__(self, "drop_path_rate", 0.1 * self.depth / 24)
         if self.kind not in ("hmar", "var"):
-            raise ValueError(f"kind must be 'hmar' or 'var', got {self.kind!r}")
+            raise ValueError(f"TransformerConfig.kind must be 'hmar' or 'var', got {self.kind!r}")
         if self.kind == "var" and self.n_layers_train != 0:
             object.__setattr__(self, "n_layers_train", 0)
-        _check_positive(self, ("depth", "width", "heads", "num_classes", "vocab_size",
-                               "latent_channels"))
+        _check_positive(self, ("num_classes", "vocab_size", "latent_channels"))
+        _check_positive(self, ("n_layers_train",), minimum=0)
         if self.width % self.heads:
-            raise ValueError(f"width {self.width} not divisible by heads {self.heads}")
+            raise ValueError(f"TransformerConfig.width {self.width} not divisible by "
+                             f"heads {self.heads}")
         if self.kind == "hmar" and not 1 <= self.n_layers_train <= self.depth:
-            raise ValueError(f"n_layers_train must be in [1, depth={self.depth}], "
-                             f"got {self.n_layers_train}")
-        _check_patch_nums(self.patch_nums)
+            raise ValueError(f"TransformerConfig.n_layers_train must be in "
+                             f"[1, depth={self.depth}], got {self.n_layers_train}")
+        _check_patch_nums(self)
+        _check_float(self, "mlp_ratio", 0.0, math.inf, low_open=True)
+        _check_float(self, "norm_eps", 0.0, 1.0, low_open=True)
+        _check_float(self, "max_scale_mul", 0.0, math.inf, low_open=True)
         if self.attention_backend not in ("auto", "reference", "flex", "triton"):
             raise ValueError(f"attention_backend must be auto, reference, flex or triton, "
                              f"got {self.attention_backend!r}")
@@ -208,6 +217,16 @@ class TransformerConfig(_Serializable):
                              f"known: {sorted(_TRANSFORMER_PRESETS)}")
         return cls(**{**_TRANSFORMER_PRESETS[name], **overrides})
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TransformerConfig:
+        """A stored config: ``width`` and ``heads`` must be explicit (``to_dict`` writes them)."""
+        if isinstance(data, Mapping):
+            for name in ("width", "heads"):
+                if name in data and data[name] == 0:
+                    raise ValueError(f"TransformerConfig.{name} must be a positive int in a "
+                                     "stored config, got 0")
+        return super().from_dict(data)
+
 
 @dataclass(frozen=True)
 class SamplerConfig(_Serializable):
@@ -228,21 +247,18 @@ class SamplerConfig(_Serializable):
     steps: int | None = None
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.cfg) or not 0 <= self.cfg <= MAX_CFG:
+        if not _is_real(self.cfg) or not math.isfinite(self.cfg) or not 0 <= self.cfg <= MAX_CFG:
             raise ValueError(f"cfg must be a number in [0, {MAX_CFG}], got {self.cfg}")
-        if (isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, float))
-                or not math.isfinite(self.top_k) or int(self.top_k) != self.top_k
-                or self.top_k < 0):
-            raise ValueError(f"top_k must be an int >= 0 (0 disables), got {self.top_k}")
-        if not 0.0 <= self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in [0, 1] (0 disables), got {self.top_p}")
-        if not math.isfinite(self.mask_cfg_ratio) or self.mask_cfg_ratio < 0:
-            raise ValueError(f"mask_cfg_ratio must be >= 0, got {self.mask_cfg_ratio}")
-        if self.steps is not None and (int(self.steps) != self.steps or self.steps < 0):
-            raise ValueError(f"steps must be an int >= 0, got {self.steps}")
+        _check_positive(self, ("top_k",), minimum=0)  # 0 disables
+        if not _is_real(self.top_p) or not 0.0 <= self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in [0, 1] (0 disables), got {self.top_p!r}")
+        if (not _is_real(self.mask_cfg_ratio) or not math.isfinite(self.mask_cfg_ratio)
+                or self.mask_cfg_ratio < 0):
+            raise ValueError(f"mask_cfg_ratio must be >= 0, got {self.mask_cfg_ratio!r}")
+        if self.steps is not None:
+            _check_positive(self, ("steps",), minimum=0)
         if self.mask_schedule is not None:
-            schedule = tuple(tuple(int(a) for a in entry) for entry in self.mask_schedule)
-            object.__setattr__(self, "mask_schedule", schedule)
+            object.__setattr__(self, "mask_schedule", _schedule_shape(self.mask_schedule))
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
@@ -250,26 +266,66 @@ class SamplerConfig(_Serializable):
             out["mask_schedule"] = [list(e) for e in self.mask_schedule]
         return out
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SamplerConfig:
-        data = dict(data)
-        if data.get("mask_schedule") is not None:
-            data["mask_schedule"] = tuple(tuple(e) for e in data["mask_schedule"])
-        return cls(**data)
+
+def _is_real(value: object) -> bool:
+    """A real number, numpy scalars included (not a bool, a string or None)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
-def _check_positive(cfg: object, names: tuple[str, ...]) -> None:
+def _is_int(value: object) -> bool:
+    return _is_real(value) and math.isfinite(value) and int(value) == value  # type: ignore[arg-type]
+
+
+def _check_positive(cfg: object, names: tuple[str, ...], minimum: int = 1) -> None:
+    """Each field must be a whole number >= ``minimum``; stored as an ``int``."""
     for name in names:
         value = getattr(cfg, name)
-        if int(value) != value or value < 1:
-            raise ValueError(f"{type(cfg).__name__}.{name} must be a positive int, got {value}")
+        if not _is_int(value) or value < minimum:
+            kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+            raise ValueError(f"{type(cfg).__name__}.{name} must be {kind}, got {value!r}")
+        object.__setattr__(cfg, name, int(value))
 
 
-def _check_patch_nums(patch_nums: tuple[int, ...]) -> None:
-    if not patch_nums or any(p < 1 for p in patch_nums):
-        raise ValueError(f"patch_nums must be positive ints, got {patch_nums}")
+def _check_float(cfg: object, name: str, low: float, high: float, *,
+                 low_open: bool = False, high_open: bool = False) -> None:
+    """The field must be a finite number in [low, high] (``(`` / ``)`` where open)."""
+    value = getattr(cfg, name)
+    inside = _is_real(value) and math.isfinite(value) and low <= value <= high and not (
+        (low_open and value == low) or (high_open and value == high))
+    if not inside:
+        span = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{type(cfg).__name__}.{name} must be a finite number in {span}, "
+                         f"got {value!r}")
+
+
+def _check_int_tuple(cfg: object, name: str) -> None:
+    """A non-empty sequence of positive ints, stored as a tuple."""
+    values = getattr(cfg, name)
+    if (isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__iter__")
+            or not values or not all(_is_int(v) and v >= 1 for v in values)):
+        raise ValueError(f"{type(cfg).__name__}.{name} must be a non-empty list of positive "
+                         f"ints, got {values!r}")
+    object.__setattr__(cfg, name, tuple(int(v) for v in values))
+
+
+def _check_patch_nums(cfg: TokenizerConfig | TransformerConfig) -> None:
+    _check_int_tuple(cfg, "patch_nums")
+    patch_nums = cfg.patch_nums
     if any(b <= a for a, b in zip(patch_nums, patch_nums[1:])):
-        raise ValueError(f"patch_nums must be strictly increasing, got {patch_nums}")
+        raise ValueError(f"{type(cfg).__name__}.patch_nums must be strictly increasing, "
+                         f"got {patch_nums}")
+
+
+def _schedule_shape(schedule: object) -> tuple[tuple[int, ...], ...]:
+    """A mask schedule as a tuple of non-empty tuples of positive ints (sums are checked
+    against the pyramid by :func:`hmar_core.schedules.validate_schedule`)."""
+    entries = schedule if isinstance(schedule, (list, tuple)) else None
+    if not entries or not all(
+            isinstance(e, (list, tuple)) and e and all(_is_int(a) and a >= 1 for a in e)
+            for e in entries):
+        raise ValueError("SamplerConfig.mask_schedule must be a list of non-empty lists of "
+                         f"positive ints (one per scale), got {schedule!r}"[:300])
+    return tuple(tuple(int(a) for a in entry) for entry in entries)
 
 
 _TOKENIZER_PRESETS: dict[str, dict[str, Any]] = {

@@ -22,17 +22,23 @@ Conversion rules (documented once here, used by every editing entry point):
   exhaust memory. Downscale such pictures first. A file that cannot be decoded (truncated,
   corrupt) is a ``ValueError`` too, and so is a model window wider than
   :data:`MAX_WINDOW_SIDE` (16384 px; see :func:`crop_window`).
+* **Files** are read by :func:`open_image`: only :data:`READ_FORMATS`, regular files only (a
+  folder or FIFO is refused before any ``open``), the size checked from the header first.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import stat
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "MAX_INPUT_PIXELS",
@@ -43,6 +49,7 @@ __all__ = [
     "crop_window",
     "from_model_images",
     "mask_coverage",
+    "open_image",
     "paste_window",
     "resize_image",
     "to_mask",
@@ -56,8 +63,8 @@ logger = logging.getLogger(__name__)
 ImageLike = Image.Image | np.ndarray
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 #: The only file formats read anywhere (app, CLI, datasets):
-#: ``Image.open(f, formats=READ_FORMATS)``.
-#: Anything else PIL could open (EPS would run Ghostscript, PSD, ICO, ...) is refused.
+#: ``Image.open(f, formats=READ_FORMATS)`` (see :func:`open_image`). Anything else PIL could
+#: open (EPS would run Ghostscript, PSD, ICO, ...) is refused.
 READ_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 #: Largest image or mask accepted, in pixels (8192 × 8192 = 64 MP; see the module docstring).
 MAX_INPUT_PIXELS = 8192 * 8192
@@ -86,6 +93,57 @@ def _decoded(image: Image.Image, what: str) -> Image.Image:
         raise ValueError(f"cannot decode the {what} ({image.format or image.mode} data): "
                          f"{err}") from err
     return image
+
+
+def _bomb_message(err: Image.DecompressionBombError, what: str) -> str:
+    """PIL's own refusal (above ~179 MP, raised by ``Image.open``) in this module's words."""
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    size = f"{int(found.group(1)) / 2**20:.1f} MP" if found else "larger than PIL's bomb limit"
+    return (f"{what} is {size}, above the {MAX_INPUT_PIXELS // 2**20} MP limit "
+            "(MAX_INPUT_PIXELS): downscale it first")
+
+
+def open_image(path: str | Path, what: str = "image") -> Image.Image:
+    """Read an image file of one of :data:`READ_FORMATS`, fully decoded.
+
+    The size is checked from the header before any pixel is decoded (the
+    :data:`MAX_INPUT_PIXELS` rule of :func:`to_rgb`), and the path must be a regular file:
+    a folder is refused and a FIFO would block the reader forever.
+
+    Args:
+        path: the file.
+        what: how messages name the file ("image", "mask").
+
+    Raises:
+        ValueError: a one-line reason: missing, not a regular file, not one of
+            :data:`READ_FORMATS` (EPS, PSD, ... are never opened), too large, or undecodable
+            (truncated, corrupt).
+    """
+    path = Path(path)
+    label = f"the {what} {path}"
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise ValueError(f"cannot read {label}: {err.strerror or err}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise ValueError(f"{label} is {kind}, not an image file")
+    try:
+        file = path.open("rb")
+    except OSError as err:
+        raise ValueError(f"cannot read {label}: {err.strerror or err}") from None
+    with file:
+        try:
+            image = Image.open(file, formats=READ_FORMATS)
+        except Image.DecompressionBombError as err:
+            raise ValueError(_bomb_message(err, label)) from None
+        except UnidentifiedImageError:
+            raise ValueError(f"{label} is not a supported image file (readable formats: "
+                             f"{', '.join(READ_FORMATS)})") from None
+        except _DECODE_ERRORS as err:
+            raise ValueError(f"cannot read {label}: {err}") from None
+        _check_size(image.width, image.height, label)
+        return _decoded(image, f"{what} {path}")
 
 
 # ------------------------------------------------------------------------------- to arrays

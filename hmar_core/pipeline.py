@@ -34,6 +34,7 @@ from .editing import (
     default_class_strength,
 )
 from .engine import Engine, EngineName, resolve_engine
+from .folder_config import FORMAT_VERSION, read_folder_config
 from .images import ImageLike
 from .model import TokenModel
 from .reference_engine import ReferenceEngine
@@ -47,7 +48,6 @@ __all__ = ["GenerateOutput", "Pipeline"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 ClassIds = int | Sequence[int] | torch.Tensor | None
 
 
@@ -483,21 +483,11 @@ class Pipeline(nn.Module):
             ckpt.CheckpointError: missing files, bad JSON, wrong keys/shapes, corrupt weights.
         """
         folder = Path(folder)
-        config_path = folder / "config.json"
-        if not config_path.is_file():
-            raise ckpt.CheckpointError(f"{folder} is not an HMAR Studio model folder "
-                                       "(no config.json)")
-        try:
-            config = json.loads(config_path.read_text())
-            tokenizer_cfg = TokenizerConfig.from_dict(config["tokenizer"])
-            transformer_cfg = TransformerConfig.from_dict(config["transformer"])
-            sampler_cfg = SamplerConfig.from_dict(config.get("sampler", {}))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise ckpt.CheckpointError(f"{config_path}: invalid config ({err})") from err
+        config = read_folder_config(folder)
         weights = {name: load_weights(folder, name) for name in ("tokenizer", "transformer")}
-        return cls.from_state_dicts(tokenizer_cfg, weights["tokenizer"], transformer_cfg,
-                                    weights["transformer"], sampler_cfg,
-                                    config.get("class_names"), device=device, dtype=dtype,
+        return cls.from_state_dicts(config.tokenizer, weights["tokenizer"], config.transformer,
+                                    weights["transformer"], config.sampler,
+                                    config.class_names, device=device, dtype=dtype,
                                     engine=engine, **engine_options)
 
     @classmethod

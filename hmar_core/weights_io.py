@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, require_regular_file
 
 __all__ = ["DEFAULT_SHARD_BYTES", "load_weights", "save_weights"]
 
@@ -65,7 +65,8 @@ def load_weights(folder: Path, name: str) -> dict[str, torch.Tensor]:
     """Read one component (whole file or a complete set of shards).
 
     Raises:
-        CheckpointError: no file, an incomplete shard set, duplicate keys, or unreadable data.
+        CheckpointError: no file, an incomplete shard set, duplicate keys, unreadable data, or
+            a file that is not a regular file (a FIFO would block the reader forever).
     """
     files = _existing(folder, name) if folder.is_dir() else []
     if not files:
@@ -77,6 +78,8 @@ def load_weights(folder: Path, name: str) -> dict[str, torch.Tensor]:
                                                                 for p in files):
             raise CheckpointError(f"{folder}: incomplete or mixed shard set for {name}: "
                                   f"{[p.name for p in files]}")
+    for path in files:
+        require_regular_file(path, "weights file")
     out: dict[str, torch.Tensor] = {}
     for path in files:
         try:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_inputs import ROOT, error_without_blocking
 
 from hmar_core import CheckpointError, Pipeline, load_official
 from hmar_core import checkpoint as ckpt
@@ -173,3 +177,98 @@ def test_declared_structure_is_checked_before_building():
     for tok, tr, words in cases:
         with pytest.raises(CheckpointError, match=re.escape(words)):
             ckpt.check_declared_structure(tok, tok_sd, tr, tr_sd)
+
+
+def _edit_config(folder: Path, edit) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["transformer"].update(norm_eps=-1), r"transformer: .*norm_eps"),
+        (lambda c: c["tokenizer"].update(quant_resi=float("nan")), r"tokenizer: .*quant_resi"),
+        (lambda c: c["transformer"].update(heads=0), r"transformer: .*heads"),
+        (lambda c: c["transformer"].update(heads=3), r"transformer: .*not divisible by heads"),
+        (lambda c: c.update(format_version=99), r"format_version 99 is not supported"),
+        (lambda c: c.update(format_version="1"), r"format_version '1'"),
+        (lambda c: c["sampler"].update(mask_schedule=[[1], [5]]), r"sampler.mask_schedule"),
+        (lambda c: c["sampler"].update(mask_schedule="fast"), r"mask_schedule"),
+        (lambda c: c.update(class_names=["a", "b"]), r"class_names holds 2 names .*10"),
+        (lambda c: c.update(class_names=[1] * 10), r"class_names must be a list of strings"),
+        (lambda c: c["transformer"].update(vocab_size=32), r"vocab_size"),
+        (lambda c: c.pop("tokenizer"), r"missing section 'tokenizer'"),
+        (lambda c: c.update(sampler=[]), r"sampler: SamplerConfig must be a mapping"),
+    ],
+)
+def test_config_values_validated_at_load(tiny_pipe, tmp_path, edit, message):
+    """Issue #17 item 14: a bad config.json is refused by name before weights are read."""
+    tiny_pipe.save_pretrained(tmp_path / "m")
+    _edit_config(tmp_path / "m", edit)
+    (tmp_path / "m" / "transformer.safetensors").unlink()  # never reached
+    with pytest.raises(CheckpointError, match=message):
+        Pipeline.from_pretrained(tmp_path / "m")
+
+
+def test_deeply_nested_config_is_a_checkpoint_error(tiny_pipe, tmp_path):
+    """Issue #17 item 13: 200,000 nested lists are a CheckpointError, not a RecursionError."""
+    tiny_pipe.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(CheckpointError, match="nested too deeply"):
+        Pipeline.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text('{"a": "' + "x" * (2**20) + '"}')
+    with pytest.raises(CheckpointError, match="byte limit"):
+        Pipeline.from_pretrained(tmp_path / "m")
+
+
+def test_fifo_in_model_folder_is_refused_without_blocking(tiny_pipe, tmp_path):
+    """Issue #17 item 11: opening a FIFO blocks until a writer comes, and safetensors does so
+    holding the GIL: the load runs in a child process, killed if it blocks."""
+    tiny_pipe.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "tokenizer.safetensors").unlink()
+    os.mkfifo(tmp_path / "m" / "tokenizer.safetensors")
+    script = ("import sys\nfrom hmar_core import CheckpointError, Pipeline\ntry:\n"
+              "    Pipeline.from_pretrained(sys.argv[1])\n"
+              "except CheckpointError as err:\n    print(err)\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "m")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail("loading a folder whose tokenizer.safetensors is a FIFO blocked")
+    assert "tokenizer.safetensors is not a regular file" in done.stdout, done.stderr[-2000:]
+
+
+def test_fifo_config_is_refused_without_blocking(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").unlink()
+    os.mkfifo(tmp_path / "m" / "config.json")
+    error = error_without_blocking(lambda: Pipeline.from_pretrained(tmp_path / "m"),
+                                   tmp_path / "m" / "config.json")
+    assert isinstance(error, CheckpointError) and "not a regular file" in str(error), error
+
+
+def test_non_regular_pth_is_refused(tmp_path):
+    os.mkfifo(tmp_path / "fifo.pth")
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        ckpt.load_torch_weights(tmp_path / "fifo.pth")
+    with pytest.raises(CheckpointError, match="is a folder"):
+        ckpt.load_torch_weights(tmp_path)
+
+
+def test_pickle_refusal_never_suggests_unsafe_loading(tmp_path):
+    """Issue #17 item 14: torch's advice to re-run with weights_only=False is never quoted."""
+    torch.save({"weights": Path("x")}, tmp_path / "global.pth")  # a non-tensor global
+    _Payload.marker = str(tmp_path / "pwned")
+    with (tmp_path / "reduce.pth").open("wb") as f:
+        pickle.dump({"weights": _Payload()}, f)
+    for name in ("global.pth", "reduce.pth"):
+        with pytest.raises(CheckpointError) as info:
+            ckpt.load_torch_weights(tmp_path / name)
+        message = str(info.value)
+        assert "refused without executing it" in message
+        for advice in ("weights_only", "False", "trust", "safe_globals", "\n"):
+            assert advice not in message, message
+        assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert not (tmp_path / "pwned").exists()

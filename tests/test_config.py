@@ -86,3 +86,46 @@ def test_config_roundtrip():
         TransformerConfig.from_dict({"depht": 3})
     with pytest.raises(ValueError, match="unknown transformer preset"):
         TransformerConfig.from_name("hmar-d99")
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "field"),
+    [
+        (TransformerConfig, {"norm_eps": -1.0}, "norm_eps"),
+        (TransformerConfig, {"norm_eps": 0.0}, "norm_eps"),
+        (TransformerConfig, {"norm_eps": float("nan")}, "norm_eps"),
+        (TransformerConfig, {"mlp_ratio": float("inf")}, "mlp_ratio"),
+        (TransformerConfig, {"max_scale_mul": float("nan")}, "max_scale_mul"),
+        (TransformerConfig, {"drop_path_rate": float("nan")}, "drop_path_rate"),
+        (TransformerConfig, {"depth": float("nan")}, "depth"),
+        (TransformerConfig, {"depth": "16"}, "depth"),
+        (TransformerConfig, {"num_classes": True}, "num_classes"),
+        (TransformerConfig, {"patch_nums": (1, float("nan"))}, "patch_nums"),
+        (TransformerConfig, {"patch_nums": "1234"}, "patch_nums"),
+        (TokenizerConfig, {"quant_resi": float("nan")}, "quant_resi"),
+        (TokenizerConfig, {"quant_resi": 3.0}, "quant_resi"),
+        (TokenizerConfig, {"quant_resi": "0.5"}, "quant_resi"),
+        (TokenizerConfig, {"channel_mult": (1, None)}, "channel_mult"),
+        (SamplerConfig, {"steps": float("nan")}, "steps"),
+        (SamplerConfig, {"top_p": None}, "top_p"),
+        (SamplerConfig, {"mask_schedule": ((1,), ())}, "mask_schedule"),
+        (SamplerConfig, {"mask_schedule": ((1,), (0, 4))}, "mask_schedule"),
+        (SamplerConfig, {"mask_schedule": (("a",),)}, "mask_schedule"),
+        (SamplerConfig, {"mask_schedule": 7}, "mask_schedule"),
+    ],
+)
+def test_bad_values_name_the_field(cls, kwargs, field):
+    """Issue #17 item 14: invalid values fail when the config is built, naming the field."""
+    with pytest.raises(ValueError, match=field):
+        cls(**kwargs)
+
+
+def test_stored_transformer_config_needs_explicit_heads_and_width():
+    """``heads: 0`` in a stored config is an error, not a silent default of ``depth``."""
+    stored = TransformerConfig.from_name("tiny").to_dict()
+    for name in ("heads", "width"):
+        with pytest.raises(ValueError, match=f"TransformerConfig.{name}"):
+            TransformerConfig.from_dict({**stored, name: 0})
+    with pytest.raises(ValueError, match="mapping"):
+        TokenizerConfig.from_dict([1, 2])
+    assert TransformerConfig(heads=0).heads == 16  # the constructor keeps the official default
