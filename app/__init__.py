@@ -10,7 +10,7 @@ import os
 # Before Gradio is imported: no usage analytics, no phoning home (also offline-friendly).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from .errors import InputError  # noqa: E402, friendly_message
+from .errors import InputError, friendly_message
 from .params import SamplingParams, Timing
 from .runs import RunResult, RunUpdate, calibrate
 from .ui import MAX_FILE_SIZE, QUEUE_SIZE, build_demo
