@@ -240,20 +240,10 @@ def sample(
         # Guidance between two identical conditions is the identity ((1 + t)·u - t·u = u):
         # unconditional runs (plain in/outpainting) skip the second half. One host read.
         cfg = dataclasses.replace(cfg, cfg=0.0)
-    batch = labels.shape[0]
     if resume is not None and stateful:
         raise ValueError("resume is not supported for stateful (VAR) models: their KV cache is "
                          "not part of ScaleState")
-    if resume is None:
-        f_hat = codebook.new_zeros(batch, codebook.shape[1], size, size)
-        tokens: list[torch.Tensor] = []
-        confidences: list[torch.Tensor] = []
-        start = 0
-    else:
-        f_hat, start = resume.f_hat, resume.scale + 1
-        tokens = list(resume.tokens)
-        confidences = [torch.ones_like(t, dtype=codebook.dtype) for t in tokens]
-        confidences[-1] = resume.confidence
+    f_hat, tokens, confidences, start = _initial_state(resume, codebook, labels.shape[0], size)
     draw = sample_from_logits if draw is None else draw
     upsample = pyramid.bicubic_up if upsample is None else upsample
     keeps = [constraint.keep(si) if constraint is not None else None for si in range(num_scales)]
@@ -300,6 +290,17 @@ def sample(
         if on_scale is not None:
             on_scale(ScaleState(si, list(tokens), f_hat, confidence))
     return SampleOutput(tokens, f_hat, confidences, labels, steps)
+
+
+def _initial_state(
+    resume: ScaleState | None, codebook: torch.Tensor, batch: int, size: int
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], int]:
+    """``(f_hat, tokens, confidences, first scale to sample)``: empty, or after ``resume``."""
+    if resume is None:
+        return codebook.new_zeros(batch, codebook.shape[1], size, size), [], [], 0
+    confidences = [torch.ones_like(t, dtype=codebook.dtype) for t in resume.tokens]
+    confidences[-1] = resume.confidence
+    return resume.f_hat, list(resume.tokens), confidences, resume.scale + 1
 
 
 def _refine(
