@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/sample_grids.py --model assets/hmar-emoji64 --out assets/samples
+    python -m benchmarks.sample_grids --model assets/hmar-emoji64 --out assets/samples
 
 Each grid has one column per category of the style (classes without training images, such as
 ``fluent3d/flag``, are left out) and ``--rows`` rows of samples at the model's default sampler
@@ -22,11 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from hmar_core import Pipeline
 
-from hmar_core import Pipeline  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("sample_grids")
 

@@ -128,7 +128,7 @@ def resolve_engine(engine: str, device: torch.device | str) -> EngineName:
 
     ``auto`` is the fast engine everywhere: on CUDA it is several times faster, and on CPU
     (float32, no graphs or Triton) it was measured faster too on the bundled model
-    (``python benchmarks/inference.py --cpu``, BENCHMARKS.md), with the same tokens.
+    (``python -m benchmarks.inference --cpu``, BENCHMARKS.md), with the same tokens.
 
     Raises:
         ValueError: an unknown name.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -82,10 +83,9 @@ def test_package_data_covers_every_file_the_packages_read():
     globs = config.get("package-data", {})
     missing = []
     for top in PACKAGES:
-        for path in sorted((ROOT / top).rglob("*")):
+        for path in _tracked(top):
             rel = path.relative_to(ROOT)
-            if (path.is_dir() or path.suffix in {".py", ".pyc", ".md"}
-                    or "__pycache__" in rel.parts):
+            if path.suffix in {".py", ".md"}:
                 continue
             owner = next(
                 ".".join(rel.parts[:i]) for i in range(len(rel.parts) - 1, 0, -1)
@@ -94,6 +94,18 @@ def test_package_data_covers_every_file_the_packages_read():
             if not any(fnmatch.fnmatch(inside, g) for g in globs.get(owner, [])):
                 missing.append(rel.as_posix())
     assert not missing, f"not package data: {missing}"
+
+
+def _tracked(top: str) -> list[Path]:
+    """The files of ``top`` that git tracks (generated files such as Gradio's ``.pyi`` stubs
+    and caches are not part of the package); every file when this is not a git checkout."""
+    try:
+        listed = subprocess.run(["git", "ls-files", top], cwd=ROOT, capture_output=True,
+                                text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        return sorted(p for p in (ROOT / top).rglob("*")
+                      if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+    return sorted(ROOT / name for name in listed)
 
 
 def test_no_sys_path_edits_outside_tests():
