@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measure a demo model on the GPU for issue 16 (what assets/MODEL_CARD.md reports):
 #   MODEL=runs/emoji64-hmar-stage2/model bash scripts/eval_demo_gpu.sh
-# 1. benchmarks/quality.py with the speed/quality curve (steps 0, 1, 2, 4, 8; 1,020 samples each)
+# 1. benchmarks.quality with the speed/quality curve (steps 0, 1, 2, 4, 8; 1,020 samples each)
 # 2. the same at steps 2 and 4 for each mask-step guidance ratio in MASK_CFG (to choose it)
 # 3. benchmarks/editing_quality.py: inpainting seams and class edits against strength
 # Reports go to $REPORTS (JSON) and the logs to stdout. CPU timing is measured elsewhere (the
@@ -18,23 +18,23 @@ DEVICE=${DEVICE:-cuda}
 EDITS=${EDITS:-100}                   # 0: no editing benchmark
 CURVE=${CURVE:-1}                     # 0: skip step 1 (e.g. only the guidance runs)
 PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1 PYTHONPATH=.:benchmarks${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1
 mkdir -p "$REPORTS"
 name=$(basename "$(dirname "$MODEL")")
 
 if [[ "$CURVE" == 1 ]]; then
-  $PY benchmarks/quality.py --model "$MODEL" --data "$DATA" --device "$DEVICE" \
+  $PY -m benchmarks.quality --model "$MODEL" --data "$DATA" --device "$DEVICE" \
     --samples "$SAMPLES" --batch-size 255 --curve 0 1 2 4 8 --skip-timing \
     --json "$REPORTS/quality_$name.json" --grid "$REPORTS/grids_$name"
 fi
 for ratio in $MASK_CFG; do
-  $PY benchmarks/quality.py --model "$MODEL" --data "$DATA" --device "$DEVICE" \
+  $PY -m benchmarks.quality --model "$MODEL" --data "$DATA" --device "$DEVICE" \
     --samples "$SAMPLES" --batch-size 255 --refine 2 --curve 4 --skip-timing \
     --mask-cfg-ratio "$ratio" --json "$REPORTS/quality_${name}_maskcfg$ratio.json"
 done
 if [[ "$EDITS" != 0 ]]; then
-  $PY benchmarks/editing_quality.py --model "$MODEL" --images "$DATA" \
-    --classifier classifier:editing_classifier --num "$EDITS" --device "$DEVICE" \
+  $PY -m benchmarks.editing_quality --model "$MODEL" --images "$DATA" \
+    --classifier benchmarks.classifier:editing_classifier --num "$EDITS" --device "$DEVICE" \
     --class-strength $STRENGTHS --out "$REPORTS/editing_$name.json"
 fi
 echo "DEMO EVALUATION DONE: $REPORTS"
