@@ -33,8 +33,7 @@ for s in $STEPS; do
         --grid "$OUT/grids" --json "$OUT/quality.json" --markdown ;;
     attention) step attention python -m benchmarks.attention --with-1024-causal --breakdown \
         --json "$OUT/att.json" ;;
-    inference) step inference python -m benchmarks.inference --out "$OUT/inf" \
-        --budget "${INF_BUDGET:-200}" ;;
+    inference) step inference python -m benchmarks.inference --out "$OUT/inf" ;;
     train) step train python -m benchmarks.train_step --steps 10 --warmup 3 \
         --json "$OUT/train.json" ${TRAIN_ARGS:-} ;;
     kernels-tests) step kernels-tests python -m pytest -q -m gpu tests/kernels ;;
