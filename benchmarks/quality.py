@@ -188,12 +188,13 @@ def stratified_subset(labels: np.ndarray, total: int, seed: int, min_per_class: 
 
 @torch.no_grad()
 def tokenizer_psnr(pipe: Pipeline, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Per-image PSNR (dB) of encode + decode of uint8 (N, H, W, 3) images."""
+    """Per-image PSNR (dB) of encode + decode of uint8 (N, H, W, 3) images, on the
+    pipeline's engine (what an edit does to the kept region)."""
     out = []
     for start in range(0, len(images), batch_size):
         x = to_float(images[start:start + batch_size]).to(pipe.device, pipe.dtype)
-        _, f_hats = pipe.tokenizer.encode_with_fhat(x * 2 - 1)
-        recon = (pipe.tokenizer.decode_fhat(f_hats[-1]).float() + 1) / 2
+        tokens = pipe.backend.encode(x * 2 - 1)
+        recon = pipe.decode_latent(pipe.tokenizer.fhat_from_tokens(tokens)[-1])
         out.append(psnr(recon.clamp(0, 1), x.float()).cpu())
     return torch.cat(out).numpy()
 

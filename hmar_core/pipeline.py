@@ -544,12 +544,13 @@ class Pipeline(nn.Module):
         with torch.device("meta"):
             tokenizer = MultiScaleVQTokenizer(tokenizer_cfg)
             transformer = HMARTransformer(transformer_cfg)
+        device = torch.device("cpu" if device is None else device)
         name = resolve_engine(engine, device)
         if name == "fast":
             from .fast.engine import cast_blocks_
             from .fast.runner import default_dtype as fast_dtype
 
-            cast_blocks_(transformer, dtype or fast_dtype(torch.device(device)))
+            cast_blocks_(transformer, dtype or fast_dtype(device))
         ckpt.load_into(tokenizer, tokenizer_sd, "tokenizer")
         ckpt.load_into(transformer, transformer_sd, "transformer")
         return cls._assemble(tokenizer, transformer, sampler_cfg, class_names, device, dtype,
@@ -568,7 +569,7 @@ class Pipeline(nn.Module):
         engine_options: Mapping[str, Any],
     ) -> Pipeline:
         """Move the modules to ``device`` (and dtype) and wrap them with their engine."""
-        device = torch.device(device)
+        device = torch.device("cpu" if device is None else device)
         name = resolve_engine(engine, device)
         if name == "fast":
             from .fast.engine import cast_blocks_
