@@ -239,15 +239,19 @@ def _fmt(value: object, digits: int = 1) -> str:
 
 
 def markdown(report: dict) -> str:
-    """The table of one report, with its device and command."""
+    """The table of one report, with its device and command (GPU columns only with a GPU)."""
+    rows = report["rows"].values()
+    gpu = any("peak_gib" in row or "official_ms" in row for row in rows)
     lines = [f"Device: **{report['device']}**, torch {report['torch']}. Command: "
-             f"`{report.get('command', 'python -m benchmarks.inference')}`.", "",
-             "| call (public API) | median ms | peak GiB | official code, fp16, H200 (ms) |",
-             "| --- | --- | --- | --- |"]
+             f"`{report.get('command', 'python -m benchmarks.inference')}`.", ""]
+    lines += (["| call (public API) | median ms | peak GiB | official code, fp16, H200 (ms) |",
+               "| --- | --- | --- | --- |"] if gpu else
+              ["| call (public API) | median ms |", "| --- | --- |"])
     for name, row in report["rows"].items():
         value = row.get("error") or _fmt(row.get("ms"))
-        lines.append(f"| `{name}` | {value} | {_fmt(row.get('peak_gib'), 2)} | "
-                     f"{_fmt(row.get('official_ms'), 0)} |")
+        extra = (f" {_fmt(row.get('peak_gib'), 2)} | {_fmt(row.get('official_ms'), 0)} |"
+                 if gpu else "")
+        lines.append(f"| `{name}` | {value} |{extra}")
     return "\n".join(lines)
 
 
