@@ -7,9 +7,12 @@ final update carrying the :class:`RunResult`. The pipeline is passed in; nothing
 from __future__ import annotations
 
 import logging
+import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 import torch
@@ -22,12 +25,45 @@ from .imaging import ConfidenceTile, preview_strip, to_pil_images
 from .params import SamplingParams, Timing, max_quality_steps, refinement_passes
 from .streaming import Finished, StopSignal, stream_work
 
-__all__ = ["EDIT_MODES", "RunResult", "RunUpdate", "calibrate", "run_edit", "run_generate"]
+__all__ = ["EDIT_MODES", "RunResult", "RunUpdate", "UserRun", "calibrate", "new_run_id",
+           "run_edit", "run_generate"]
 
 #: The editing modes of :func:`run_edit`.
 EDIT_MODES = ("inpaint", "outpaint", "class edit")
 
 logger = logging.getLogger(__name__)
+
+
+class UserRun(StopSignal):
+    """A user's Stop flag that also knows whether a run of this user is in progress.
+
+    Kept in ``gr.State`` (deep-copied per user, see :class:`StopSignal`). The handlers call
+    :meth:`begin` / :meth:`end` around the model work, so that Stop with nothing running is a
+    no-op with a message instead of a misleading "Stopped.".
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._running = threading.Event()
+
+    def begin(self) -> None:
+        """A run starts: forget an earlier Stop."""
+        self.clear()
+        self._running.set()
+
+    def end(self) -> None:
+        """The run ended (finished, failed or stopped)."""
+        self._running.clear()
+
+    @property
+    def running(self) -> bool:
+        """Whether a run of this user is in progress."""
+        return self._running.is_set()
+
+
+def new_run_id() -> str:
+    """A short id that makes download names unique, e.g. ``20261207-014512-3fa2``."""
+    return f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
 @dataclass(frozen=True)
@@ -40,6 +76,9 @@ class RunResult:
         confidences: per image, its token-confidence tiles (one per model window).
         seed: the seed used.
         seconds: wall time of the run.
+        classes: per image, the name of its class ("" when the run had none).
+        run_id: unique per run (:func:`new_run_id`); part of the download names.
+        size: the model's resolution in pixels (the side of one model window).
     """
 
     mode: str
@@ -47,6 +86,9 @@ class RunResult:
     confidences: tuple[tuple[ConfidenceTile, ...], ...]
     seed: int
     seconds: float
+    classes: tuple[str, ...] = ()
+    run_id: str = field(default_factory=new_run_id)
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -64,6 +106,13 @@ class RunUpdate:
     message: str
     preview: Image.Image | None = None
     result: RunResult | None = None
+
+
+def _class_name(pipeline: Pipeline, class_id: int | None) -> str:
+    """The name of a class id ("" for none or the null class)."""
+    if class_id is None or not 0 <= class_id < pipeline.num_classes:
+        return ""
+    return str(pipeline.class_names[class_id])
 
 
 @dataclass(frozen=True)
@@ -116,9 +165,10 @@ def run_generate(
             confidences = tuple((ConfidenceTile(c.float().cpu().numpy(), 0, 0, side),)
                                 for c in output.confidence)
             seconds = time.perf_counter() - started
-            names = ", ".join(sorted({pipeline.class_names[int(i)] for i in output.labels
-                                      if int(i) < pipeline.num_classes}))
-            result = RunResult("generate", images, confidences, output.seed, seconds)
+            classes = tuple(_class_name(pipeline, int(i)) for i in output.labels)
+            names = ", ".join(sorted(set(classes)))
+            result = RunResult("generate", images, confidences, output.seed, seconds, classes,
+                               size=side)
             yield RunUpdate(1.0, f"Done in {seconds:.1f} s · seed {output.seed} · {names}",
                             preview_strip(images), result)
         else:
@@ -201,7 +251,9 @@ def run_edit(
             images = tuple(im.convert("RGB") for im in result.images)
             cached = (f" · reused {result.resumed_from + 1} cached scale(s)"
                       if result.resumed_from >= 0 else "")
-            run = RunResult(mode, images, _edit_tiles(result, finals), seed, seconds)
+            classes = (_class_name(pipeline, options.class_id),) * len(images)
+            run = RunResult(mode, images, _edit_tiles(result, finals), seed, seconds, classes,
+                            size=pipeline.image_size)
             yield RunUpdate(1.0, f"Done in {seconds:.1f} s · seed {seed}{cached}",
                             preview_strip(images), run)
         else:
