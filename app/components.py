@@ -1,15 +1,17 @@
 """Two Gradio components adjusted so that user slips reach the handlers as data, not as errors.
 
-* :class:`RangeSlider` is ``gr.Slider`` without the server-side bounds check: Gradio's own check
+* :func:`RangeSlider` is ``gr.Slider`` without the server-side bounds check: Gradio's own check
   raises for a value typed past the end (an error badge, while the browser then clamps the box
   anyway), so the app's one rule for out-of-range values (:func:`app.params.clamp`: clamp and
   say so in the status line) could not apply.
-* :class:`PictureEditor` is ``gr.ImageEditor`` whose pre-processing turns a picture that PIL
+* :func:`PictureEditor` is ``gr.ImageEditor`` whose pre-processing turns a picture that PIL
   refuses to decode (a decompression bomb: more pixels than ``Image.MAX_IMAGE_PIXELS`` allows)
   into :class:`RefusedPicture` instead of Gradio's raw "Could not preprocess input component"
   error with a server path; the handlers show the app's message for it.
 
-Both reuse the built-in frontend (``is_template``), so the browser sees the usual components.
+Both are the built-in components with their ``preprocess`` wrapped on the instance (a subclass
+would make Gradio write a ``.pyi`` stub next to this file), so the browser sees the usual
+components.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-__all__ = ["PictureEditor", "RangeSlider", "RefusedPicture"]
+__all__ = ["MAX_PIXELS", "PictureEditor", "RangeSlider", "RefusedPicture", "too_large_message"]
 
 logger = logging.getLogger(__name__)
+
+#: Pictures above this many pixels are refused (the browser canvas struggles long before).
+MAX_PIXELS = 40_000_000
 
 
 @dataclass(frozen=True)
@@ -33,33 +38,33 @@ class RefusedPicture:
     reason: str
 
 
-class RangeSlider(gr.Slider):
+def RangeSlider(*args: Any, **kwargs: Any) -> gr.Slider:  # noqa: N802 (a component)
     """``gr.Slider`` that passes out-of-range numbers to the handler (which clamps them)."""
+    slider = gr.Slider(*args, **kwargs)
 
-    is_template = True
+    def preprocess(payload: float) -> float:
+        return gr.Number.round_to_precision(payload, slider.precision)
 
-    def preprocess(self, payload: float) -> float:  # type: ignore[override]
-        """The value as typed (rounded to the slider's precision), even outside its range."""
-        return gr.Number.round_to_precision(payload, self.precision)
+    slider.preprocess = preprocess  # type: ignore[method-assign]
+    return slider
 
 
-class PictureEditor(gr.ImageEditor):
+def PictureEditor(*args: Any, max_pixels: int = MAX_PIXELS,  # noqa: N802 (a component)
+                  **kwargs: Any) -> gr.ImageEditor:
     """``gr.ImageEditor`` that hands an undecodable picture to the handler as a message."""
+    editor = gr.ImageEditor(*args, **kwargs)
+    usual = editor.preprocess
 
-    is_template = True
-
-    def __init__(self, *args: Any, max_pixels: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.max_pixels = max_pixels
-
-    def preprocess(self, payload: Any) -> Any:  # type: ignore[override]
-        """The usual editor value, or a :class:`RefusedPicture` for a too-large picture."""
+    def preprocess(payload: Any) -> Any:
         try:
-            return super().preprocess(payload)
+            return usual(payload)
         except Image.DecompressionBombError:
-            logger.info("upload refused: over the decoding limit of %d pixels",
-                        Image.MAX_IMAGE_PIXELS or 0)
-            return RefusedPicture(too_large_message(None, self.max_pixels))
+            logger.info("upload refused: over the decoding limit of %s pixels",
+                        Image.MAX_IMAGE_PIXELS)
+            return RefusedPicture(too_large_message(None, max_pixels))
+
+    editor.preprocess = preprocess  # type: ignore[method-assign]
+    return editor
 
 
 def too_large_message(size: tuple[int, int] | None, max_pixels: int) -> str:

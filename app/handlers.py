@@ -28,7 +28,7 @@ from PIL import Image
 from hmar_core import Pipeline
 from hmar_core.editing import EditOptions, EditSession
 
-from .components import RefusedPicture, too_large_message
+from .components import MAX_PIXELS, RefusedPicture, too_large_message
 from .editor import background_image, editor_value, mask_from_layers
 from .errors import InputError, friendly_message
 from .imaging import confidence_overlay
@@ -68,6 +68,7 @@ __all__ = [
     "remember_selection",
     "request_stop",
     "save_gallery",
+    "show_selection",
     "slip_outputs",
     "toggle_heatmap",
 ]
@@ -80,8 +81,6 @@ logger = logging.getLogger(__name__)
 RunOutputs = tuple[Any, Any, Any, str, Any, Any]
 #: What an editing mode validates before running: (picture, mask, options, outpaint extents).
 Prepared = tuple[Image.Image, np.ndarray | None, EditOptions, dict[str, int] | None]
-#: Pictures above this many pixels are refused (the browser canvas struggles long before).
-MAX_PIXELS = 40_000_000
 #: The "Area to change" choices: (label, value).
 AREAS = (("Painted area", "painted"), ("Everything except the painted area", "outside"),
          ("Whole picture", "all"))
@@ -168,6 +167,15 @@ def request_stop(run: StopSignal | None) -> str:
     return "Stopped."
 
 
+def show_selection(selected: int | None) -> Any:
+    """After a run: show the remembered selection in the gallery (none after new results).
+
+    The gallery keeps its own highlighted item across new values (clamped to the new length),
+    which is how "Edit this result" used to load another picture than the highlighted one.
+    """
+    return gr.Gallery(selected_index=selected)
+
+
 def remember_selection(event: gr.SelectData) -> int:
     """Gallery ``select``: remember which result the user clicked."""
     return int(event.index) if isinstance(event.index, int) else 0
@@ -252,10 +260,8 @@ def stream_outputs(
                     yield preview, gr.skip(), gr.skip(), message, gr.skip(), gr.skip()
                 else:
                     finished = True
-                    gallery = gr.Gallery(value=save_gallery(update.result, heatmap, files),
-                                         selected_index=None)
-                    yield (preview, gallery, _save_pngs(update.result, files), message,
-                           update.result, None)
+                    yield (preview, save_gallery(update.result, heatmap, files),
+                           _save_pngs(update.result, files), message, update.result, None)
             if not finished:
                 yield gr.skip(), gr.skip(), gr.skip(), "Stopped.", gr.skip(), gr.skip()
         except Exception as err:

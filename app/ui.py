@@ -185,7 +185,6 @@ def _edit_tab(names: list[str], scales: int, size: int) -> dict[str, Any]:
             brush=gr.Brush(default_size="auto", colors=["#ff2e88"], color_mode="fixed"),
             eraser=gr.Eraser(default_size="auto"), layers=False,
             canvas_size=(512, 512), height=420, interactive=True, elem_id="editor",
-            max_pixels=handlers.MAX_PIXELS,
         )
         tabs = _edit_mode_tabs(names, scales)
         masks = _mask_options()

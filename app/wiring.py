@@ -114,6 +114,9 @@ def wire_events(pipeline: Pipeline, timing: Timing | None, c: Any, o: Any,
                                                    c.edit_strength, *sampling, *masking],
                                outputs, api_name="class_edit", **_model_event()),
     ]
+    for event in run_events:
+        event.then(handlers.show_selection, states["selected"], o.gallery,
+                   api_visibility="private", show_progress="hidden")
     o.stop_btn.click(handlers.request_stop, run, o.status, cancels=run_events,
                      api_visibility="private", show_progress="hidden")
     c.dice.click(handlers.randomize_seed, None, c.seed, api_name="random_seed",
