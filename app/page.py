@@ -23,7 +23,7 @@ __all__ = ["ALERT_ID", "page_script", "size_text"]
 ALERT_ID = "upload-alert"
 
 _CSS = """
-#results img, #preview img, #history img, #compare img { image-rendering: pixelated; }
+#results img, #preview img, #editor canvas { image-rendering: pixelated; }
 #upload-alert:empty { display: none; }
 #upload-alert { color: var(--error-text-color, #b91c1c); font-weight: 600; margin: 4px 0; }
 """
