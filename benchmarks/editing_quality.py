@@ -19,6 +19,12 @@ Metrics (one JSON report):
   divided by the mean over the rest of the image; reported for the edits and for the originals
   with the same masks (``seam_excess`` = edited / original: 1.0 means the boundary is as smooth
   as natural content, above 1 a visible seam).
+* **outpaint seam score** (``--modes outpaint``): the centre third of each image is outpainted
+  by 100 % on all four sides (back to about the image's size; the app's 100 %-all-sides case,
+  many model windows). The seams are the borders between the original and each window's
+  regenerated area (``window_masks``); the score is the gradient on a 2-pixel band around
+  them over the gradient elsewhere, for the outpainted image and for the held-out image
+  itself (resized to the canvas) with the same seams: ``outpaint_seam_excess`` = their ratio.
 * **class-edit success** = fraction of whole-image class edits (random target ≠ source label,
   default strength) that the classifier assigns to the target class.
 * **seconds per edit** on this machine (``--device``, default CPU), mean and median.
@@ -45,7 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hmar_core import EditOptions, Pipeline  # noqa: E402
-from hmar_core.editing import default_class_strength  # noqa: E402
+from hmar_core.editing import default_class_strength, outpaint  # noqa: E402
+from hmar_core.editing.outpaint import window_masks  # noqa: E402
 from hmar_core.images import to_rgb  # noqa: E402
 
 logger = logging.getLogger("editing_quality")
@@ -79,6 +86,55 @@ def seam_ratio(rgb: np.ndarray, mask: np.ndarray, band: int = 2) -> float:
     if not ring.any() or ring.all():
         return float("nan")
     return float(magnitude[ring].mean() / max(float(magnitude[~ring].mean()), 1e-6))
+
+
+def label_seam_ratio(rgb: np.ndarray, labels: np.ndarray, band: int = 2) -> float:
+    """Mean gradient magnitude on the borders between regions of ``labels`` / elsewhere."""
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    magnitude = np.hypot(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
+    edges = np.zeros(labels.shape, np.uint8)
+    edges[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edges[1:, :] |= labels[1:, :] != labels[:-1, :]
+    ring = cv2.dilate(edges, np.ones((2 * band, 2 * band), np.uint8)) > 0
+    if not ring.any() or ring.all():
+        return float("nan")
+    return float(magnitude[ring].mean() / max(float(magnitude[~ring].mean()), 1e-6))
+
+
+def outpaint_seams(pipe: Pipeline, images: Sequence[np.ndarray], args: argparse.Namespace
+                   ) -> dict:
+    """The outpaint seam score (module docstring) and its time per image."""
+    seams, seams_original, seconds, windows = [], [], [], []
+    for index, rgb in enumerate(images):
+        height, width = rgb.shape[:2]
+        h, w = height // 3, width // 3
+        top, left = (height - h) // 2, (width - w) // 2
+        crop = np.ascontiguousarray(rgb[top:top + h, left:left + w])
+        start = time.perf_counter()
+        result = outpaint(pipe, crop, left=w, right=w, top=h, bottom=h,
+                          options=EditOptions(seed=args.seed + index, steps=args.steps,
+                                              feather=args.feather),
+                          overlap=args.overlap)
+        seconds.append(time.perf_counter() - start)
+        canvas = np.asarray(result.images[0].convert("RGB"))
+        known = np.zeros(canvas.shape[:2], bool)
+        known[h:2 * h, w:2 * w] = True
+        labels = np.zeros(known.shape, np.int32)
+        for number, mask in enumerate(window_masks(known, list(result.windows), args.overlap)):
+            labels[mask] = number + 1
+        reference = cv2.resize(rgb, canvas.shape[1::-1], interpolation=cv2.INTER_AREA)
+        seams.append(label_seam_ratio(canvas, labels))
+        seams_original.append(label_seam_ratio(reference, labels))
+        windows.append(len(result.windows))
+        logger.info("outpaint %d/%d: %d windows, seam %.3f (original %.3f), %.1f s",
+                    index + 1, len(images), windows[-1], seams[-1], seams_original[-1],
+                    seconds[-1])
+    seam, original = float(np.nanmean(seams)), float(np.nanmean(seams_original))
+    return {"outpaint_images": len(seams), "outpaint_overlap": args.overlap,
+            "outpaint_windows_mean": statistics.fmean(windows),
+            "outpaint_seam_score": seam, "outpaint_seam_score_original": original,
+            "outpaint_seam_excess": seam / original,
+            "seconds_per_outpaint_mean": statistics.fmean(seconds)}
 
 
 def load_classifier(spec: str, device: torch.device) -> Classifier:
@@ -142,6 +198,22 @@ def run(args: argparse.Namespace) -> dict:
     images, labels = load_images(args.images, pipe, args.num, args.seed)
     if len(images) < args.num:
         logger.warning("only %d images available (asked for %d)", len(images), args.num)
+    report: dict = {"model": args.model or "random-tiny", "images": len(images),
+                    "device": str(device), "steps": args.steps, "feather": args.feather}
+    if "outpaint" in args.modes:
+        report.update(outpaint_seams(pipe, images, args))
+    if "inpaint" in args.modes:
+        report.update(inpaint_seams(pipe, images, args))
+    if args.classifier:
+        report.update(class_edits(pipe, images, labels, args, device))
+    else:
+        logger.info("no --classifier: class-edit success skipped")
+    return report
+
+
+def inpaint_seams(pipe: Pipeline, images: Sequence[np.ndarray], args: argparse.Namespace
+                  ) -> dict:
+    """The inpaint seam score (random masks) and the time per edit."""
     rng = np.random.default_rng(args.seed)
     seams, seams_original, seconds = [], [], []
     for index, rgb in enumerate(images):
@@ -152,31 +224,31 @@ def run(args: argparse.Namespace) -> dict:
         seconds.append(time.perf_counter() - start)
         seams.append(seam_ratio(np.asarray(edited), mask))
         seams_original.append(seam_ratio(rgb, mask))
-    report: dict = {"model": args.model or "random-tiny", "images": len(images),
-                    "device": str(device), "steps": args.steps, "feather": args.feather}
     seam, original = float(np.nanmean(seams)), float(np.nanmean(seams_original))
-    report.update(seam_score=seam, seam_score_original=original, seam_excess=seam / original,
-                  seconds_per_edit_mean=statistics.fmean(seconds),
-                  seconds_per_edit_median=statistics.median(seconds))
-    if args.classifier:
-        classifier = load_classifier(args.classifier, device)
-        hits, total, class_seconds = 0, 0, []
-        for index, (rgb, label) in enumerate(zip(images, labels)):
-            choices = [c for c in range(pipe.num_classes) if c != label]
-            target = int(rng.choice(choices))
-            start = time.perf_counter()
-            result = pipe.edit(rgb, None, EditOptions(
-                class_id=target, seed=args.seed + index, steps=args.steps,
-                strength=args.class_strength if args.class_strength is not None
-                else default_class_strength(len(pipe.patch_nums))))
-            class_seconds.append(time.perf_counter() - start)
-            hits += predict(classifier, [result.image], device)[0] == target
-            total += 1
-        report.update(class_edit_success=hits / max(total, 1), class_edits=total,
-                      seconds_per_class_edit_mean=statistics.fmean(class_seconds))
-    else:
-        logger.info("no --classifier: class-edit success skipped")
-    return report
+    return {"seam_score": seam, "seam_score_original": original, "seam_excess": seam / original,
+            "seconds_per_edit_mean": statistics.fmean(seconds),
+            "seconds_per_edit_median": statistics.median(seconds)}
+
+
+def class_edits(pipe: Pipeline, images: Sequence[np.ndarray], labels: Sequence[int | None],
+                args: argparse.Namespace, device: torch.device) -> dict:
+    """Class-edit success under the classifier, and the time per class edit."""
+    rng = np.random.default_rng(args.seed + 1)
+    classifier = load_classifier(args.classifier, device)
+    hits, total, class_seconds = 0, 0, []
+    for index, (rgb, label) in enumerate(zip(images, labels)):
+        choices = [c for c in range(pipe.num_classes) if c != label]
+        target = int(rng.choice(choices))
+        start = time.perf_counter()
+        result = pipe.edit(rgb, None, EditOptions(
+            class_id=target, seed=args.seed + index, steps=args.steps,
+            strength=args.class_strength if args.class_strength is not None
+            else default_class_strength(len(pipe.patch_nums))))
+        class_seconds.append(time.perf_counter() - start)
+        hits += predict(classifier, [result.image], device)[0] == target
+        total += 1
+    return {"class_edit_success": hits / max(total, 1), "class_edits": total,
+            "seconds_per_class_edit_mean": statistics.fmean(class_seconds)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -190,6 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="refinement steps")
     parser.add_argument("--feather", type=int, default=8)
     parser.add_argument("--class-strength", type=int, default=None)
+    parser.add_argument("--modes", nargs="+", choices=("inpaint", "outpaint"),
+                        default=["inpaint", "outpaint"], help="seam scores to measure")
+    parser.add_argument("--overlap", type=int, default=None,
+                        help="outpaint overlap band in pixels (default: 1/8 window; 0: none)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", help="write the JSON report here")
