@@ -248,7 +248,7 @@ def run_edit(
             result = event.value
             seconds = time.perf_counter() - started
             seed = result.seed if result.seed is not None else 0
-            images = tuple(im.convert("RGB") for im in result.images)
+            images = tuple(result.images)  # in the upload's mode (alpha / greyscale kept)
             cached = (f" · reused {result.resumed_from + 1} cached scale(s)"
                       if result.resumed_from >= 0 else "")
             classes = (_class_name(pipeline, options.class_id),) * len(images)

@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from .. import images as im
+from .modes import like_input
 from .ops import EditResult, PreviewCallback, edit_window, make_job, unchanged
 from .session import EditSession
 from .spec import EditOptions
@@ -234,7 +235,7 @@ def outpaint(
         seconds = [a + b for a, b in zip(seconds, run.seconds)]
     last = pipe.patch_nums[-1]
     return EditResult(
-        images=[im.to_pil(c) for c in canvases],
+        images=like_input([im.to_pil(c) for c in canvases], image, (left, top)),
         seed=job.seed,
         labels=job.labels.cpu(),
         confidence=run.output.confidence[-1].view(-1, last, last).cpu(),

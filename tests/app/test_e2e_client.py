@@ -190,10 +190,11 @@ def test_uploads_of_any_mode_and_shape(client: Client, tmp_path: Path):
     rgba = np.zeros((50, 20, 4), np.uint8)
     rgba[10:40, 5:15] = (200, 30, 30, 255)  # a red bar on a transparent background
     Image.fromarray(rgba).save(paths["RGBA"])
+    kept = {"L": "L", "P": "L", "RGBA": "RGBA"}  # the palette is grey: a greyscale picture
     for mode, path in paths.items():
         value = {"background": handle_file(str(path)), "layers": [], "composite": None}
         out = client.predict(value, 1, 1, 1, 1.5, 0, 0.0, 3, 1, False, PAINTED, 1, 8,
                              False, 32, api_name="/class_edit")
         with Image.open(path) as original, Image.open(out[2][0]) as result:
             assert result.size == original.size, mode
-            assert result.mode == "RGB"
+            assert result.mode == kept[mode]  # the upload's mode comes back (issue #18)
