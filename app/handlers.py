@@ -306,6 +306,7 @@ def generate_events(
     heatmap: bool,
     progress: gr.Progress | None = None,
     stop: StopSignal | None = None,
+    timing: Timing | None = None,
 ) -> Iterator[RunOutputs]:
     """Generate mode: validate the controls, then stream previews and the final gallery."""
 
@@ -313,7 +314,7 @@ def generate_events(
         class_id = class_id_from_choice(class_choice, pipeline.num_classes)
         params = sampling_params(steps, cfg, top_k, top_p, seed, variants,
                                  _max_steps(pipeline), notes)
-        return run_generate(pipeline, class_id, params, stop)
+        return run_generate(pipeline, class_id, params, stop, timing)
 
     yield from _guarded_run(start, heatmap, progress, stop)
 
@@ -388,6 +389,7 @@ def _edit_events(
     session: EditSession | None,
     progress: gr.Progress | None,
     stop: StopSignal | None,
+    timing: Timing | None = None,
 ) -> Iterator[RunOutputs]:
     """Validate via ``prepare(notes) -> (image, mask, options, extents)``, then stream the
     edit."""
@@ -395,7 +397,7 @@ def _edit_events(
     def start(notes: list[str]) -> Iterator[RunUpdate]:
         image, mask, options, extents = prepare(notes)
         return run_edit(pipeline, mode, image, mask, options, extents=extents,
-                        session=session, stop=stop)
+                        session=session, stop=stop, timing=timing)
 
     yield from _guarded_run(start, controls.heatmap, progress, stop)
 
@@ -403,7 +405,7 @@ def _edit_events(
 def _masked_edit(
     pipeline: Pipeline, mode: str, session: EditSession | None, editor: Any,
     class_choice: Any, strength: float, controls: EditControls, progress: gr.Progress | None,
-    stop: StopSignal | None,
+    stop: StopSignal | None, timing: Timing | None,
 ) -> Iterator[RunOutputs]:
     """Inpaint and class edit: the same steps, differing only in what they require."""
 
@@ -414,7 +416,7 @@ def _masked_edit(
             raise InputError("Pick the target class.")
         return image, mask, _options(pipeline, controls, class_choice, strength, notes), None
 
-    yield from _edit_events(pipeline, mode, prepare, controls, session, progress, stop)
+    yield from _edit_events(pipeline, mode, prepare, controls, session, progress, stop, timing)
 
 
 def inpaint_events(
@@ -426,10 +428,11 @@ def inpaint_events(
     controls: EditControls,
     progress: gr.Progress | None = None,
     stop: StopSignal | None = None,
+    timing: Timing | None = None,
 ) -> Iterator[RunOutputs]:
     """Inpaint mode: regenerate the painted area (optionally guided by a class)."""
     yield from _masked_edit(pipeline, "inpaint", session, editor, class_choice, strength,
-                            controls, progress, stop)
+                            controls, progress, stop, timing)
 
 
 def class_edit_events(
@@ -441,10 +444,11 @@ def class_edit_events(
     controls: EditControls,
     progress: gr.Progress | None = None,
     stop: StopSignal | None = None,
+    timing: Timing | None = None,
 ) -> Iterator[RunOutputs]:
     """Class edit / restyle: regenerate the picture (or the painted area) as another class."""
     yield from _masked_edit(pipeline, "class edit", session, editor, class_choice, strength,
-                            controls, progress, stop)
+                            controls, progress, stop, timing)
 
 
 def outpaint_events(
@@ -456,6 +460,7 @@ def outpaint_events(
     controls: EditControls,
     progress: gr.Progress | None = None,
     stop: StopSignal | None = None,
+    timing: Timing | None = None,
 ) -> Iterator[RunOutputs]:
     """Outpaint mode: extend the picture towards the ticked sides and fill the new area."""
 
@@ -465,7 +470,8 @@ def outpaint_events(
         options = _options(pipeline, controls, class_choice, 0, notes)
         return image, None, options, extents
 
-    yield from _edit_events(pipeline, "outpaint", prepare, controls, None, progress, stop)
+    yield from _edit_events(pipeline, "outpaint", prepare, controls, None, progress, stop,
+                            timing)
 
 
 def _options(pipeline: Pipeline, controls: EditControls, class_choice: Any,

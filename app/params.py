@@ -31,6 +31,7 @@ __all__ = [
     "SamplingParams",
     "Timing",
     "class_choices",
+    "LONG_JOB_SECONDS",
     "clamp",
     "class_id_from_choice",
     "edit_options",
@@ -41,6 +42,7 @@ __all__ = [
     "random_seed",
     "refinement_passes",
     "sampling_params",
+    "work_estimate",
 ]
 
 #: Seeds the 🎲 button draws are below this (short enough to read and type back).
@@ -144,7 +146,35 @@ def expected_time_label(
         return f"{detail}."
     seconds = (timing.base_seconds + extra * timing.seconds_per_pass) * max(1, variants)
     shown = f"≈ {seconds:.1f} s" if seconds >= 0.1 else "< 0.1 s"
-    return f"Expected time {shown} for {max(1, variants)} image(s) · {detail}."
+    return (f"Expected time {shown} for {max(1, variants)} image(s) · {detail}. Edits take "
+            "this per model window (outpainting: many); the status says so when they start.")
+
+
+#: Jobs expected to take longer than this get a warning in the status line when they start.
+LONG_JOB_SECONDS = 30.0
+
+
+def work_estimate(
+    patch_nums: Sequence[int], steps: int, windows: int, variants: int,
+    timing: Timing | None,
+) -> str:
+    """The start-of-run note from the actual work, e.g. ``"22 model windows × 2 variant(s),
+    expected ≈ 41 s: a long job (Stop ends it)"``.
+
+    One model window costs about one generated image (:class:`Timing`); an outpaint needs
+    many windows, an inpaint one (a crop around the mask or the whole picture).
+    """
+    count = max(1, windows) * max(1, variants)
+    work = (f"{windows} model windows × {variants} variant(s)" if windows > 1
+            else f"{variants} image(s)")
+    if timing is None:
+        return work
+    extra = refinement_passes(patch_nums, steps)
+    seconds = (timing.base_seconds + extra * timing.seconds_per_pass) * count
+    note = f"{work}, expected ≈ {seconds:.0f} s" if seconds >= 1 else f"{work}, expected < 1 s"
+    if seconds > LONG_JOB_SECONDS:
+        note += ": a long job (Stop ends it)"
+    return note
 
 
 # ------------------------------------------------------------------------------------- seed

@@ -20,9 +20,10 @@ from PIL import Image
 
 from hmar_core import GenerateOutput, Pipeline, ScaleState
 from hmar_core.editing import EditOptions, EditPreview, EditResult, EditSession, outpaint
+from hmar_core.editing.outpaint import plan_outpaint_windows
 
 from .imaging import ConfidenceTile, preview_strip, to_pil_images
-from .params import SamplingParams, Timing, max_quality_steps, refinement_passes
+from .params import SamplingParams, Timing, max_quality_steps, refinement_passes, work_estimate
 from .streaming import Finished, StopSignal, stream_work
 
 __all__ = ["EDIT_MODES", "RunResult", "RunUpdate", "UserRun", "calibrate", "new_run_id",
@@ -129,7 +130,7 @@ def _preview_from_state(pipeline: Pipeline, state: ScaleState) -> _ScalePreview:
 
 def run_generate(
     pipeline: Pipeline, class_id: int | None, params: SamplingParams,
-    stop: StopSignal | None = None,
+    stop: StopSignal | None = None, timing: Timing | None = None,
 ) -> Iterator[RunUpdate]:
     """Generate ``params.variants`` images of one class, previewing every scale.
 
@@ -138,6 +139,7 @@ def run_generate(
         class_id: the class, or ``None`` for a random class per image.
         params: validated sampling controls.
         stop: the user's Stop flag (the run ends at the next scale once it is set).
+        timing: measured costs, for the expected time in the first status line.
 
     Yields:
         One :class:`RunUpdate` per scale, then one with the :class:`RunResult`.
@@ -156,7 +158,8 @@ def run_generate(
             on_scale=on_scale,
         )
 
-    yield RunUpdate(0.0, f"Starting: {params.variants} image(s), seed {params.seed}…")
+    estimate = work_estimate(pipeline.patch_nums, params.steps, 1, params.variants, timing)
+    yield RunUpdate(0.0, f"Starting: {estimate} · seed {params.seed}…")
     for event in stream_work(work, stop):
         if isinstance(event, Finished):
             output = event.value
@@ -206,6 +209,7 @@ def run_edit(
     extents: dict[str, int] | None = None,
     session: EditSession | None = None,
     stop: StopSignal | None = None,
+    timing: Timing | None = None,
 ) -> Iterator[RunUpdate]:
     """Inpaint, outpaint or class-edit one picture, previewing every scale of every window.
 
@@ -218,6 +222,7 @@ def run_edit(
         extents: outpaint only, pixels per side ``{"left", "right", "top", "bottom"}``.
         session: the user's :class:`EditSession` (re-edits resume unchanged coarse scales).
         stop: the user's Stop flag (the run ends at the next scale once it is set).
+        timing: measured costs, for the expected time (from the number of model windows).
 
     Yields:
         One :class:`RunUpdate` per scale (and window), then one with the :class:`RunResult`.
@@ -242,7 +247,14 @@ def run_edit(
                             on_preview=on_preview)
         return pipeline.edit(image, mask, options, session=session, on_preview=on_preview)
 
-    yield RunUpdate(0.0, f"Starting {mode}: {options.num_variants} variant(s)…")
+    windows = 1
+    if mode == "outpaint":
+        sides = extents or {}
+        windows = max(1, len(plan_outpaint_windows(image.height, image.width, **{
+            side: int(sides.get(side, 0)) for side in ("left", "right", "top", "bottom")})))
+    estimate = work_estimate(pipeline.patch_nums, options.steps or 0, windows,
+                             options.num_variants, timing)
+    yield RunUpdate(0.0, f"Starting {mode}: {estimate}…")
     for event in stream_work(work, stop):
         if isinstance(event, Finished):
             result = event.value

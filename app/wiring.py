@@ -40,7 +40,7 @@ def _area(index: Any) -> str:
         return "painted"
 
 
-def _run_handlers(pipeline: Pipeline) -> dict[str, Any]:
+def _run_handlers(pipeline: Pipeline, timing: Timing | None) -> dict[str, Any]:
     """The model handlers with their API parameter names."""
 
     def generate(run: UserRun, class_id: Any, quality: float, cfg: float, top_k: float,
@@ -49,7 +49,7 @@ def _run_handlers(pipeline: Pipeline) -> dict[str, Any]:
                  ) -> Iterator[handlers.RunOutputs]:
         """Generate images of one class (streams each scale)."""
         yield from handlers.generate_events(pipeline, class_id, quality, cfg, top_k, top_p,
-                                            seed, variants, heatmap, progress, run)
+                                            seed, variants, heatmap, progress, run, timing)
 
     def inpaint(run: UserRun, session: EditSession, image: Any, class_id: Any,
                 strength: float, quality: float, cfg: float, top_k: float, top_p: float,
@@ -61,7 +61,7 @@ def _run_handlers(pipeline: Pipeline) -> dict[str, Any]:
         controls = handlers.EditControls(quality, cfg, top_k, top_p, seed, variants, grow,
                                          feather, only_masked, padding, heatmap, _area(area))
         yield from handlers.inpaint_events(pipeline, session, image, class_id, strength,
-                                           controls, progress, run)
+                                           controls, progress, run, timing)
 
     def outpaint(run: UserRun, image: Any, sides: list[str], extent: float, class_id: Any,
                  quality: float, cfg: float, top_k: float, top_p: float, seed: Any,
@@ -73,7 +73,7 @@ def _run_handlers(pipeline: Pipeline) -> dict[str, Any]:
         controls = handlers.EditControls(quality, cfg, top_k, top_p, seed, variants, grow,
                                          feather, only_masked, padding, heatmap)
         yield from handlers.outpaint_events(pipeline, image, sides, extent, class_id,
-                                            controls, progress, run)
+                                            controls, progress, run, timing)
 
     def class_edit(run: UserRun, session: EditSession, image: Any, class_id: Any,
                    strength: float, quality: float, cfg: float, top_k: float, top_p: float,
@@ -85,7 +85,7 @@ def _run_handlers(pipeline: Pipeline) -> dict[str, Any]:
         controls = handlers.EditControls(quality, cfg, top_k, top_p, seed, variants, grow,
                                          feather, only_masked, padding, heatmap, _area(area))
         yield from handlers.class_edit_events(pipeline, session, image, class_id, strength,
-                                              controls, progress, run)
+                                              controls, progress, run, timing)
 
     return {"generate": generate, "inpaint": inpaint, "outpaint": outpaint,
             "class_edit": class_edit}
@@ -100,7 +100,7 @@ def wire_events(pipeline: Pipeline, timing: Timing | None, c: Any, o: Any,
     masking = [c.area, c.grow, c.feather, c.only_masked, c.padding]
     outputs = [o.preview, o.gallery, o.downloads, o.status, states["result"],
                states["selected"]]
-    fns = _run_handlers(pipeline)
+    fns = _run_handlers(pipeline, timing)
     run_events: list[Any] = [
         c.generate_btn.click(fns["generate"], [run, c.gen_class, *sampling], outputs,
                              api_name="generate", **_model_event()),

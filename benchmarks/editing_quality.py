@@ -19,12 +19,12 @@ Metrics (one JSON report):
   divided by the mean over the rest of the image; reported for the edits and for the originals
   with the same masks (``seam_excess`` = edited / original: 1.0 means the boundary is as smooth
   as natural content, above 1 a visible seam).
-* **outpaint seam score** (``--modes outpaint``): the centre third of each image is outpainted
-  by 100 % on all four sides (back to about the image's size; the app's 100 %-all-sides case,
-  many model windows). The seams are the borders between the original and each window's
-  regenerated area (``window_masks``); the score is the gradient on a 2-pixel band around
-  them over the gradient elsewhere, for the outpainted image and for the held-out image
-  itself (resized to the canvas) with the same seams: ``outpaint_seam_excess`` = their ratio.
+* **outpaint seam score** (``--modes outpaint``): each image is outpainted by 100 % on all four
+  sides (the app's 100 %-all-sides case: a 3× canvas, ~22 model windows at the model's own
+  resolution). The seams are the borders between the original and each window's regenerated
+  area (``window_masks``); the score is the gradient on a 2-pixel band around them over the
+  gradient elsewhere, for the outpainted image and for the held-out image itself (resized to
+  the canvas) with the same seams: ``outpaint_seam_excess`` = their ratio.
 * **class-edit success** = fraction of whole-image class edits (random target ≠ source label,
   default strength) that the classifier assigns to the target class.
 * **seconds per edit** on this machine (``--device``, default CPU), mean and median.
@@ -106,12 +106,9 @@ def outpaint_seams(pipe: Pipeline, images: Sequence[np.ndarray], args: argparse.
     """The outpaint seam score (module docstring) and its time per image."""
     seams, seams_original, seconds, windows = [], [], [], []
     for index, rgb in enumerate(images):
-        height, width = rgb.shape[:2]
-        h, w = height // 3, width // 3
-        top, left = (height - h) // 2, (width - w) // 2
-        crop = np.ascontiguousarray(rgb[top:top + h, left:left + w])
+        h, w = rgb.shape[:2]
         start = time.perf_counter()
-        result = outpaint(pipe, crop, left=w, right=w, top=h, bottom=h,
+        result = outpaint(pipe, rgb, left=w, right=w, top=h, bottom=h,
                           options=EditOptions(seed=args.seed + index, steps=args.steps,
                                               feather=args.feather),
                           overlap=args.overlap)
@@ -122,7 +119,7 @@ def outpaint_seams(pipe: Pipeline, images: Sequence[np.ndarray], args: argparse.
         labels = np.zeros(known.shape, np.int32)
         for number, mask in enumerate(window_masks(known, list(result.windows), args.overlap)):
             labels[mask] = number + 1
-        reference = cv2.resize(rgb, canvas.shape[1::-1], interpolation=cv2.INTER_AREA)
+        reference = cv2.resize(rgb, canvas.shape[1::-1], interpolation=cv2.INTER_CUBIC)
         seams.append(label_seam_ratio(canvas, labels))
         seams_original.append(label_seam_ratio(reference, labels))
         windows.append(len(result.windows))

@@ -102,16 +102,29 @@ def test_editor_value_background_and_mask():
     value = {"background": background, "layers": [rgba(8, 8, (slice(1, 3), slice(1, 3)))],
              "composite": background}
     image, mask = editor_value(value)
-    assert image.size == (8, 8) and image.mode == "RGBA"
+    assert image.size == (8, 8) and image.mode == "L"  # opaque and grey: greyscale
     assert mask.sum() == 4
     assert mask_image(mask).getextrema() == (0, 255)
+
+
+def test_editor_value_keeps_the_upload_s_mode():
+    colour = np.zeros((4, 4, 4), np.uint8)
+    colour[..., 0], colour[..., 3] = 200, 255
+    assert background_image({"background": colour}).mode == "RGB"  # opaque: RGB
+    colour[0, 0, 3] = 0
+    assert background_image({"background": colour}).mode == "RGBA"  # transparency kept
+    grey = np.full((4, 4, 4), 90, np.uint8)
+    grey[..., 3] = 255
+    assert background_image({"background": grey}).mode == "L"
+    grey[0, 0, 3] = 10
+    assert background_image({"background": grey}).mode == "LA"
 
 
 def test_editor_value_without_paint_or_image():
     background = np.full((8, 8, 3), 128, np.uint8)
     image, mask = editor_value({"background": background, "layers": [rgba(8, 8)],
                                 "composite": None})
-    assert image.mode == "RGB" and mask is None
+    assert image.mode == "L" and mask is None  # a grey picture
     assert editor_value(None) == (None, None)
     assert editor_value({"background": None, "layers": [], "composite": None}) == (None, None)
     transparent = rgba(8, 8)
@@ -135,6 +148,17 @@ def test_expected_time_label():
     label = expected_time_label(PYRAMID_256, 2, variants=2, timing=timing)
     assert f"{(0.5 + extra * 0.1) * 2:.1f} s for 2 image(s)" in label
     assert f"{len(PYRAMID_256) + extra} network passes" in label
+
+
+def test_work_estimate_counts_windows_and_warns_before_long_jobs():
+    from app.params import LONG_JOB_SECONDS, work_estimate
+
+    timing = Timing(base_seconds=1.0, seconds_per_pass=0.0)
+    assert work_estimate(PYRAMID_256, 0, 1, 2, timing) == "2 image(s), expected ≈ 2 s"
+    long = work_estimate(PYRAMID_256, 0, 22, 2, timing)  # a 100 %-all-sides outpaint
+    assert long.startswith("22 model windows × 2 variant(s), expected ≈ 44 s")
+    assert 44 > LONG_JOB_SECONDS and long.endswith("a long job (Stop ends it)")
+    assert work_estimate(PYRAMID_256, 0, 3, 1, None) == "3 model windows × 1 variant(s)"
 
 
 def test_sampling_params_maps_and_clamps():
