@@ -55,6 +55,7 @@ __all__ = [
     "RunOutputs",
     "background_image",
     "class_choices",
+    "after_run",
     "class_edit_events",
     "edit_result",
     "editor_value",
@@ -165,6 +166,33 @@ def request_stop(run: StopSignal | None) -> str:
         return "Nothing is running: Stop only ends a run in progress."
     run.set()
     return "Stopped."
+
+
+#: Results kept in the run history (newest first).
+HISTORY_SIZE = 24
+
+
+def after_run(result: RunResult | None, selected: int | None, history: list[Any] | None
+              ) -> Iterator[tuple[Any, Any, Any, list[Any]]]:
+    """After every run: re-sync the gallery's highlight, the before / after view and the run
+    history (earlier results are kept there instead of being replaced).
+
+    Yields one ``(gallery update, before/after value, history gallery, history state)``; the
+    history state holds ``(run id, index, image, caption)`` tuples, newest first.
+    """
+    history = list(history or [])
+    if result is not None and not any(entry[0] == result.run_id for entry in history):
+        fresh = [(result.run_id, index, image, f"{result.mode} {_caption(result, index)}")
+                 for index, image in enumerate(result.images)]
+        history = (fresh + history)[:HISTORY_SIZE]
+    with OutputFolder() as files:
+        compare: Any = None
+        if result is not None and result.source is not None and result.images:
+            compare = (files.png(result.source, "before.png"),
+                       files.png(result.images[0], "after.png"))
+        shown = [(files.png(image, f"history-{run_id}-{index + 1}.png"), caption)
+                 for run_id, index, image, caption in history]
+        yield show_selection(selected), compare, shown, history
 
 
 def show_selection(selected: int | None) -> Any:

@@ -7,6 +7,8 @@
   limit (bytes) or over the pixel limit, the app's message appears at once in ``#upload-alert``
   and the picture is not loaded (otherwise the editor shows it and the run fails later with a
   silent HTTP 413, or with a decoding error);
+* makes the class lists filter by typing: focusing one selects its text, so what you type
+  replaces "Random class" instead of being appended to it;
 * adds the styles: model-resolution results drawn with crisp (nearest-neighbour) pixels.
 
 The pixel limit is checked from the image header (the browser reads the size without
@@ -23,7 +25,9 @@ __all__ = ["ALERT_ID", "page_script", "size_text"]
 ALERT_ID = "upload-alert"
 
 _CSS = """
-#results img, #preview img, #editor canvas { image-rendering: pixelated; }
+#results img, #preview img, #compare img, #history img, #editor canvas {
+  image-rendering: pixelated;
+}
 #upload-alert:empty { display: none; }
 #upload-alert { color: var(--error-text-color, #b91c1c); font-weight: 600; margin: 4px 0; }
 """
@@ -78,6 +82,13 @@ _SCRIPT = """
       event.target.dispatchEvent(again);
     });
   };
+  // class lists: focusing selects the shown choice, so typing filters instead of appending
+  window.addEventListener('focusin', (event) => {
+    const input = event.target;
+    if (input.tagName === 'INPUT' && input.closest && input.closest('.hmar-class-list')) {
+      setTimeout(() => input.select(), 0);
+    }
+  }, true);
   window.addEventListener('change', (event) => {
     if (event.target.type !== 'file') return;
     guard(event, event.target.files, () => new Event('change', {bubbles: true}));

@@ -80,6 +80,8 @@ class RunResult:
         classes: per image, the name of its class ("" when the run had none).
         run_id: unique per run (:func:`new_run_id`); part of the download names.
         size: the model's resolution in pixels (the side of one model window).
+        source: edits only, the picture that was edited, placed on the result's canvas (for
+            the before / after view).
     """
 
     mode: str
@@ -90,6 +92,7 @@ class RunResult:
     classes: tuple[str, ...] = ()
     run_id: str = field(default_factory=new_run_id)
     size: int = 0
+    source: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -265,7 +268,8 @@ def run_edit(
                       if result.resumed_from >= 0 else "")
             classes = (_class_name(pipeline, options.class_id),) * len(images)
             run = RunResult(mode, images, _edit_tiles(result, finals), seed, seconds, classes,
-                            size=pipeline.image_size)
+                            size=pipeline.image_size,
+                            source=_on_canvas(image, images[0].size, extents))
             yield RunUpdate(1.0, f"Done in {seconds:.1f} s · seed {seed}{cached}",
                             preview_strip(images), run)
         else:
@@ -277,6 +281,17 @@ def run_edit(
             yield RunUpdate(step / (num_scales * preview.num_windows),
                             f"Scale {preview.scale + 1}/{num_scales}{where}{cached}",
                             preview_strip(preview.images))
+
+
+def _on_canvas(image: Image.Image, size: tuple[int, int], extents: dict[str, int] | None
+               ) -> Image.Image:
+    """The source picture on a canvas of the result's size (grey where outpainting added)."""
+    if image.size == size:
+        return image
+    canvas = Image.new("RGB", size, (128, 128, 128))
+    sides = extents or {}
+    canvas.paste(image.convert("RGB"), (int(sides.get("left", 0)), int(sides.get("top", 0))))
+    return canvas
 
 
 def calibrate(pipeline: Pipeline, repeats: int = 1) -> Timing:

@@ -104,13 +104,15 @@ class Outputs:
     heatmap: Any
     preview: Any
     downloads: Any
+    compare: Any
+    history: Any
 
 
 def _dropdown(choices: list[tuple[str, int]], value: int, label: str, elem_id: str,
               info: str | None = None) -> gr.Dropdown:
     """A class list that filters as you type (unknown text is not accepted as a value)."""
     return gr.Dropdown(choices, value=value, label=label, elem_id=elem_id, filterable=True,
-                       allow_custom_value=False, info=info)
+                       allow_custom_value=False, info=info, elem_classes=["hmar-class-list"])
 
 
 def _generate_tab(names: list[str]) -> dict[str, Any]:
@@ -239,7 +241,12 @@ def _output_column(size: int) -> Outputs:
                        format="png", interactive=False, height=240, elem_id="preview")
     downloads = gr.File(label="Download PNG", file_count="multiple", interactive=False,
                         elem_id="downloads")
-    return Outputs(status, stop_btn, gallery, to_editor_btn, heatmap, preview, downloads)
+    compare = gr.ImageSlider(label="Before / after (edits: drag the handle)", type="filepath",
+                             interactive=False, elem_id="compare", height=300)
+    history = gr.Gallery(label="Earlier results (this session, newest first)", format="png",
+                         columns=8, height="auto", object_fit="contain", elem_id="history")
+    return Outputs(status, stop_btn, gallery, to_editor_btn, heatmap, preview, downloads,
+                   compare, history)
 
 
 def build_demo(
@@ -272,6 +279,7 @@ def build_demo(
             "selected": gr.State(None),  # the gallery item this user clicked (None: none)
             "session": gr.State(EditSession()),  # this user's edit cache (copied per user)
             "run": gr.State(UserRun()),  # this user's Stop flag and "running" mark
+            "history": gr.State([]),  # this user's earlier results (newest first)
         }
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):

@@ -115,7 +115,8 @@ def wire_events(pipeline: Pipeline, timing: Timing | None, c: Any, o: Any,
                                outputs, api_name="class_edit", **_model_event()),
     ]
     for event in run_events:
-        event.then(handlers.show_selection, states["selected"], o.gallery,
+        event.then(handlers.after_run, [states["result"], states["selected"], states["history"]],
+                   [o.gallery, o.compare, o.history, states["history"]],
                    api_visibility="private", show_progress="hidden")
     o.stop_btn.click(handlers.request_stop, run, o.status, cancels=run_events,
                      api_visibility="private", show_progress="hidden")

@@ -218,13 +218,22 @@ def set_number(page: object, label: str, value: str) -> None:
     box.press("Tab")
 
 
-def test_the_editor_as_a_person_uses_it(page, tmp_path: Path, artifacts_dir: Path):
+def test_the_editor_as_a_person_uses_it(page, browser_pipe, tmp_path: Path,
+                                       artifacts_dir: Path):
     """Issue #18 in one browser session: Stop when idle, "Edit this result" after the
     variants changed, slips that leave the results usable, the largest seed, uploads over the
     size and pixel limits; a screenshot of every mode."""
     from playwright.sync_api import expect
 
     status, results = page.locator("#status"), page.locator("#results")
+
+    # the class list filters by typing (the text replaces "Random class", not appended)
+    name = browser_pipe.class_names[3]
+    class_box = page.locator("#generate-class input")
+    class_box.click()
+    page.keyboard.type(name)
+    page.keyboard.press("Enter")
+    expect(class_box).to_have_value(f"{name} (3)")
 
     # Stop with nothing running: a no-op with a message, not "Stopped."
     page.locator("#stop-button").click()
@@ -266,6 +275,9 @@ def test_the_editor_as_a_person_uses_it(page, tmp_path: Path, artifacts_dir: Pat
     page.locator("#inpaint-button").click()
     expect(status).to_contain_text("Done", timeout=TIMEOUT_MS)
     expect(status).to_contain_text("seed 9223372036854775807")
+    # the before / after view and the history (earlier results kept, not replaced)
+    expect(page.locator("#compare img")).to_have_count(2)
+    expect(page.locator("#history .thumbnail-item")).to_have_count(6)  # 4 + 2 generated, +2
     shoot(page, artifacts_dir, "inpaint")
 
     # outpaint and class edit run from the same editor
