@@ -231,7 +231,7 @@ def test_the_editor_as_a_person_uses_it(page, browser_pipe, tmp_path: Path,
     name = browser_pipe.class_names[3]
     class_box = page.locator("#generate-class input")
     class_box.click()
-    page.keyboard.type(name)
+    page.keyboard.type(f"{name} (3)")
     page.keyboard.press("Enter")
     expect(class_box).to_have_value(f"{name} (3)")
 
@@ -277,7 +277,7 @@ def test_the_editor_as_a_person_uses_it(page, browser_pipe, tmp_path: Path,
     expect(status).to_contain_text("seed 9223372036854775807")
     # the before / after view and the history (earlier results kept, not replaced)
     expect(page.locator("#compare img")).to_have_count(2)
-    expect(page.locator("#history .thumbnail-item")).to_have_count(6)  # 4 + 2 generated, +2
+    expect(page.locator("#history .thumbnail-item")).to_have_count(8)  # 4 + 2 + 2 inpainted
     shoot(page, artifacts_dir, "inpaint")
 
     # outpaint and class edit run from the same editor
