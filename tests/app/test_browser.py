@@ -240,14 +240,16 @@ def test_the_editor_as_a_person_uses_it(page, browser_pipe, tmp_path: Path,
     expect(status).to_contain_text("Nothing is running")
 
     # "Edit this result" loads the highlighted picture, not a stale remembered one
+    # (each run adds its results to the history: its length says that a run has finished)
+    history = page.locator("#history .thumbnail-item")
     set_number(page, "Variants", "4")
     page.locator("#generate-button").click()
-    expect(status).to_contain_text("Done", timeout=TIMEOUT_MS)
+    expect(history).to_have_count(4, timeout=TIMEOUT_MS)
     expect(results.locator(".thumbnail-item")).to_have_count(4)
     results.locator(".thumbnail-item").nth(3).click()
     set_number(page, "Variants", "2")
     page.locator("#generate-button").click()
-    expect(status).to_contain_text("Done", timeout=TIMEOUT_MS)
+    expect(history).to_have_count(6, timeout=TIMEOUT_MS)
     expect(results.locator(".thumbnail-item")).to_have_count(2)
     page.wait_for_timeout(500)
     shoot(page, artifacts_dir, "generate")
@@ -273,21 +275,21 @@ def test_the_editor_as_a_person_uses_it(page, browser_pipe, tmp_path: Path,
     page.get_by_role("button", name="Mask options").click()
     page.get_by_label("Whole picture").check()
     page.locator("#inpaint-button").click()
-    expect(status).to_contain_text("Done", timeout=TIMEOUT_MS)
+    # the history keeps earlier results (4 + 2 generated, 2 inpainted), not replaced
+    expect(history).to_have_count(8, timeout=TIMEOUT_MS)
+    expect(status).to_contain_text("Done")
     expect(status).to_contain_text("seed 9223372036854775807")
-    # the before / after view and the history (earlier results kept, not replaced)
-    expect(page.locator("#compare img")).to_have_count(2)
-    expect(page.locator("#history .thumbnail-item")).to_have_count(8)  # 4 + 2 + 2 inpainted
+    expect(page.locator("#compare img")).to_have_count(2)  # the before / after view
     shoot(page, artifacts_dir, "inpaint")
 
     # outpaint and class edit run from the same editor
     page.get_by_role("tab", name="Outpaint").click()
     page.locator("#outpaint-button").click()
-    expect(status).to_contain_text("Done", timeout=TIMEOUT_MS)
+    expect(history).to_have_count(10, timeout=TIMEOUT_MS)
     shoot(page, artifacts_dir, "outpaint")
     page.get_by_role("tab", name="Class edit").click()
     page.locator("#class-edit-button").click()
-    expect(status).to_contain_text("Done", timeout=TIMEOUT_MS)
+    expect(history).to_have_count(12, timeout=TIMEOUT_MS)
     shoot(page, artifacts_dir, "class-edit")
 
     # uploads over the limits get the app's message at once, before any upload
