@@ -494,3 +494,24 @@ def test_stop_signal_is_fresh_per_user_and_ends_a_run(app_pipe):
     # a new run forgets an old stop request
     finished = list(generate_events(app_pipe, 1, 0, 1.5, 0, 0.0, 1, 1, False, stop=stop))
     assert isinstance(finished[-1][4], RunResult) and not stop.is_set()
+
+
+def test_after_run_keeps_earlier_results_and_shows_before_after():
+    from app.handlers import HISTORY_SIZE, after_run
+
+    image = Image.new("RGB", (4, 4), (10, 200, 30))
+    first = RunResult("generate", (image, image), ((), ()), 1, 0.1)
+    edit = RunResult("inpaint", (image,), ((),), 2, 0.1, source=Image.new("RGB", (4, 4)))
+    step = after_run(first, None, [])
+    selection, compare, shown, history = next(step)
+    assert compare is None and len(shown) == len(history) == 2  # generate: no before / after
+    step.close()
+    _, compare, shown, history = next(after_run(edit, 0, history))
+    assert len(history) == 3 and history[0][0] == edit.run_id  # newest first, earlier kept
+    assert len(compare) == 2 and all(Path(path).name.endswith(".png") for path in compare)
+    _, _, _, again = next(after_run(edit, 0, history))  # after a slip: the same result
+    assert again == history  # not added twice
+    many = history
+    for _ in range(HISTORY_SIZE):
+        many = next(after_run(RunResult("generate", (image,), ((),), 3, 0.1), None, many))[3]
+    assert len(many) == HISTORY_SIZE
