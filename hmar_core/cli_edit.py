@@ -99,6 +99,8 @@ def _save(result: EditResult, args: argparse.Namespace) -> int:
     paths = [out] if len(result.images) == 1 else [
         out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}") for i in range(len(result.images))]
     for image, path in zip(result.images, paths):
+        if image.mode in ("RGBA", "LA") and path.suffix.lower() in (".jpg", ".jpeg"):
+            image = image.convert("RGB")  # results keep the input's alpha; JPEG has none
         image.save(path)
     if args.confidence and result.confidence is not None:
         confidence_heatmap(result.confidence[0].numpy(), 256).save(args.confidence)

@@ -65,3 +65,18 @@ def test_later_windows_regenerate_an_overlap_band_of_earlier_ones():
     assert all(b.sum() >= a.sum() for a, b in zip(abutting, blended))
     with pytest.raises(ValueError, match="overlap"):
         window_masks(known, windows, overlap=-1)
+
+
+def test_cli_saves_a_transparent_result_as_jpeg(pipe, tmp_path):
+    """The result keeps the alpha; a .jpg output (no alpha in JPEG) still saves."""
+    from hmar_core.cli import main
+
+    folder = tmp_path / "model"
+    pipe.save_pretrained(folder)
+    rgba_picture().save(tmp_path / "in.png")
+    Image.fromarray(np.full((24, 20), 255, np.uint8)).save(tmp_path / "mask.png")
+    out = tmp_path / "out.jpg"
+    assert main(["inpaint", str(tmp_path / "in.png"), str(tmp_path / "mask.png"), "--out",
+                 str(out), "--seed", "1", "--checkpoint", str(folder)]) == 0
+    with Image.open(out) as saved:
+        assert saved.format == "JPEG" and saved.size == (20, 24)
