@@ -244,7 +244,7 @@ def _output_column(size: int) -> Outputs:
     compare = gr.ImageSlider(label="Before / after (edits: drag the handle)", type="filepath",
                              interactive=False, elem_id="compare", height=300)
     history = gr.Gallery(label="Earlier results (this session, newest first)", format="png",
-                         columns=8, height="auto", object_fit="contain", elem_id="history")
+                         columns=8, height=220, object_fit="contain", elem_id="history")
     return Outputs(status, stop_btn, gallery, to_editor_btn, heatmap, preview, downloads,
                    compare, history)
 
