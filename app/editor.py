@@ -79,7 +79,9 @@ def background_image(value: Mapping[str, Any] | None) -> Image.Image | None:
     """The uploaded picture (the editor's background) as a PIL image, or ``None`` if empty.
 
     Falls back to the composite when the user drew on an empty canvas without a background.
-    A background that is fully transparent counts as empty.
+    A background that is fully transparent counts as empty. The editor always sends RGBA: an
+    opaque picture becomes RGB, one whose three channels are equal becomes greyscale ("L", or
+    "LA" with transparency), so that results come back in the mode of the upload.
     """
     if not value:
         return None
@@ -90,6 +92,11 @@ def background_image(value: Mapping[str, Any] | None) -> Image.Image | None:
         return None
     if array.shape[-1] not in (1, 3, 4):
         raise InputError(f"unsupported image with {array.shape[-1]} channels")
+    if array.shape[-1] == 4 and array[..., 3].min() == 255:
+        array = array[..., :3]  # the editor sends RGBA; an opaque picture is RGB
+    if array.shape[-1] >= 3 and (array[..., 0] == array[..., 1]).all() and (
+            array[..., 1] == array[..., 2]).all():
+        array = array[..., [0, 3]] if array.shape[-1] == 4 else array[..., :1]  # greyscale
     if array.shape[-1] == 1:
         array = array[..., 0]
     return Image.fromarray(np.ascontiguousarray(array))

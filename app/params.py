@@ -18,12 +18,21 @@ from hmar_core.editing import EditOptions
 from .errors import InputError
 
 __all__ = [
+    "CFG_RANGE",
+    "EXTENT_RANGE",
+    "FEATHER_RANGE",
+    "GROW_RANGE",
     "MAX_SEED",
     "MAX_VARIANTS",
     "NO_CLASS",
+    "PADDING_RANGE",
+    "TOP_K_RANGE",
+    "SEED_LIMIT",
     "SamplingParams",
     "Timing",
     "class_choices",
+    "LONG_JOB_SECONDS",
+    "clamp",
     "class_id_from_choice",
     "edit_options",
     "expected_time_label",
@@ -33,12 +42,23 @@ __all__ = [
     "random_seed",
     "refinement_passes",
     "sampling_params",
+    "work_estimate",
 ]
 
 #: Seeds the 🎲 button draws are below this (short enough to read and type back).
 MAX_SEED = 2**31 - 1
+#: The largest seed the engine takes (2^63 - 1).
+SEED_LIMIT = 2**63 - 1
 #: Upper bound of the variants slider (one batch on the model).
 MAX_VARIANTS = 8
+#: Ranges of the "Advanced" controls (the sliders and the server use the same numbers).
+CFG_RANGE = (0.0, 10.0)
+TOP_K_RANGE = (0, 4096)
+#: Ranges of the "Mask options" controls and of the outpaint extent (percent).
+GROW_RANGE = (0, 4)
+FEATHER_RANGE = (0, 32)
+PADDING_RANGE = (0, 256)
+EXTENT_RANGE = (5, 100)
 #: Dropdown value for "no class" (Generate: a random class; editing: unconditional).
 NO_CLASS = -1
 #: The slider never offers more steps than this, whatever the pyramid allows.
@@ -126,7 +146,35 @@ def expected_time_label(
         return f"{detail}."
     seconds = (timing.base_seconds + extra * timing.seconds_per_pass) * max(1, variants)
     shown = f"≈ {seconds:.1f} s" if seconds >= 0.1 else "< 0.1 s"
-    return f"Expected time {shown} for {max(1, variants)} image(s) · {detail}."
+    return (f"Expected time {shown} for {max(1, variants)} image(s) · {detail}. Edits take "
+            "this per model window (outpainting: many); the status says so when they start.")
+
+
+#: Jobs expected to take longer than this get a warning in the status line when they start.
+LONG_JOB_SECONDS = 30.0
+
+
+def work_estimate(
+    patch_nums: Sequence[int], steps: int, windows: int, variants: int,
+    timing: Timing | None,
+) -> str:
+    """The start-of-run note from the actual work, e.g. ``"22 model windows × 2 variant(s),
+    expected ≈ 41 s: a long job (Stop ends it)"``.
+
+    One model window costs about one generated image (:class:`Timing`); an outpaint needs
+    many windows, an inpaint one (a crop around the mask or the whole picture).
+    """
+    count = max(1, windows) * max(1, variants)
+    work = (f"{windows} model windows × {variants} variant(s)" if windows > 1
+            else f"{variants} image(s)")
+    if timing is None:
+        return work
+    extra = refinement_passes(patch_nums, steps)
+    seconds = (timing.base_seconds + extra * timing.seconds_per_pass) * count
+    note = f"{work}, expected ≈ {seconds:.0f} s" if seconds >= 1 else f"{work}, expected < 1 s"
+    if seconds > LONG_JOB_SECONDS:
+        note += ": a long job (Stop ends it)"
+    return note
 
 
 # ------------------------------------------------------------------------------------- seed
@@ -135,20 +183,24 @@ def random_seed() -> int:
     return secrets.randbelow(MAX_SEED + 1)
 
 
-def parse_seed(value: float | int | str | None) -> int:
-    """The seed box value as an int; empty means a fresh random seed.
+def parse_seed(value: float | int | str | None, notes: list[str] | None = None) -> int:
+    """The seed box value as an exact int; empty means a fresh random seed.
+
+    Digits are read exactly (``"9223372036854775807"`` stays that number). A seed outside
+    ``0 .. 2^63 - 1`` is clamped like every other control, with a note.
 
     Raises:
-        InputError: negative, fractional, too large or not a number.
+        InputError: fractional or not a number.
     """
     if value is None or (isinstance(value, str) and not value.strip()):
         return random_seed()
     seed = _exact_int(value)
     if seed is None:
         raise InputError(f"The seed must be a whole number, got {value!r}.")
-    if not 0 <= seed < 2**63:
-        raise InputError(f"The seed must be between 0 and 2^63 - 1, got {seed}.")
-    return seed
+    adjusted = min(max(seed, 0), SEED_LIMIT)
+    if adjusted != seed and notes is not None:
+        notes.append(f"Seed {seed} → {adjusted}")
+    return adjusted
 
 
 def _exact_int(value: object) -> int | None:
@@ -206,6 +258,37 @@ def class_id_from_choice(value: int | float | str | None, num_classes: int) -> i
 
 
 # --------------------------------------------------------------------------- sampler params
+def _number(name: str, value: object) -> float:
+    """A control value as a finite float; anything else is refused (it cannot be clamped)."""
+    if isinstance(value, bool):
+        raise InputError(f"{name} must be a number, got {value!r}.")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}.") from None
+    if not math.isfinite(number):
+        raise InputError(f"{name} must be a number, got {value!r}.")
+    return number
+
+
+def clamp(name: str, value: object, low: float, high: float, notes: list[str] | None,
+          whole: bool = False) -> float:
+    """``value`` clamped to ``[low, high]`` (rounded if ``whole``), noting any change.
+
+    Out-of-range values are handled one way across the app: clamped to the control's range,
+    with a note (``"Variants 100 → 8"``) that the status line shows. Values that are not
+    numbers are refused.
+
+    Raises:
+        InputError: not a number.
+    """
+    number = _number(name, value)
+    adjusted = min(max(float(round(number)) if whole else number, low), high)
+    if adjusted != number and notes is not None:
+        notes.append(f"{name} {number:g} → {adjusted:g}")
+    return adjusted
+
+
 def sampling_params(
     steps: float | int,
     cfg: float | int,
@@ -214,39 +297,28 @@ def sampling_params(
     seed: float | int | str | None,
     variants: float | int,
     max_steps: int,
+    notes: list[str] | None = None,
 ) -> SamplingParams:
-    """Validate the shared sampling controls.
+    """Validate the shared sampling controls (out-of-range values are clamped, see :func:`clamp`).
 
     Args:
-        steps: the quality slider value (clamped to ``0..max_steps``).
-        cfg, top_k, top_p: the "Advanced" controls.
-        seed: the seed box (empty → random).
+        steps: the quality slider value (``0..max_steps``).
+        cfg, top_k, top_p: the "Advanced" controls (:data:`CFG_RANGE`, :data:`TOP_K_RANGE`,
+            0..1).
+        seed: the seed box (empty → random; never clamped: a wrong seed is refused).
         variants: the variants slider (1..:data:`MAX_VARIANTS`).
         max_steps: :func:`max_quality_steps` of the model.
+        notes: receives one note per clamped value.
 
     Raises:
-        InputError: any value out of its range.
+        InputError: a value that is not a number, or a bad seed.
     """
-
-    def number(name: str, value: float | int | None) -> float:
-        if value is None or not math.isfinite(float(value)):
-            raise InputError(f"{name} must be a number.")
-        return float(value)
-
-    step_count = min(max(int(round(number("Quality", steps))), 0), max_steps)
-    guidance = number("CFG", cfg)
-    if guidance < 0:
-        raise InputError(f"CFG must be >= 0, got {guidance:g}.")
-    k = number("Top-k", top_k)
-    if k < 0 or k != int(k):
-        raise InputError(f"Top-k must be a whole number >= 0 (0 = off), got {k:g}.")
-    p = number("Top-p", top_p)
-    if not 0 <= p <= 1:
-        raise InputError(f"Top-p must be between 0 and 1, got {p:g}.")
-    count = number("Variants", variants)
-    if count != int(count) or not 1 <= count <= MAX_VARIANTS:
-        raise InputError(f"Variants must be a whole number from 1 to {MAX_VARIANTS}.")
-    return SamplingParams(step_count, guidance, int(k), p, parse_seed(seed), int(count))
+    step_count = clamp("Quality", steps, 0, max_steps, notes, whole=True)
+    guidance = clamp("CFG", cfg, *CFG_RANGE, notes)
+    k = clamp("Top-k", top_k, *TOP_K_RANGE, notes, whole=True)
+    p = clamp("Top-p", top_p, 0.0, 1.0, notes)
+    count = clamp("Variants", variants, 1, MAX_VARIANTS, notes, whole=True)
+    return SamplingParams(int(step_count), guidance, int(k), p, parse_seed(seed, notes), int(count))
 
 
 # ---------------------------------------------------------------------------- edit options
@@ -260,6 +332,7 @@ def edit_options(
     feather: float | int = 8,
     only_masked: bool = False,
     padding: float | int = 32,
+    notes: list[str] | None = None,
 ) -> EditOptions:
     """The engine's :class:`~hmar_core.editing.EditOptions` from the UI controls.
 
@@ -271,45 +344,42 @@ def edit_options(
         grow: mask dilation in tokens; feather: blend width in pixels.
         only_masked: "Only masked area" (``fit="masked"``: a crop around the mask).
         padding: pixels around the mask's box in that mode.
+        notes: receives one note per clamped value (see :func:`clamp`).
 
     Raises:
-        InputError: a value out of range.
+        InputError: a value that is not a number.
     """
-
-    def whole(name: str, value: float | int, low: int, high: int) -> int:
-        if value is None or not math.isfinite(float(value)) or float(value) != int(value):
-            raise InputError(f"{name} must be a whole number.")
-        if not low <= int(value) <= high:
-            raise InputError(f"{name} must be between {low} and {high}, got {int(value)}.")
-        return int(value)
-
     return EditOptions(
         class_id=class_id, seed=params.seed, steps=params.steps, cfg=params.cfg,
         top_k=params.top_k, top_p=params.top_p,
-        strength=whole("Strength", strength, 0, num_scales - 1),
-        grow=whole("Grow mask", grow, 0, 16), feather=whole("Feather", feather, 0, 256),
+        strength=int(clamp("Strength", strength, 0, num_scales - 1, notes, whole=True)),
+        grow=int(clamp("Grow mask", grow, *GROW_RANGE, notes, whole=True)),
+        feather=int(clamp("Feather", feather, *FEATHER_RANGE, notes, whole=True)),
         fit="masked" if only_masked else "whole",
-        padding=whole("Crop padding", padding, 0, 4096), num_variants=params.variants,
+        padding=int(clamp("Crop padding", padding, *PADDING_RANGE, notes, whole=True)),
+        num_variants=params.variants,
     )
 
 
 # -------------------------------------------------------------------------------- outpaint
 def outpaint_extents(
-    sides: Sequence[str] | None, extent_percent: float | int, size: tuple[int, int]
+    sides: Sequence[str] | None, extent_percent: float | int, size: tuple[int, int],
+    notes: list[str] | None = None,
 ) -> dict[str, int]:
     """Pixels to add per side for the outpaint controls.
 
     Args:
         sides: the checked directions (any of "Left", "Right", "Top", "Bottom"; case-insensitive).
         extent_percent: the extent slider, in percent of the image's width (left/right) or
-            height (top/bottom).
+            height (top/bottom); clamped to :data:`EXTENT_RANGE`.
         size: ``(width, height)`` of the source image.
+        notes: receives a note when the extent was clamped.
 
     Returns:
         ``{"left": px, "right": px, "top": px, "bottom": px}`` (0 for unchecked sides).
 
     Raises:
-        InputError: no direction checked, or an extent outside (0, 200] percent.
+        InputError: no direction checked, or an extent that is not a number.
     """
     chosen = {side.strip().lower() for side in (sides or [])}
     unknown = chosen - set(OUTPAINT_SIDES)
@@ -317,11 +387,10 @@ def outpaint_extents(
         raise InputError(f"Unknown outpaint direction(s): {', '.join(sorted(unknown))}.")
     if not chosen:
         raise InputError("Tick at least one direction to extend the picture.")
-    if not 0 < float(extent_percent) <= 200:
-        raise InputError(f"The extent must be between 1 and 200 %, got {extent_percent}.")
+    percent = clamp("Extent", extent_percent, *EXTENT_RANGE, notes)
     width, height = size
     out = {}
     for side in OUTPAINT_SIDES:
         base = width if side in ("left", "right") else height
-        out[side] = max(1, round(base * float(extent_percent) / 100)) if side in chosen else 0
+        out[side] = max(1, round(base * percent / 100)) if side in chosen else 0
     return out

@@ -7,9 +7,12 @@ final update carrying the :class:`RunResult`. The pipeline is passed in; nothing
 from __future__ import annotations
 
 import logging
+import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 import torch
@@ -17,17 +20,51 @@ from PIL import Image
 
 from hmar_core import GenerateOutput, Pipeline, ScaleState
 from hmar_core.editing import EditOptions, EditPreview, EditResult, EditSession, outpaint
+from hmar_core.editing.outpaint import plan_outpaint_windows
 
 from .imaging import ConfidenceTile, preview_strip, to_pil_images
-from .params import SamplingParams, Timing, max_quality_steps, refinement_passes
+from .params import SamplingParams, Timing, max_quality_steps, refinement_passes, work_estimate
 from .streaming import Finished, StopSignal, stream_work
 
-__all__ = ["EDIT_MODES", "RunResult", "RunUpdate", "calibrate", "run_edit", "run_generate"]
+__all__ = ["EDIT_MODES", "RunResult", "RunUpdate", "UserRun", "calibrate", "new_run_id",
+           "run_edit", "run_generate"]
 
 #: The editing modes of :func:`run_edit`.
 EDIT_MODES = ("inpaint", "outpaint", "class edit")
 
 logger = logging.getLogger(__name__)
+
+
+class UserRun(StopSignal):
+    """A user's Stop flag that also knows whether a run of this user is in progress.
+
+    Kept in ``gr.State`` (deep-copied per user, see :class:`StopSignal`). The handlers call
+    :meth:`begin` / :meth:`end` around the model work, so that Stop with nothing running is a
+    no-op with a message instead of a misleading "Stopped.".
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._running = threading.Event()
+
+    def begin(self) -> None:
+        """A run starts: forget an earlier Stop."""
+        self.clear()
+        self._running.set()
+
+    def end(self) -> None:
+        """The run ended (finished, failed or stopped)."""
+        self._running.clear()
+
+    @property
+    def running(self) -> bool:
+        """Whether a run of this user is in progress."""
+        return self._running.is_set()
+
+
+def new_run_id() -> str:
+    """A short id that makes download names unique, e.g. ``20261207-014512-3fa2``."""
+    return f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
 @dataclass(frozen=True)
@@ -40,6 +77,11 @@ class RunResult:
         confidences: per image, its token-confidence tiles (one per model window).
         seed: the seed used.
         seconds: wall time of the run.
+        classes: per image, the name of its class ("" when the run had none).
+        run_id: unique per run (:func:`new_run_id`); part of the download names.
+        size: the model's resolution in pixels (the side of one model window).
+        source: edits only, the picture that was edited, placed on the result's canvas (for
+            the before / after view).
     """
 
     mode: str
@@ -47,6 +89,10 @@ class RunResult:
     confidences: tuple[tuple[ConfidenceTile, ...], ...]
     seed: int
     seconds: float
+    classes: tuple[str, ...] = ()
+    run_id: str = field(default_factory=new_run_id)
+    size: int = 0
+    source: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +112,13 @@ class RunUpdate:
     result: RunResult | None = None
 
 
+def _class_name(pipeline: Pipeline, class_id: int | None) -> str:
+    """The name of a class id ("" for none or the null class)."""
+    if class_id is None or not 0 <= class_id < pipeline.num_classes:
+        return ""
+    return str(pipeline.class_names[class_id])
+
+
 @dataclass(frozen=True)
 class _ScalePreview:
     scale: int
@@ -80,7 +133,7 @@ def _preview_from_state(pipeline: Pipeline, state: ScaleState) -> _ScalePreview:
 
 def run_generate(
     pipeline: Pipeline, class_id: int | None, params: SamplingParams,
-    stop: StopSignal | None = None,
+    stop: StopSignal | None = None, timing: Timing | None = None,
 ) -> Iterator[RunUpdate]:
     """Generate ``params.variants`` images of one class, previewing every scale.
 
@@ -89,6 +142,7 @@ def run_generate(
         class_id: the class, or ``None`` for a random class per image.
         params: validated sampling controls.
         stop: the user's Stop flag (the run ends at the next scale once it is set).
+        timing: measured costs, for the expected time in the first status line.
 
     Yields:
         One :class:`RunUpdate` per scale, then one with the :class:`RunResult`.
@@ -107,7 +161,8 @@ def run_generate(
             on_scale=on_scale,
         )
 
-    yield RunUpdate(0.0, f"Starting: {params.variants} image(s), seed {params.seed}…")
+    estimate = work_estimate(pipeline.patch_nums, params.steps, 1, params.variants, timing)
+    yield RunUpdate(0.0, f"Starting: {estimate} · seed {params.seed}…")
     for event in stream_work(work, stop):
         if isinstance(event, Finished):
             output = event.value
@@ -116,9 +171,10 @@ def run_generate(
             confidences = tuple((ConfidenceTile(c.float().cpu().numpy(), 0, 0, side),)
                                 for c in output.confidence)
             seconds = time.perf_counter() - started
-            names = ", ".join(sorted({pipeline.class_names[int(i)] for i in output.labels
-                                      if int(i) < pipeline.num_classes}))
-            result = RunResult("generate", images, confidences, output.seed, seconds)
+            classes = tuple(_class_name(pipeline, int(i)) for i in output.labels)
+            names = ", ".join(sorted(set(classes)))
+            result = RunResult("generate", images, confidences, output.seed, seconds, classes,
+                               size=side)
             yield RunUpdate(1.0, f"Done in {seconds:.1f} s · seed {output.seed} · {names}",
                             preview_strip(images), result)
         else:
@@ -156,6 +212,7 @@ def run_edit(
     extents: dict[str, int] | None = None,
     session: EditSession | None = None,
     stop: StopSignal | None = None,
+    timing: Timing | None = None,
 ) -> Iterator[RunUpdate]:
     """Inpaint, outpaint or class-edit one picture, previewing every scale of every window.
 
@@ -168,6 +225,7 @@ def run_edit(
         extents: outpaint only, pixels per side ``{"left", "right", "top", "bottom"}``.
         session: the user's :class:`EditSession` (re-edits resume unchanged coarse scales).
         stop: the user's Stop flag (the run ends at the next scale once it is set).
+        timing: measured costs, for the expected time (from the number of model windows).
 
     Yields:
         One :class:`RunUpdate` per scale (and window), then one with the :class:`RunResult`.
@@ -192,16 +250,26 @@ def run_edit(
                             on_preview=on_preview)
         return pipeline.edit(image, mask, options, session=session, on_preview=on_preview)
 
-    yield RunUpdate(0.0, f"Starting {mode}: {options.num_variants} variant(s)…")
+    windows = 1
+    if mode == "outpaint":
+        sides = extents or {}
+        windows = max(1, len(plan_outpaint_windows(image.height, image.width, **{
+            side: int(sides.get(side, 0)) for side in ("left", "right", "top", "bottom")})))
+    estimate = work_estimate(pipeline.patch_nums, options.steps or 0, windows,
+                             options.num_variants, timing)
+    yield RunUpdate(0.0, f"Starting {mode}: {estimate}…")
     for event in stream_work(work, stop):
         if isinstance(event, Finished):
             result = event.value
             seconds = time.perf_counter() - started
             seed = result.seed if result.seed is not None else 0
-            images = tuple(im.convert("RGB") for im in result.images)
+            images = tuple(result.images)  # in the upload's mode (alpha / greyscale kept)
             cached = (f" · reused {result.resumed_from + 1} cached scale(s)"
                       if result.resumed_from >= 0 else "")
-            run = RunResult(mode, images, _edit_tiles(result, finals), seed, seconds)
+            classes = (_class_name(pipeline, options.class_id),) * len(images)
+            run = RunResult(mode, images, _edit_tiles(result, finals), seed, seconds, classes,
+                            size=pipeline.image_size,
+                            source=_on_canvas(image, images[0].size, extents))
             yield RunUpdate(1.0, f"Done in {seconds:.1f} s · seed {seed}{cached}",
                             preview_strip(images), run)
         else:
@@ -213,6 +281,17 @@ def run_edit(
             yield RunUpdate(step / (num_scales * preview.num_windows),
                             f"Scale {preview.scale + 1}/{num_scales}{where}{cached}",
                             preview_strip(preview.images))
+
+
+def _on_canvas(image: Image.Image, size: tuple[int, int], extents: dict[str, int] | None
+               ) -> Image.Image:
+    """The source picture on a canvas of the result's size (grey where outpainting added)."""
+    if image.size == size:
+        return image
+    canvas = Image.new("RGB", size, (128, 128, 128))
+    sides = extents or {}
+    canvas.paste(image.convert("RGB"), (int(sides.get("left", 0)), int(sides.get("top", 0))))
+    return canvas
 
 
 def calibrate(pipeline: Pipeline, repeats: int = 1) -> Timing:

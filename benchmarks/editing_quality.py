@@ -19,6 +19,12 @@ Metrics (one JSON report):
   divided by the mean over the rest of the image; reported for the edits and for the originals
   with the same masks (``seam_excess`` = edited / original: 1.0 means the boundary is as smooth
   as natural content, above 1 a visible seam).
+* **outpaint seam score** (``--modes outpaint``): each image is outpainted by 100 % on all four
+  sides (the app's 100 %-all-sides case: a 3× canvas, ~22 model windows at the model's own
+  resolution). The seams are the borders between the original and each window's regenerated
+  area (``window_masks``); the score is the gradient on a 2-pixel band around them over the
+  gradient elsewhere, for the outpainted image and for the held-out image itself (resized to
+  the canvas) with the same seams: ``outpaint_seam_excess`` = their ratio.
 * **class-edit success** = fraction of whole-image class edits (random target ≠ source label,
   default strength) that the classifier assigns to the target class; with several
   ``--class-strength`` values, one row per strength in ``class_edit_by_strength`` (the same
@@ -44,10 +50,12 @@ import torch
 from PIL import Image
 
 from hmar_core import EditOptions, Pipeline
-from hmar_core.editing import default_class_strength
+from hmar_core.editing import default_class_strength, outpaint
+from hmar_core.editing.outpaint import window_masks
 from hmar_core.images import to_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
+
 logger = logging.getLogger("editing_quality")
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -79,6 +87,52 @@ def seam_ratio(rgb: np.ndarray, mask: np.ndarray, band: int = 2) -> float:
     if not ring.any() or ring.all():
         return float("nan")
     return float(magnitude[ring].mean() / max(float(magnitude[~ring].mean()), 1e-6))
+
+
+def label_seam_ratio(rgb: np.ndarray, labels: np.ndarray, band: int = 2) -> float:
+    """Mean gradient magnitude on the borders between regions of ``labels`` / elsewhere."""
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    magnitude = np.hypot(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
+    edges = np.zeros(labels.shape, np.uint8)
+    edges[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edges[1:, :] |= labels[1:, :] != labels[:-1, :]
+    ring = cv2.dilate(edges, np.ones((2 * band, 2 * band), np.uint8)) > 0
+    if not ring.any() or ring.all():
+        return float("nan")
+    return float(magnitude[ring].mean() / max(float(magnitude[~ring].mean()), 1e-6))
+
+
+def outpaint_seams(pipe: Pipeline, images: Sequence[np.ndarray], args: argparse.Namespace
+                   ) -> dict:
+    """The outpaint seam score (module docstring) and its time per image."""
+    seams, seams_original, seconds, windows = [], [], [], []
+    for index, rgb in enumerate(images):
+        h, w = rgb.shape[:2]
+        start = time.perf_counter()
+        result = outpaint(pipe, rgb, left=w, right=w, top=h, bottom=h,
+                          options=EditOptions(seed=args.seed + index, steps=args.steps,
+                                              feather=args.feather),
+                          overlap=args.overlap)
+        seconds.append(time.perf_counter() - start)
+        canvas = np.asarray(result.images[0].convert("RGB"))
+        known = np.zeros(canvas.shape[:2], bool)
+        known[h:2 * h, w:2 * w] = True
+        labels = np.zeros(known.shape, np.int32)
+        for number, mask in enumerate(window_masks(known, list(result.windows), args.overlap)):
+            labels[mask] = number + 1
+        reference = cv2.resize(rgb, canvas.shape[1::-1], interpolation=cv2.INTER_CUBIC)
+        seams.append(label_seam_ratio(canvas, labels))
+        seams_original.append(label_seam_ratio(reference, labels))
+        windows.append(len(result.windows))
+        logger.info("outpaint %d/%d: %d windows, seam %.3f (original %.3f), %.1f s",
+                    index + 1, len(images), windows[-1], seams[-1], seams_original[-1],
+                    seconds[-1])
+    seam, original = float(np.nanmean(seams)), float(np.nanmean(seams_original))
+    return {"outpaint_images": len(seams), "outpaint_overlap": args.overlap,
+            "outpaint_windows_mean": statistics.fmean(windows),
+            "outpaint_seam_score": seam, "outpaint_seam_score_original": original,
+            "outpaint_seam_excess": seam / original,
+            "seconds_per_outpaint_mean": statistics.fmean(seconds)}
 
 
 def load_classifier(spec: str, device: torch.device) -> Classifier:
@@ -128,6 +182,70 @@ def load_images(source: str | None, pipe: Pipeline, num: int, seed: int
             [names.get(files[i].parent.name) for i in order])
 
 
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    if args.model:
+        from hmar_core.cli import load_pipeline
+
+        pipe = load_pipeline(args.model, device=args.device)
+    else:
+        logger.warning("no --model: a tiny random pipeline (numbers are meaningless)")
+        pipe = Pipeline.random().to(device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    images, labels = load_images(args.images, pipe, args.num, args.seed)
+    if len(images) < args.num:
+        logger.warning("only %d images available (asked for %d)", len(images), args.num)
+    report: dict = {"model": args.model or "random-tiny", "images": len(images),
+                    "device": str(device), "steps": args.steps, "feather": args.feather}
+    if "outpaint" in args.modes:
+        report.update(outpaint_seams(pipe, images, args))
+    if "inpaint" in args.modes:
+        report.update(inpaint_seams(pipe, images, args))
+    if args.classifier:
+        report.update(class_edits_by_strength(pipe, images, labels, args, device))
+    else:
+        logger.info("no --classifier: class-edit success skipped")
+    return report
+
+
+def class_edits_by_strength(pipe: Pipeline, images: Sequence[np.ndarray],
+                            labels: Sequence[int | None], args: argparse.Namespace,
+                            device: torch.device) -> dict:
+    """Class edits at every ``--class-strength`` (default: the editor's default strength);
+    the default strength's row is also reported on its own."""
+    classifier = load_classifier(args.classifier, device)
+    default = default_class_strength(len(pipe.patch_nums))
+    strengths = args.class_strength or [default]
+    by_strength = {strength: class_edits(pipe, classifier, list(images), list(labels), strength,
+                                         args.seed, args.steps, device)
+                   for strength in strengths}
+    first = by_strength[default if default in by_strength else strengths[0]]
+    return {"class_edit_success": first["success"], "class_edits": first["edits"],
+            "class_edit_strength": first["strength"],
+            "seconds_per_class_edit_mean": first["seconds_mean"],
+            "class_edit_by_strength": list(by_strength.values())}
+
+
+def inpaint_seams(pipe: Pipeline, images: Sequence[np.ndarray], args: argparse.Namespace
+                  ) -> dict:
+    """The inpaint seam score (random masks) and the time per edit."""
+    rng = np.random.default_rng(args.seed)
+    seams, seams_original, seconds = [], [], []
+    for index, rgb in enumerate(images):
+        mask = random_mask(rng, *rgb.shape[:2])
+        start = time.perf_counter()
+        edited = pipe.inpaint(rgb, mask, seed=args.seed + index, steps=args.steps,
+                              feather=args.feather)
+        seconds.append(time.perf_counter() - start)
+        seams.append(seam_ratio(np.asarray(edited), mask))
+        seams_original.append(seam_ratio(rgb, mask))
+    seam, original = float(np.nanmean(seams)), float(np.nanmean(seams_original))
+    return {"seam_score": seam, "seam_score_original": original, "seam_excess": seam / original,
+            "seconds_per_edit_mean": statistics.fmean(seconds),
+            "seconds_per_edit_median": statistics.median(seconds)}
+
+
 def class_edits(pipe: Pipeline, classifier: Classifier, images: list[np.ndarray],
                 labels: list[int | None], strength: int, seed: int, steps: int | None,
                 device: torch.device) -> dict:
@@ -148,54 +266,6 @@ def class_edits(pipe: Pipeline, classifier: Classifier, images: list[np.ndarray]
             "seconds_mean": statistics.fmean(seconds) if seconds else float("nan")}
 
 
-def run(args: argparse.Namespace) -> dict:
-    device = torch.device(args.device)
-    if args.model:
-        from hmar_core.cli import load_pipeline
-
-        pipe = load_pipeline(args.model, device=args.device)
-    else:
-        logger.warning("no --model: a tiny random pipeline (numbers are meaningless)")
-        pipe = Pipeline.random().to(device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    images, labels = load_images(args.images, pipe, args.num, args.seed)
-    if len(images) < args.num:
-        logger.warning("only %d images available (asked for %d)", len(images), args.num)
-    rng = np.random.default_rng(args.seed)
-    seams, seams_original, seconds = [], [], []
-    for index, rgb in enumerate(images):
-        mask = random_mask(rng, *rgb.shape[:2])
-        start = time.perf_counter()
-        edited = pipe.inpaint(rgb, mask, seed=args.seed + index, steps=args.steps,
-                              feather=args.feather)
-        seconds.append(time.perf_counter() - start)
-        seams.append(seam_ratio(np.asarray(edited), mask))
-        seams_original.append(seam_ratio(rgb, mask))
-    report: dict = {"model": args.model or "random-tiny", "images": len(images),
-                    "device": str(device), "steps": args.steps, "feather": args.feather}
-    seam, original = float(np.nanmean(seams)), float(np.nanmean(seams_original))
-    report.update(seam_score=seam, seam_score_original=original, seam_excess=seam / original,
-                  seconds_per_edit_mean=statistics.fmean(seconds),
-                  seconds_per_edit_median=statistics.median(seconds))
-    if args.classifier:
-        classifier = load_classifier(args.classifier, device)
-        default = default_class_strength(len(pipe.patch_nums))
-        strengths = args.class_strength or [default]
-        by_strength = {}
-        for strength in strengths:
-            by_strength[strength] = class_edits(pipe, classifier, images, labels, strength,
-                                                args.seed, args.steps, device)
-        first = by_strength[default if default in by_strength else strengths[0]]
-        report.update(class_edit_success=first["success"], class_edits=first["edits"],
-                      class_edit_strength=first["strength"],
-                      seconds_per_class_edit_mean=first["seconds_mean"],
-                      class_edit_by_strength=list(by_strength.values()))
-    else:
-        logger.info("no --classifier: class-edit success skipped")
-    return report
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -208,6 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--feather", type=int, default=8)
     parser.add_argument("--class-strength", type=int, nargs="+", default=None,
                         help="strength(s) of the class edits (default: the editor's default)")
+    parser.add_argument("--modes", nargs="+", choices=("inpaint", "outpaint"),
+                        default=["inpaint", "outpaint"], help="seam scores to measure")
+    parser.add_argument("--overlap", type=int, default=None,
+                        help="outpaint overlap band in pixels (default: 1/8 window; 0: none)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", help="write the JSON report here")

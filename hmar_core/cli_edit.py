@@ -107,6 +107,8 @@ def _save(result: EditResult, args: argparse.Namespace) -> int:
     paths = variant_paths(args.out, len(result.images))
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     for image, path in zip(result.images, paths):
+        if image.mode in ("RGBA", "LA") and path.suffix.lower() in (".jpg", ".jpeg"):
+            image = image.convert("RGB")  # results keep the input's alpha; JPEG has none
         image.save(path)
     if args.confidence and result.confidence is not None:
         Path(args.confidence).parent.mkdir(parents=True, exist_ok=True)

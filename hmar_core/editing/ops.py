@@ -28,6 +28,7 @@ from .. import images as im
 from ..sampler import ScaleState
 from ..schedules import Schedule
 from .masks import composite, feather_weights
+from .modes import like_input
 from .session import EditSession, SpecRun, run_spec
 from .spec import DEFAULT_EDIT_STEPS, EditOptions, EditSpec, edit_schedule
 
@@ -273,7 +274,7 @@ def edit(
                                                window)
     last = pipe.patch_nums[-1]
     return EditResult(
-        images=[im.to_pil(canvas) for canvas in canvases],
+        images=like_input([im.to_pil(canvas) for canvas in canvases], image),
         seed=job.seed,
         labels=job.labels.cpu(),
         confidence=run.output.confidence[-1].view(-1, last, last).cpu(),

@@ -7,7 +7,8 @@ installs it with ``.ci/install-browser.sh``.
 Environment knobs:
     HMAR_CHROMIUM: another chromium binary.
     HMAR_APP_CHECKPOINT: serve this model folder instead of the tiny random model.
-    HMAR_UPDATE_SCREENSHOT=1: also copy the screenshot to docs/screenshot.png (for the README).
+    HMAR_UPDATE_SCREENSHOT=1: also copy the screenshots to docs/ (docs/screenshot.png for the
+        README, docs/app-<mode>.png for the tour in docs/APP.md).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot.png"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+DOCS_SCREENSHOT = DOCS / "screenshot.png"
 TIMEOUT_MS = 60_000
 
 
@@ -100,6 +102,7 @@ def test_inpaint_in_a_real_browser(page, tmp_path: Path, artifacts_dir: Path):
     source = source_picture()
     upload = tmp_path / "source.png"
     Image.fromarray(source).save(upload)
+    page.get_by_role("tab", name="Edit", exact=True).click()
     editor = page.locator("#editor")
 
     # 1. upload through the editor's file chooser, then wait until the editor has resized its
@@ -116,6 +119,7 @@ def test_inpaint_in_a_real_browser(page, tmp_path: Path, artifacts_dir: Path):
 
     # 2. Inpaint mode, then one brush stroke through the middle of the picture
     page.get_by_role("tab", name="Inpaint").click()
+    canvas = editor.locator("canvas").first
     editor.get_by_label("Brush", exact=True).click()
     box = canvas.bounding_box()
     centre_x, centre_y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
@@ -187,7 +191,116 @@ def test_stop_button_ends_the_run(browser, launch_app):
     page.locator("#stop-button").click()
     expect(status).to_have_text("Stopped.")
     page.wait_for_timeout(2500)  # longer than the rest of the run would take
+    assert page.locator(".generating").count() == 0  # the "running" borders are gone
     assert page.locator("#results img").count() == 0
     late = [t for t in decode_calls if t > stopped_at + 1.5]
     assert not late, "the model kept working after Stop"
     assert len(decode_calls) < len(pipeline.patch_nums)  # a full run decodes once per scale
+
+
+def upload(page: object, path: Path) -> None:
+    """Choose ``path`` in the editor's file input (as its upload button or a drop does)."""
+    page.locator("#editor input[type=file]").first.set_input_files(str(path))
+
+
+def shoot(page: object, artifacts_dir: Path, name: str) -> None:
+    """A full-page screenshot in the artifacts (and in docs/ with HMAR_UPDATE_SCREENSHOT=1)."""
+    shot = artifacts_dir / f"app-{name}.png"
+    page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("HMAR_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(shot, DOCS / f"app-{name}.png")
+
+
+def set_number(page: object, label: str, value: str) -> None:
+    """Type into a slider's number box and leave it (as a person does)."""
+    box = page.get_by_label(f"number input for {label}")
+    box.fill(value)
+    box.press("Tab")
+
+
+def test_the_editor_as_a_person_uses_it(page, browser_pipe, tmp_path: Path,
+                                       artifacts_dir: Path):
+    """Issue #18 in one browser session: Stop when idle, "Edit this result" after the
+    variants changed, slips that leave the results usable, the largest seed, uploads over the
+    size and pixel limits; a screenshot of every mode."""
+    from playwright.sync_api import expect
+
+    status, results = page.locator("#status"), page.locator("#results")
+
+    # the class list filters by typing (the text replaces "Random class", not appended)
+    name = browser_pipe.class_names[3]
+    class_box = page.locator("#generate-class input")
+    class_box.click()
+    page.keyboard.type(f"{name} (3)")
+    page.keyboard.press("Enter")
+    expect(class_box).to_have_value(f"{name} (3)")
+
+    # Stop with nothing running: a no-op with a message, not "Stopped."
+    page.locator("#stop-button").click()
+    expect(status).to_contain_text("Nothing is running")
+
+    # "Edit this result" loads the highlighted picture, not a stale remembered one
+    # (each run adds its results to the history: its length says that a run has finished)
+    history = page.locator("#history .thumbnail-item")
+    set_number(page, "Variants", "4")
+    page.locator("#generate-button").click()
+    expect(history).to_have_count(4, timeout=TIMEOUT_MS)
+    expect(results.locator(".thumbnail-item")).to_have_count(4)
+    results.locator(".thumbnail-item").nth(3).click()
+    set_number(page, "Variants", "2")
+    page.locator("#generate-button").click()
+    expect(history).to_have_count(6, timeout=TIMEOUT_MS)
+    expect(results.locator(".thumbnail-item")).to_have_count(2)
+    page.wait_for_timeout(500)
+    shoot(page, artifacts_dir, "generate")
+    highlighted = results.locator(".thumbnail-item.selected")
+    expected = 1
+    if highlighted.count():
+        expected = 1 + results.locator(".thumbnail-item").evaluate_all(
+            "(items) => items.findIndex((item) => item.classList.contains('selected'))")
+    page.locator("#to-editor").click()
+    expect(status).to_contain_text(f"Editing result #{expected} ")
+    expect(page.get_by_role("tab", name="Edit", exact=True)).to_have_attribute(
+        "aria-selected", "true")
+
+    # a slip (nothing painted) is a status line; the results stay visible and usable
+    page.locator("#inpaint-button").click()
+    expect(status).to_contain_text("Not run: Paint over the area")
+    expect(results.locator("img").first).to_be_visible()
+    assert page.get_by_text("Error", exact=True).count() == 0  # no error overlay
+    expect(page.locator("#downloads")).to_contain_text(".png")
+
+    # the largest seed is typed and used exactly; "Whole picture" needs no painting
+    page.locator("#seed textarea, #seed input").first.fill("9223372036854775807")
+    page.get_by_role("button", name="Mask options").click()
+    page.get_by_label("Whole picture").check()
+    page.locator("#inpaint-button").click()
+    # the history keeps earlier results (4 + 2 generated, 2 inpainted), not replaced
+    expect(history).to_have_count(8, timeout=TIMEOUT_MS)
+    expect(status).to_contain_text("Done")
+    expect(status).to_contain_text("seed 9223372036854775807")
+    expect(page.locator("#compare img")).to_have_count(2)  # the before / after view
+    shoot(page, artifacts_dir, "inpaint")
+
+    # outpaint and class edit run from the same editor
+    page.get_by_role("tab", name="Outpaint").click()
+    page.locator("#outpaint-button").click()
+    expect(history).to_have_count(10, timeout=TIMEOUT_MS)
+    shoot(page, artifacts_dir, "outpaint")
+    page.get_by_role("tab", name="Class edit").click()
+    page.locator("#class-edit-button").click()
+    expect(history).to_have_count(12, timeout=TIMEOUT_MS)
+    shoot(page, artifacts_dir, "class-edit")
+
+    # uploads over the limits get the app's message at once, before any upload
+    alert = page.locator("#upload-alert")
+    big = tmp_path / "big.png"  # 21.9 MB stored (uncompressed) PNG: over "20mb"
+    Image.new("RGB", (2700, 2700), (200, 40, 40)).save(big, compress_level=0)
+    upload(page, big)
+    expect(alert).to_contain_text("too large to upload", timeout=10_000)
+    huge = tmp_path / "huge.png"  # 42 MP but tiny on disk
+    Image.new("RGB", (6500, 6500), (40, 40, 200)).save(huge)
+    upload(page, huge)
+    expect(alert).to_contain_text("6500×6500", timeout=10_000)
+    expect(alert).to_contain_text("40 megapixels")
+    shoot(page, artifacts_dir, "upload-refused")

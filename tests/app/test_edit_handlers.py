@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
 
 from app import InputError
 from app import handlers as h
+from app.components import RefusedPicture
 from app.params import SamplingParams, edit_options
 from app.runs import RunResult, run_edit
 from hmar_core.editing import EditOptions, EditSession
@@ -40,7 +40,7 @@ def controls(**overrides: object) -> h.EditControls:
 
 
 def final(outputs: list) -> tuple:
-    preview, gallery, files, status, state = outputs[-1]
+    preview, gallery, files, status, state, _ = outputs[-1]
     assert isinstance(state, RunResult) and status.startswith("Done")
     return gallery, files, state
 
@@ -55,32 +55,62 @@ def test_edit_options_map_the_controls():
     assert edit_options(PARAMS, class_id=None, strength=0, num_scales=4).fit == "whole"
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("strength", 4), ("strength", -1), ("grow", 1.5), ("feather", -2), ("padding", None)])
-def test_edit_options_reject_out_of_range(field, value):
+@pytest.mark.parametrize(("field", "value", "expected", "note"), [
+    ("strength", 4, 3, "Strength 4 → 3"), ("strength", -1, 0, "Strength -1 → 0"),
+    ("grow", 1.5, 2, "Grow mask 1.5 → 2"), ("feather", -2, 0, "Feather -2 → 0"),
+    ("padding", 9999, 256, "Crop padding 9999 → 256")])
+def test_edit_options_clamp_out_of_range_with_a_note(field, value, expected, note):
     kwargs = {"strength": 0, "grow": 1, "feather": 8, "padding": 8, field: value}
-    with pytest.raises(InputError):
-        edit_options(PARAMS, class_id=None, num_scales=4, **kwargs)
+    notes: list[str] = []
+    options = edit_options(PARAMS, class_id=None, num_scales=4, notes=notes, **kwargs)
+    assert getattr(options, field) == expected and notes == [note]
+    with pytest.raises(InputError, match="number"):
+        edit_options(PARAMS, class_id=None, num_scales=4, **{**kwargs, field: None})
 
 
 # ----------------------------------------------------------------------------- bad input
-def test_missing_picture_or_mask_are_friendly_errors(app_pipe):
-    with pytest.raises(gr.Error, match="Upload a picture"):
-        list(h.inpaint_events(app_pipe, None, editor(None), -1, 0, controls()))
-    with pytest.raises(gr.Error, match="Paint over the area"):
-        list(h.inpaint_events(app_pipe, None, editor(picture()), -1, 0, controls()))
-    with pytest.raises(gr.Error, match="Tick at least one direction"):
-        list(h.outpaint_events(app_pipe, editor(picture()), [], 25, -1, controls()))
-    with pytest.raises(gr.Error, match="Pick the target class"):
-        list(h.class_edit_events(app_pipe, None, editor(picture()), -1, 1, controls()))
-    with pytest.raises(gr.Error, match="Strength"):
-        list(h.class_edit_events(app_pipe, None, editor(picture()), 2, 9, controls()))
+def slip(outputs: list) -> str:
+    """The status of a run that did not start (one output, the others left as they were)."""
+    (*_, status, _, _), = outputs
+    assert status.startswith("**Not run:**")
+    return status
+
+
+def test_missing_picture_or_mask_are_status_lines(app_pipe):
+    assert "Upload a picture" in slip(list(
+        h.inpaint_events(app_pipe, None, editor(None), -1, 0, controls())))
+    assert "Paint over the area" in slip(list(
+        h.inpaint_events(app_pipe, None, editor(picture()), -1, 0, controls())))
+    assert "Tick at least one direction" in slip(list(
+        h.outpaint_events(app_pipe, editor(picture()), [], 25, -1, controls())))
+    assert "Pick the target class" in slip(list(
+        h.class_edit_events(app_pipe, None, editor(picture()), -1, 1, controls())))
+    assert "Paint over the area to keep" in slip(list(
+        h.inpaint_events(app_pipe, None, editor(picture()), -1, 0, controls(area="outside"))))
 
 
 def test_huge_picture_is_refused(app_pipe, monkeypatch):
     monkeypatch.setattr(h, "MAX_PIXELS", 100)
-    with pytest.raises(gr.Error, match="too large"):
-        list(h.outpaint_events(app_pipe, editor(picture()), ["Left"], 25, -1, controls()))
+    assert "too large" in slip(list(
+        h.outpaint_events(app_pipe, editor(picture()), ["Left"], 25, -1, controls())))
+    refused = RefusedPicture("The picture is too large: use one under 40 megapixels.")
+    assert "40 megapixels" in slip(list(
+        h.class_edit_events(app_pipe, None, refused, 2, 1, controls())))
+
+
+@pytest.mark.parametrize(("area", "inside"), [("outside", False), ("all", None)])
+def test_inverted_and_whole_picture_masks(app_pipe, area, inside):
+    source = picture()
+    box = (slice(6, 14), slice(10, 22))
+    outputs = list(h.inpaint_events(app_pipe, None, editor(source, box), -1, 0,
+                                    controls(area=area, grow=0, feather=0)))
+    _, _, state = final(outputs)
+    result = np.asarray(state.images[0].convert("RGB"))
+    if inside is False:  # the painted box is kept, the rest may change
+        assert np.array_equal(result[box], source[box])
+        assert (result != source).any()
+    else:
+        assert (result != source).any()
 
 
 # ------------------------------------------------------------------------------- results

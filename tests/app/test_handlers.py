@@ -19,6 +19,7 @@ from app.handlers import (
     generate_events,
     quality_label,
     randomize_seed,
+    stream_outputs,
     toggle_heatmap,
 )
 from app.imaging import (
@@ -101,16 +102,29 @@ def test_editor_value_background_and_mask():
     value = {"background": background, "layers": [rgba(8, 8, (slice(1, 3), slice(1, 3)))],
              "composite": background}
     image, mask = editor_value(value)
-    assert image.size == (8, 8) and image.mode == "RGBA"
+    assert image.size == (8, 8) and image.mode == "L"  # opaque and grey: greyscale
     assert mask.sum() == 4
     assert mask_image(mask).getextrema() == (0, 255)
+
+
+def test_editor_value_keeps_the_upload_s_mode():
+    colour = np.zeros((4, 4, 4), np.uint8)
+    colour[..., 0], colour[..., 3] = 200, 255
+    assert background_image({"background": colour}).mode == "RGB"  # opaque: RGB
+    colour[0, 0, 3] = 0
+    assert background_image({"background": colour}).mode == "RGBA"  # transparency kept
+    grey = np.full((4, 4, 4), 90, np.uint8)
+    grey[..., 3] = 255
+    assert background_image({"background": grey}).mode == "L"
+    grey[0, 0, 3] = 10
+    assert background_image({"background": grey}).mode == "LA"
 
 
 def test_editor_value_without_paint_or_image():
     background = np.full((8, 8, 3), 128, np.uint8)
     image, mask = editor_value({"background": background, "layers": [rgba(8, 8)],
                                 "composite": None})
-    assert image.mode == "RGB" and mask is None
+    assert image.mode == "L" and mask is None  # a grey picture
     assert editor_value(None) == (None, None)
     assert editor_value({"background": None, "layers": [], "composite": None}) == (None, None)
     transparent = rgba(8, 8)
@@ -136,24 +150,52 @@ def test_expected_time_label():
     assert f"{len(PYRAMID_256) + extra} network passes" in label
 
 
+def test_work_estimate_counts_windows_and_warns_before_long_jobs():
+    from app.params import LONG_JOB_SECONDS, work_estimate
+
+    timing = Timing(base_seconds=1.0, seconds_per_pass=0.0)
+    assert work_estimate(PYRAMID_256, 0, 1, 2, timing) == "2 image(s), expected ≈ 2 s"
+    long = work_estimate(PYRAMID_256, 0, 22, 2, timing)  # a 100 %-all-sides outpaint
+    assert long.startswith("22 model windows × 2 variant(s), expected ≈ 44 s")
+    assert 44 > LONG_JOB_SECONDS and long.endswith("a long job (Stop ends it)")
+    assert work_estimate(PYRAMID_256, 0, 3, 1, None) == "3 model windows × 1 variant(s)"
+
+
 def test_sampling_params_maps_and_clamps():
-    params = sampling_params(99, 2.5, 900.0, 0.95, 7.0, 3.0, max_steps=4)
+    notes: list[str] = []
+    params = sampling_params(99, 2.5, 900.0, 0.95, 7.0, 3.0, max_steps=4, notes=notes)
     assert params == SamplingParams(steps=4, cfg=2.5, top_k=900, top_p=0.95, seed=7, variants=3)
     assert isinstance(params.top_k, int) and isinstance(params.seed, int)
+    assert notes == ["Quality 99 → 4"]
+
+
+@pytest.mark.parametrize(("kwargs", "note", "field", "value"), [
+    ({"cfg": -1}, "CFG -1 → 0", "cfg", 0.0),
+    ({"cfg": 50}, "CFG 50 → 10", "cfg", 10.0),
+    ({"top_k": 99999}, "Top-k 99999 → 4096", "top_k", 4096),
+    ({"top_k": 2.5}, "Top-k 2.5 → 2", "top_k", 2),
+    ({"top_p": 5}, "Top-p 5 → 1", "top_p", 1.0),
+    ({"variants": 0}, "Variants 0 → 1", "variants", 1),
+    ({"variants": 100}, "Variants 100 → 8", "variants", 8),
+    ({"seed": -3}, "Seed -3 → 0", "seed", 0),
+    ({"seed": 2**70}, f"Seed {2**70} → {2**63 - 1}", "seed", 2**63 - 1),
+])
+def test_out_of_range_values_are_clamped_with_a_note(kwargs, note, field, value):
+    values = {"steps": 1, "cfg": 1.0, "top_k": 10, "top_p": 0.9, "seed": 1, "variants": 1}
+    values.update(kwargs)
+    notes: list[str] = []
+    params = sampling_params(**values, max_steps=3, notes=notes)
+    assert getattr(params, field) == value and notes == [note]
 
 
 @pytest.mark.parametrize(("kwargs", "words"), [
-    ({"cfg": -1}, "CFG"),
-    ({"top_k": 2.5}, "Top-k"),
-    ({"top_p": 1.5}, "Top-p"),
-    ({"variants": 0}, "Variants"),
-    ({"variants": 99}, "Variants"),
-    ({"seed": -3}, "seed"),
     ({"seed": 1.5}, "seed"),
     ({"seed": "abc"}, "seed"),
     ({"steps": float("nan")}, "Quality"),
+    ({"cfg": "x"}, "CFG"),
+    ({"variants": None}, "Variants"),
 ])
-def test_sampling_params_rejects_bad_values(kwargs, words):
+def test_values_that_are_not_numbers_are_refused(kwargs, words):
     values = {"steps": 1, "cfg": 1.0, "top_k": 10, "top_p": 0.9, "seed": 1, "variants": 1}
     values.update(kwargs)
     with pytest.raises(InputError, match=words):
@@ -162,9 +204,10 @@ def test_sampling_params_rejects_bad_values(kwargs, words):
 
 def test_seed_parsing_and_randomise():
     assert parse_seed(12) == 12 and parse_seed("34") == 34 and parse_seed(5.0) == 5
+    assert parse_seed("9223372036854775807") == 2**63 - 1  # exact: never through a float
     for empty in (None, "", "  "):
         assert 0 <= parse_seed(empty) <= MAX_SEED
-    seeds = {randomize_seed() for _ in range(20)}
+    seeds = {int(randomize_seed()) for _ in range(20)}
     assert len(seeds) > 1 and all(0 <= s <= MAX_SEED for s in seeds)
 
 
@@ -194,8 +237,11 @@ def test_outpaint_extents():
         outpaint_extents([], 25, (10, 10))
     with pytest.raises(InputError, match="Unknown"):
         outpaint_extents(["Up"], 25, (10, 10))
-    with pytest.raises(InputError, match="extent"):
-        outpaint_extents(["Left"], 0, (10, 10))
+    notes: list[str] = []
+    assert outpaint_extents(["Left"], 0, (100, 10), notes)["left"] == 5  # clamped to 5 %
+    assert notes == ["Extent 0 → 5"]
+    with pytest.raises(InputError, match="Extent"):
+        outpaint_extents(["Left"], "wide", (10, 10))
 
 
 def test_quality_label_handler(app_pipe):
@@ -336,7 +382,9 @@ def test_generate_handler_streams_then_fills_the_gallery(app_pipe):
         outputs.append(output)
         written += pngs_on_disk(output[:3])  # on disk while Gradio copies them
     assert len(outputs) >= len(app_pipe.patch_nums)
-    preview, gallery, files, status, state = outputs[-1]
+    preview, gallery, files, status, state, selected = outputs[-1]
+    assert selected is None  # new results: nothing selected (the gallery is re-synced)
+    assert len({Path(f).name for f in files}) == 2  # unique download names
     assert len(gallery) == 2 and len(files) == 2 and all(f.endswith(".png") for f in files)
     assert isinstance(state, RunResult) and "seed 11" in status
     # images go to Gradio as PNG paths (never PIL: Gradio rewrites those in place), with the
@@ -375,12 +423,28 @@ def test_output_folder_writes_new_files_and_cleans_up():
     assert not root.exists()
 
 
-def test_generate_handler_bad_input_is_a_friendly_error(app_pipe):
-    with pytest.raises(gr.Error) as info:
-        list(generate_events(app_pipe, 99, 1, 1.5, 0, 0.0, 1, 1, False))
-    assert "Unknown class 99" in str(info.value.message)
-    with pytest.raises(gr.Error, match="seed"):
-        list(generate_events(app_pipe, 1, 1, 1.5, 0, 0.0, -5, 1, False))
+def test_generate_slip_is_a_status_line_and_one_log_line(app_pipe, caplog):
+    """A user slip leaves every output as it was (gr.skip) and never raises: gr.Error would
+    cover the preview, results and downloads with an overlay. The log gets one line."""
+    with caplog.at_level("INFO", logger="app.handlers"):
+        outputs = list(generate_events(app_pipe, 99, 1, 1.5, 0, 0.0, 1, 1, False))
+    (preview, gallery, files, status, state, selected), = outputs
+    assert "Unknown class 99" in status and status.startswith("**Not run:**")
+    assert all(isinstance(value, type(gr.skip())) for value in
+               (preview, gallery, files, state, selected))
+    assert [r.exc_info for r in caplog.records] == [None]
+    assert "seed" in list(generate_events(app_pipe, 1, 1, 1.5, 0, 0.0, "x", 1, False))[0][3]
+
+
+def test_unexpected_failures_are_a_status_line_with_the_traceback_in_the_log(caplog):
+    def broken():
+        yield from ()
+        raise KeyError("internal")
+
+    with caplog.at_level("INFO", logger="app.handlers"):
+        (*_, status, _, _), = list(stream_outputs(broken(), heatmap=False))
+    assert status.startswith("**Failed:**") and "KeyError" in status
+    assert caplog.records[-1].exc_info is not None
 
 
 def test_heatmap_toggle_and_edit_result():
@@ -396,24 +460,30 @@ def test_heatmap_toggle_and_edit_result():
     assert list(toggle) == [] and not Path(path).exists()  # deleted once Gradio copied it
     assert gallery_items(None, True) == [] and list(toggle_heatmap(None, True)) == [[]]
     editor = edit_result(result, 0)
-    value = next(editor)
+    value, status, tab = next(editor)
+    assert status.startswith("Editing result #1")
     assert value["background"] == value["composite"] and value["layers"] == []
     with Image.open(value["background"]) as picture:
         assert picture.mode == "RGBA" and np.array_equal(
             np.asarray(picture.convert("RGB")), np.asarray(image))
     editor.close()
     assert not Path(value["background"]).exists()
-    with pytest.raises(gr.Error):
-        next(edit_result(None, 0))
+    editor_value_, status, tab = next(edit_result(None, 0))  # no result: a status line only
+    assert "Nothing to edit yet" in status and isinstance(editor_value_, type(gr.skip()))
 
 
 # ------------------------------------------------------------------------------------- stop
 def test_stop_signal_is_fresh_per_user_and_ends_a_run(app_pipe):
     import copy
 
-    from app.handlers import request_stop, stream_outputs
+    from app.handlers import request_stop
+    from app.runs import UserRun
     from app.streaming import StopSignal
 
+    idle = UserRun()
+    assert request_stop(idle).startswith("Nothing is running") and not idle.is_set()
+    idle.begin()
+    assert request_stop(idle) == "Stopped." and idle.is_set()
     stop = StopSignal()
     assert request_stop(stop) == "Stopped."
     assert stop.is_set() and not copy.deepcopy(stop).is_set()  # gr.State copies per user
@@ -424,3 +494,24 @@ def test_stop_signal_is_fresh_per_user_and_ends_a_run(app_pipe):
     # a new run forgets an old stop request
     finished = list(generate_events(app_pipe, 1, 0, 1.5, 0, 0.0, 1, 1, False, stop=stop))
     assert isinstance(finished[-1][4], RunResult) and not stop.is_set()
+
+
+def test_after_run_keeps_earlier_results_and_shows_before_after():
+    from app.handlers import HISTORY_SIZE, after_run
+
+    image = Image.new("RGB", (4, 4), (10, 200, 30))
+    first = RunResult("generate", (image, image), ((), ()), 1, 0.1)
+    edit = RunResult("inpaint", (image,), ((),), 2, 0.1, source=Image.new("RGB", (4, 4)))
+    step = after_run(first, None, [])
+    selection, compare, shown, history = next(step)
+    assert compare is None and len(shown) == len(history) == 2  # generate: no before / after
+    step.close()
+    _, compare, shown, history = next(after_run(edit, 0, history))
+    assert len(history) == 3 and history[0][0] == edit.run_id  # newest first, earlier kept
+    assert len(compare) == 2 and all(Path(path).name.endswith(".png") for path in compare)
+    _, _, _, again = next(after_run(edit, 0, history))  # after a slip: the same result
+    assert again == history  # not added twice
+    many = history
+    for _ in range(HISTORY_SIZE):
+        many = next(after_run(RunResult("generate", (image,), ((),), 3, 0.1), None, many))[3]
+    assert len(many) == HISTORY_SIZE
