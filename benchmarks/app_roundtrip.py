@@ -27,8 +27,8 @@ from hmar_core import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 #: ``/inpaint`` after the editor value: class (none), strength, quality, cfg, top-k, top-p,
-#: seed, variants, heatmap, grow, feather, only-masked, padding (the README's example).
-INPAINT_ARGS = (-1, 0, 2, 1.5, 900, 0.96, 42, 1, False, 1, 8, False, 32)
+#: seed, variants, heatmap, area, grow, feather, only-masked, padding (docs/APP.md's example).
+INPAINT_ARGS = (-1, 0, 2, 1.5, 900, 0.96, "42", 1, False, "Painted area", 1, 8, False, 32)
 
 
 def _free_port() -> int:
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> dict:
                 client.predict(editor, *INPAINT_ARGS, api_name="/inpaint")
                 served.append((time.perf_counter() - tick) * 1000)
                 tick = time.perf_counter()
-                pipe.inpaint(image, mask, seed=42, steps=INPAINT_ARGS[2])
+                pipe.inpaint(image, mask, seed=int(INPAINT_ARGS[6]), steps=INPAINT_ARGS[2])
                 direct.append((time.perf_counter() - tick) * 1000)
     finally:
         demo.close()

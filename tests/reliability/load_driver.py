@@ -51,7 +51,7 @@ def user_round(client: Client, user: int, inputs: Path, deadline: float,
                 editor = {"background": handle_file(picture), "layers": [handle_file(layer)],
                           "composite": None}
                 job = client.submit(editor, -1, 0, rng.randint(0, 1), 1.5, 0, 0.0,
-                                    rng.randrange(2**31), 1, False, 1, 4,
+                                    rng.randrange(2**31), 1, False, "Painted area", 1, 4,
                                     rng.random() < 0.5, 8, api_name="/inpaint")
             output = job.result(timeout=max(deadline - time.monotonic(), 0.0) + GRACE)
             status = str(output[3])

@@ -41,6 +41,8 @@ def run(events) -> tuple[list, RunResult | None]:
 
 
 def expect_result_or_clear_error(target: str, call) -> RunResult | None:
+    """A result, or a status line that says what to fix (slips and refusals are status lines:
+    ``**Not run:** ...``; an error that reaches the user as ``gr.Error`` must say it too)."""
     try:
         outputs, result = run(call())
     except gr.Error as err:
@@ -49,6 +51,11 @@ def expect_result_or_clear_error(target: str, call) -> RunResult | None:
         count_case(target, "gr.Error")
         return None
     assert outputs, f"{target}: the handler yielded nothing"
+    status = str(outputs[-1][3])
+    assert GENERIC not in status and "**Failed:**" not in status, f"{target}: {status}"
+    if result is None and "**Not run:**" in status:
+        count_case(target, "status: not run")
+        return None
     count_case(target, "ok" if result is not None else "no result (stopped/unchanged)")
     return result
 
@@ -217,8 +224,8 @@ def test_oversized_pictures_get_a_clear_message(tiny_pipe, session):
     layer = np.broadcast_to(np.full((4,), 255, np.uint8), (7000, 6000, 4))
     editor = {"background": huge, "layers": [layer], "composite": None}
     c = handlers.EditControls(1, 1.5, 0, 0.0, 1, 1)
-    with pytest.raises(gr.Error, match="too large"):
-        run(handlers.inpaint_events(tiny_pipe, session, editor, -1, 0, c))
+    outputs, result = run(handlers.inpaint_events(tiny_pipe, session, editor, -1, 0, c))
+    assert result is None and "too large" in str(outputs[-1][3])
 
 
 @pytest.mark.parametrize("seed", [2**53 + 1, 2**63 - 1, str(2**63 - 1), f" {2**53 + 1} "])

@@ -197,7 +197,8 @@ def _check_images(result, size: tuple[int, int], variants: int) -> None:
     images_out = result if isinstance(result, list) else [result]
     assert len(images_out) == variants
     for image in images_out:
-        assert isinstance(image, Image.Image) and image.mode == "RGB"
+        # results keep the input's mode (RGB, greyscale, with or without alpha)
+        assert isinstance(image, Image.Image) and image.mode in ("RGB", "RGBA", "L", "LA")
         assert (image.height, image.width) == size
 
 

@@ -38,7 +38,7 @@ from app.imaging import (
 from app.limits import MAX_UPLOAD_FILES
 from hmar_core import Pipeline
 
-INPAINT_CONTROLS = (-1, 0, 1, 1.5, 0, 0.0, 1, 1, False, 1, 8, False, 32)
+INPAINT_CONTROLS = (-1, 0, 1, 1.5, 0, 0.0, 1, 1, False, "Painted area", 1, 8, False, 32)
 
 
 def free_port() -> int:

@@ -222,7 +222,8 @@ def test_excess_requests_get_a_clean_queue_full_answer(serve):
         pipeline.entered.wait()  # the run holds the model, at the gate
         # quick model events for the queue: Outpaint without a picture (refused at once when
         # its turn comes, so the test does not wait for 16 full runs)
-        empty = (None, ["Right"], 25, -1, 1, 1.5, 0, 0.0, 7, 1, False, 1, 8, False, 32)
+        empty = (None, ["Right"], 25, -1, 1, 1.5, 0, 0.0, 7, 1, False, "Painted area", 1, 8, False,
+                 32)
         extra = 5
         waiting = [clients[1 + i % 3].submit(*empty, api_name="/outpaint")
                    for i in range(app.QUEUE_SIZE + extra)]
