@@ -56,8 +56,17 @@ def _run(fn, inputs, grad_out):
     return [out.detach(), *grads]
 
 
+#: How far from float64 our kernel may be, in multiples of PyTorch's own error at the same
+#: precision. float32 gets more room: PyTorch's float32 products on the CPU (oneDNN, FMA,
+#: blocked reductions) are far more exact than the Triton interpreter's tile-by-tile numpy
+#: products, and the gap depends on the machine (measured up to 7.6x on the 2-core CI machine,
+#: 2026-12; a wrong kernel is off by orders of magnitude, not by a few roundings).
+ERROR_FACTOR = {torch.float32: 10.0}
+
+
 def _check_against_reference(fn, mask: ScaleMask, inputs, grad_out, scale: float) -> None:
-    """fn's output and grads vs float64, within 2x the same-precision PyTorch error."""
+    """fn's output and grads vs float64, within a few times the same-precision PyTorch error
+    (:data:`ERROR_FACTOR`, 2x for half precision)."""
     dtype = inputs[0].dtype
     ours = _run(fn, inputs, grad_out)
     exact_inputs = [t.detach().double().requires_grad_() for t in inputs]
@@ -72,8 +81,10 @@ def _check_against_reference(fn, mask: ScaleMask, inputs, grad_out, scale: float
         error = (mine.double() - reference).abs().max().item()
         pytorch_error = (pytorch.double() - reference).abs().max().item()
         slack = 0.05 * torch.finfo(dtype).eps * max(1.0, reference.abs().max().item())
-        assert error <= 2 * pytorch_error + slack, (
-            f"{name}: error {error:.3e} > 2 x PyTorch's {pytorch_error:.3e} + {slack:.1e}"
+        factor = ERROR_FACTOR.get(dtype, 2.0)
+        assert error <= factor * pytorch_error + slack, (
+            f"{name}: error {error:.3e} > {factor:g} x PyTorch's {pytorch_error:.3e} + "
+            f"{slack:.1e}"
         )
 
 
