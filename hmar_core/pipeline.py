@@ -423,7 +423,7 @@ class Pipeline(nn.Module):
         """
         if isinstance(class_id, bool) or not isinstance(class_id, int):
             raise ValueError(f"class_id must be an int class id, got {class_id!r}")
-        if "strength" not in fields and options is None:
+        if fields.get("strength") is None and (options is None or "strength" in fields):
             fields["strength"] = default_class_strength(len(self.patch_nums))
         fields["class_id"] = class_id
         result = self.edit(image, mask, options, session=session, on_preview=on_preview,

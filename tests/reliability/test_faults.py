@@ -112,11 +112,12 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def reference(images: Path, tmp_path_factory: pytest.TempPathFactory):
     """The uninterrupted run, started at once in the background; call it for its folder."""
     out = tmp_path_factory.mktemp("reference")
-    process = start_worker(images, out, out / "worker.log")
+    log = out.parent / f"{out.name}-worker.log"  # beside the run: its folder starts empty
+    process = start_worker(images, out, log)
 
     def finished() -> Path:
         code = process.wait(timeout=RUN_TIMEOUT)
-        assert code == 0, (out / "worker.log").read_text()[-3000:]
+        assert code == 0, log.read_text()[-3000:]
         return out
 
     yield finished

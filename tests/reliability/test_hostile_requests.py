@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,6 @@ import numpy as np
 import pytest
 from gradio.components.image_editor import EditorData
 from gradio_client import Client, handle_file
-from gradio_client.exceptions import AppError
 from PIL import Image
 from reliability_support import PeakRss, record
 
@@ -39,6 +39,13 @@ from app.limits import MAX_UPLOAD_FILES
 from hmar_core import Pipeline
 
 INPAINT_CONTROLS = (-1, 0, 1, 1.5, 0, 0.0, 1, 1, False, "Painted area", 1, 8, False, 32)
+
+
+def assert_refused(output: tuple, match: str) -> None:
+    """The app refused the request with its own message in the status line (no result: a
+    status line covers no output, unlike an error)."""
+    status = str(output[3])
+    assert "Not run" in status and re.search(match, status), status
 
 
 def free_port() -> int:
@@ -117,8 +124,8 @@ def test_thin_pictures_are_refused_before_any_work(served, tmp_path, size):
               "composite": None}
     try:
         with PeakRss() as probe:
-            with pytest.raises(AppError, match="too elongated"):
-                client.predict(editor, *INPAINT_CONTROLS, api_name="/inpaint")
+            assert_refused(client.predict(editor, *INPAINT_CONTROLS, api_name="/inpaint"),
+                               "too elongated")
     finally:
         client.close()
     record("hostile", **{f"thin_{size[0]}x{size[1]}_peak_mib": round(probe.growth, 1)})
@@ -170,8 +177,8 @@ def test_more_layers_than_the_ui_sends_are_refused_before_decoding(served, tmp_p
               "composite": None}
     try:
         with PeakRss() as probe:
-            with pytest.raises(AppError, match="brush layer"):
-                client.predict(editor, *INPAINT_CONTROLS, api_name="/inpaint")
+            assert_refused(client.predict(editor, *INPAINT_CONTROLS, api_name="/inpaint"),
+                               "brush layer")
     finally:
         client.close()
     record("hostile", layers_8x_3000px_peak_mib=round(probe.growth, 1))
@@ -236,9 +243,10 @@ def completion(served: Served) -> dict:
 
 def test_malformed_event_calls_get_a_4xx_and_one_log_line(served, capfd, caplog):
     """Internal events by fn_index with wrong values, unknown indices, the Stop button's
-    client-side event, a select without its data, a class or side that is not offered, a
-    text seed: each used to print a full traceback (and ``remember_selection`` answered
-    "'NoneType' object is not subscriptable")."""
+    client-side event, a select without its data, a class or side that is not offered: each
+    used to print a full traceback (and ``remember_selection`` answered "'NoneType' object is
+    not subscriptable"). A seed is free text now (a text box keeps all 19 digits), so a bad seed
+    is the handler's status line, not a refused call."""
     select = served.fn_index("remember_selection")
     calls = [(select, [], None), (select, [], {"index": None}), (999, [], None),
              (served.fn_index("toggle_heatmap"), [], None),
@@ -246,7 +254,6 @@ def test_malformed_event_calls_get_a_4xx_and_one_log_line(served, capfd, caplog)
              (served.fn_index("edit_result"), [None, None, None], None),
              (served.fn_index("generate"), ["x"], None),
              (served.fn_index("generate"), [None, "cat", 1, 1.5, 0, 0.0, 7, 1, False], None),
-             (served.fn_index("generate"), [None, -1, 1, 1.5, 0, 0.0, "x", 1, False], None),
              (served.fn_index("outpaint"), [None, None, ["Nowhere"], 25, -1, 1, 1.5, 0, 0.0,
                                             7, 1, False, 1, 8, False, 32], None)]
     no_backend = [fn._id for fn in served.demo.fns.values() if fn.fn is None]
@@ -273,8 +280,8 @@ def test_malformed_event_calls_get_a_4xx_and_one_log_line(served, capfd, caplog)
     assert join(served, select, [], {"index": 1, "value": None}).status_code == 200
     assert completion(served)["success"] is True
     assert join(served, served.fn_index("edit_result"), [None, None]).status_code == 200
-    message = completion(served)
-    assert message["success"] is False and "Nothing to edit" in message["output"]["error"]
+    message = completion(served)  # a slip: the status says so, nothing is covered
+    assert message["success"] is True and "Nothing to edit" in json.dumps(message["output"])
     assert "Traceback" not in capfd.readouterr().err
     assert_still_serves(served.url)
 
@@ -290,8 +297,8 @@ def test_uploads_in_other_formats_get_the_apps_message(served, tmp_path, fmt):
     client = Client(served.url, verbose=False)
     editor = {"background": handle_file(path), "layers": [], "composite": None}
     try:
-        with pytest.raises(AppError, match="Could not read the image"):
-            client.predict(editor, *INPAINT_CONTROLS, api_name="/inpaint")
+        assert_refused(client.predict(editor, *INPAINT_CONTROLS, api_name="/inpaint"),
+                           "Could not read the image")
     finally:
         client.close()
 

@@ -58,7 +58,8 @@ def _previous_block_forward(block: AdaLNBlock, x_BLC: torch.Tensor, cond_BC: tor
     h = F.layer_norm(x_BLC, x_BLC.shape[-1:], eps=block.eps).mul(scale1 + 1).add(shift1)
     x_BLC = x_BLC + drop(self_attention(h).mul(gamma1))
     h = F.layer_norm(x_BLC, x_BLC.shape[-1:], eps=block.eps).mul(scale2 + 1).add(shift2)
-    return x_BLC + drop(ffn(h).mul(gamma2))
+    mlp = ffn.fc2(F.gelu(ffn.fc1(h), approximate="tanh"))
+    return x_BLC + drop(mlp.mul(gamma2))
 
 
 def _randomised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
