@@ -302,7 +302,8 @@ def test_runner_validates_labels(tiny_pipe):
         runner.begin(torch.tensor([0, 99]))
     with pytest.raises(ValueError, match="branch"):
         FastRunner(Pipeline.random("tiny", TransformerConfig.from_name("tiny", kind="var"))
-                   .transformer, torch.float32)(torch.tensor([1]), 0, None, branch="mask")
+                   .transformer, torch.float32)(torch.tensor([1]),
+                                                ScaleInput(0, None, branch="mask"))
 
 
 # --------------------------------------------------------------------------- GPU (graphs)
