@@ -63,6 +63,7 @@ __all__ = [
     "gallery_items",
     "generate_events",
     "inpaint_events",
+    "masked_edit_events",
     "outpaint_events",
     "mask_from_layers",
     "quality_label",
@@ -430,12 +431,21 @@ def _edit_events(
     yield from _guarded_run(start, controls.heatmap, progress, stop)
 
 
-def _masked_edit(
-    pipeline: Pipeline, mode: str, session: EditSession | None, editor: Any,
-    class_choice: Any, strength: float, controls: EditControls, progress: gr.Progress | None,
-    stop: StopSignal | None, timing: Timing | None,
+def masked_edit_events(
+    mode: str,
+    pipeline: Pipeline,
+    session: EditSession | None,
+    editor: Any,
+    class_choice: Any,
+    strength: float,
+    controls: EditControls,
+    progress: gr.Progress | None = None,
+    stop: StopSignal | None = None,
+    timing: Timing | None = None,
 ) -> Iterator[RunOutputs]:
-    """Inpaint and class edit: the same steps, differing only in what they require."""
+    """Inpaint (``mode="inpaint"``: the painted area, optionally guided by a class) and class
+    edit (``"class edit"``: the picture or the painted area as the target class): the same
+    steps, differing only in what they require."""
 
     def prepare(notes: list[str]) -> Prepared:
         image, mask = _picture(editor, need_mask=mode == "inpaint", area=controls.area)
@@ -447,36 +457,14 @@ def _masked_edit(
     yield from _edit_events(pipeline, mode, prepare, controls, session, progress, stop, timing)
 
 
-def inpaint_events(
-    pipeline: Pipeline,
-    session: EditSession | None,
-    editor: Any,
-    class_choice: Any,
-    strength: float,
-    controls: EditControls,
-    progress: gr.Progress | None = None,
-    stop: StopSignal | None = None,
-    timing: Timing | None = None,
-) -> Iterator[RunOutputs]:
-    """Inpaint mode: regenerate the painted area (optionally guided by a class)."""
-    yield from _masked_edit(pipeline, "inpaint", session, editor, class_choice, strength,
-                            controls, progress, stop, timing)
+def inpaint_events(*args: Any, **kwargs: Any) -> Iterator[RunOutputs]:
+    """Inpaint mode: :func:`masked_edit_events` with ``mode="inpaint"``."""
+    return masked_edit_events("inpaint", *args, **kwargs)
 
 
-def class_edit_events(
-    pipeline: Pipeline,
-    session: EditSession | None,
-    editor: Any,
-    class_choice: Any,
-    strength: float,
-    controls: EditControls,
-    progress: gr.Progress | None = None,
-    stop: StopSignal | None = None,
-    timing: Timing | None = None,
-) -> Iterator[RunOutputs]:
-    """Class edit / restyle: regenerate the picture (or the painted area) as another class."""
-    yield from _masked_edit(pipeline, "class edit", session, editor, class_choice, strength,
-                            controls, progress, stop, timing)
+def class_edit_events(*args: Any, **kwargs: Any) -> Iterator[RunOutputs]:
+    """Class edit / restyle: :func:`masked_edit_events` with ``mode="class edit"``."""
+    return masked_edit_events("class edit", *args, **kwargs)
 
 
 def outpaint_events(

@@ -7,7 +7,7 @@ forwards to a handler.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -51,17 +51,23 @@ def _run_handlers(pipeline: Pipeline, timing: Timing | None) -> dict[str, Any]:
         yield from handlers.generate_events(pipeline, class_id, quality, cfg, top_k, top_p,
                                             seed, variants, heatmap, progress, run, timing)
 
-    def inpaint(run: UserRun, session: EditSession, image: Any, class_id: Any,
-                strength: float, quality: float, cfg: float, top_k: float, top_p: float,
-                seed: Any, variants: float, heatmap: bool, area: Any, grow: float,
-                feather: float, only_masked: bool, padding: float,
-                progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio API)
-                ) -> Iterator[handlers.RunOutputs]:
-        """Regenerate the painted area of the picture (streams each scale)."""
-        controls = handlers.EditControls(quality, cfg, top_k, top_p, seed, variants, grow,
-                                         feather, only_masked, padding, heatmap, _area(area))
-        yield from handlers.inpaint_events(pipeline, session, image, class_id, strength,
-                                           controls, progress, run, timing)
+    def masked(mode: str, doc: str) -> Callable[..., Iterator[handlers.RunOutputs]]:
+        """Inpaint and class edit share their parameters (the API's names) and steps."""
+
+        def run_mode(run: UserRun, session: EditSession, image: Any, class_id: Any,
+                     strength: float, quality: float, cfg: float, top_k: float, top_p: float,
+                     seed: Any, variants: float, heatmap: bool, area: Any, grow: float,
+                     feather: float, only_masked: bool, padding: float,
+                     progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio API)
+                     ) -> Iterator[handlers.RunOutputs]:
+            controls = handlers.EditControls(quality, cfg, top_k, top_p, seed, variants, grow,
+                                             feather, only_masked, padding, heatmap,
+                                             _area(area))
+            yield from handlers.masked_edit_events(mode, pipeline, session, image, class_id,
+                                                   strength, controls, progress, run, timing)
+
+        run_mode.__doc__ = doc
+        return run_mode
 
     def outpaint(run: UserRun, image: Any, sides: list[str], extent: float, class_id: Any,
                  quality: float, cfg: float, top_k: float, top_p: float, seed: Any,
@@ -75,20 +81,11 @@ def _run_handlers(pipeline: Pipeline, timing: Timing | None) -> dict[str, Any]:
         yield from handlers.outpaint_events(pipeline, image, sides, extent, class_id,
                                             controls, progress, run, timing)
 
-    def class_edit(run: UserRun, session: EditSession, image: Any, class_id: Any,
-                   strength: float, quality: float, cfg: float, top_k: float, top_p: float,
-                   seed: Any, variants: float, heatmap: bool, area: Any, grow: float,
-                   feather: float, only_masked: bool, padding: float,
-                   progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio API)
-                   ) -> Iterator[handlers.RunOutputs]:
-        """Restyle the picture (or the painted area) as the target class."""
-        controls = handlers.EditControls(quality, cfg, top_k, top_p, seed, variants, grow,
-                                         feather, only_masked, padding, heatmap, _area(area))
-        yield from handlers.class_edit_events(pipeline, session, image, class_id, strength,
-                                              controls, progress, run, timing)
-
-    return {"generate": generate, "inpaint": inpaint, "outpaint": outpaint,
-            "class_edit": class_edit}
+    return {"generate": generate, "outpaint": outpaint,
+            "inpaint": masked("inpaint", "Regenerate the painted area of the picture (streams "
+                              "each scale)."),
+            "class_edit": masked("class edit", "Restyle the picture (or the painted area) as "
+                                 "the target class.")}
 
 
 def wire_events(pipeline: Pipeline, timing: Timing | None, c: Any, o: Any,

@@ -13,8 +13,9 @@ import torch
 import torch.nn as nn
 
 from . import pyramid
+from .sampler import ScaleInput
 from .tokenizer import MultiScaleQuantizer
-from .transformer import Branch, HMARTransformer, KVCache
+from .transformer import HMARTransformer, KVCache
 
 __all__ = ["ScaleRunner", "TokenModel"]
 
@@ -82,16 +83,7 @@ class ScaleRunner:
         self.cache = KVCache() if transformer.cfg.kind == "var" else None
         self.stateful = self.cache is not None
 
-    def __call__(
-        self,
-        labels: torch.Tensor,
-        scale: int,
-        x_ns: torch.Tensor | None,
-        *,
-        x_mask: torch.Tensor | None = None,
-        masked: torch.Tensor | None = None,
-        branch: Branch = "ns",
-    ) -> torch.Tensor:
+    def __call__(self, labels: torch.Tensor, inputs: ScaleInput) -> torch.Tensor:
         return self.transformer.forward_scale(
-            labels, scale, x_ns, x_mask=x_mask, masked=masked, branch=branch, cache=self.cache
-        )
+            labels, inputs.scale, inputs.x_ns, x_mask=inputs.x_mask, masked=inputs.masked,
+            branch=inputs.branch, cache=self.cache)

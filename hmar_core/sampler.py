@@ -19,7 +19,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 
@@ -28,8 +28,10 @@ from .config import SamplerConfig
 from .schedules import Schedule, cfg_weight, remask_counts
 
 __all__ = [
+    "Branch",
     "SampleOutput",
     "ScaleConstraint",
+    "ScaleInput",
     "ScaleModel",
     "ScaleState",
     "guided_logits",
@@ -42,23 +44,41 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class ScaleModel(Protocol):
-    """What the sampler needs from the network: logits of one scale.
+Branch = Literal["ns", "mask"]
 
-    ``model_fn(labels (B,), scale, x_ns (B, n, C) | None, *, x_mask=None, masked=None,
-    branch="ns") -> (B, n, V) float32``.
+
+@dataclass(frozen=True)
+class ScaleInput:
+    """What the network sees of one scale (B rows, n = pn² tokens, C latent channels).
+
+    Attributes:
+        scale: the scale index.
+        x_ns: (B, n, C) next-scale input; ``None`` for scale 0 (the class token).
+        x_mask, masked: the mask branch's (B, n, C) own-scale input and (B, n) bool positions
+            that see [MASK]; ``None`` for the next-scale branch.
+        branch: ``"ns"`` (next-scale prediction) or ``"mask"`` (masked refinement).
     """
 
-    def __call__(
-        self,
-        labels: torch.Tensor,
-        scale: int,
-        x_ns: torch.Tensor | None,
-        *,
-        x_mask: torch.Tensor | None = None,
-        masked: torch.Tensor | None = None,
-        branch: str = "ns",
-    ) -> torch.Tensor: ...
+    scale: int
+    x_ns: torch.Tensor | None
+    x_mask: torch.Tensor | None = None
+    masked: torch.Tensor | None = None
+    branch: Branch = "ns"
+
+    def twice(self) -> ScaleInput:
+        """Both CFG halves: every tensor stacked on itself along the batch."""
+        def twice(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else torch.cat([x, x])
+
+        return ScaleInput(self.scale, twice(self.x_ns), twice(self.x_mask), twice(self.masked),
+                          self.branch)
+
+
+class ScaleModel(Protocol):
+    """What the sampler needs from the network: ``model_fn(labels (B,), ScaleInput) -> (B, n, V)
+    float32`` logits of one scale."""
+
+    def __call__(self, labels: torch.Tensor, inputs: ScaleInput) -> torch.Tensor: ...
 
 
 class Quantizer(Protocol):
@@ -163,12 +183,10 @@ def guided_logits(
     model_fn: ScaleModel,
     labels: torch.Tensor,
     null_class: int,
-    scale: int,
     weight: float,
-    x_ns: torch.Tensor | None,
+    inputs: ScaleInput,
     *,
     pair: bool = False,
-    **inputs: object,
 ) -> torch.Tensor:
     """Classifier-free guidance: ``(1 + t)·cond - t·uncond``.
 
@@ -177,16 +195,11 @@ def guided_logits(
     """
     guided = getattr(model_fn, "guided", None)
     if guided is not None:  # the model runs both halves itself (e.g. the fast runner)
-        return guided(labels, null_class, scale, weight, x_ns, **inputs)
+        return guided(labels, null_class, weight, inputs)
     if weight == 0.0 and not pair:
-        return model_fn(labels, scale, x_ns, **inputs)
+        return model_fn(labels, inputs)
     both = torch.cat([labels, torch.full_like(labels, null_class)])
-
-    def twice(x: object) -> object:
-        return torch.cat([x, x]) if isinstance(x, torch.Tensor) else x
-
-    logits = model_fn(both, scale, twice(x_ns), **{k: twice(v) for k, v in inputs.items()})
-    cond, uncond = logits.chunk(2)
+    cond, uncond = model_fn(both, inputs.twice()).chunk(2)
     return (1 + weight) * cond - weight * uncond
 
 
@@ -257,14 +270,15 @@ def sample(
             # Entirely kept (e.g. "strength" scales): no random draws, and no network pass
             # unless the model is stateful (VAR), whose KV cache needs this scale.
             if stateful:
-                guided_logits(model_fn, labels, null_class, si,
-                              cfg_weight(cfg.cfg, si, num_scales), x_ns, pair=pair)
+                guided_logits(model_fn, labels, null_class, cfg_weight(cfg.cfg, si, num_scales),
+                              ScaleInput(si, x_ns), pair=pair)
             idx = constraint.source(si)  # type: ignore[union-attr]
             confidence = torch.ones(idx.shape, dtype=codebook.dtype, device=idx.device)
             scale_steps = [idx]
         else:
             weight = cfg_weight(cfg.cfg, si, num_scales)
-            logits = guided_logits(model_fn, labels, null_class, si, weight, x_ns, pair=pair)
+            logits = guided_logits(model_fn, labels, null_class, weight, ScaleInput(si, x_ns),
+                                   pair=pair)
             idx, probs = draw(logits, cfg.top_k, cfg.top_p, generator)
             confidence = probs.gather(-1, idx[..., None])[..., 0]  # (B, n)
             if keep is not None:
@@ -345,8 +359,8 @@ def _refine(
                                                 counts_B)
         x_ns, x_mask = pyramid.mask_step_input(f_hat, pyramid.embed_tokens(idx, codebook, pn),
                                                phi, pn, upsample)
-        logits = guided_logits(model_fn, labels, null_class, si, weight, x_ns,
-                               x_mask=x_mask, masked=masked, branch="mask")
+        logits = guided_logits(model_fn, labels, null_class, weight,
+                               ScaleInput(si, x_ns, x_mask, masked, "mask"))
         new_idx, probs = draw(logits, cfg.top_k, cfg.top_p, generator)
         idx = torch.where(masked, new_idx, idx)
         new_conf = probs.gather(-1, new_idx[..., None])[..., 0]

@@ -211,9 +211,9 @@ def test_var_kept_scales_still_fill_the_kv_cache():
     spec = EditSpec(tuple(source), regenerate, labels, strength=2)
     runner, seen = ScaleRunner(var.transformer), {}
 
-    def model_fn(labels, scale, x_ns, **inputs):
-        seen[scale] = runner(labels, scale, x_ns, **inputs)
-        return seen[scale]
+    def model_fn(labels, inputs):
+        seen[inputs.scale] = runner(labels, inputs)
+        return seen[inputs.scale]
 
     model_fn.stateful = True
     out = sample(model_fn, var.tokenizer.quantize, var.patch_nums, SamplerConfig(cfg=0.0),

@@ -18,6 +18,7 @@ from hmar_core import EditOptions, EditSession, Pipeline, TransformerConfig
 from hmar_core.editing import EditFields, outpaint
 from hmar_core.fast import FastEngine, FastRunner
 from hmar_core.reference_engine import ReferenceEngine
+from hmar_core.sampler import ScaleInput
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -205,13 +206,13 @@ def _perturbed_logits(model: torch.nn.Module, name: str | None) -> torch.Tensor:
     with torch.no_grad():
         for scale, pn in enumerate(cfg.patch_nums):
             x = None if scale == 0 else torch.randn(2, pn * pn, cfg.latent_channels, generator=gen)
-            outs.append(runner.guided(labels, cfg.null_class, scale, 0.5, x).flatten())
+            outs.append(runner.guided(labels, cfg.null_class, 0.5, ScaleInput(scale, x)).flatten())
             if scale > 0 and cfg.has_mask_branch:
                 masked = torch.zeros(2, pn * pn, dtype=torch.bool)
                 masked[:, :: 2] = True
                 x_mask = torch.randn(2, pn * pn, cfg.latent_channels, generator=gen)
-                outs.append(runner.guided(labels, cfg.null_class, scale, 0.5, x, x_mask=x_mask,
-                                          masked=masked, branch="mask").flatten())
+                outs.append(runner.guided(labels, cfg.null_class, 0.5, ScaleInput(
+                    scale, x, x_mask, masked, "mask")).flatten())
     return torch.cat(outs)
 
 

@@ -23,7 +23,7 @@ from hmar_core.fast import (
     fused_top_k_top_p_filter,
 )
 from hmar_core.model import ScaleRunner
-from hmar_core.sampler import top_k_top_p_filter
+from hmar_core.sampler import ScaleInput, top_k_top_p_filter
 from hmar_core.transformer import HMARTransformer
 
 
@@ -277,8 +277,8 @@ def test_cast_blocks_shares_weights():
     assert pipe.transformer.ns_head.out.weight.dtype == torch.float32  # heads untouched
     labels = torch.tensor([1])
     with torch.no_grad():
-        logits = runner.guided(labels, pipe.transformer.cfg.null_class, 1, 0.5,
-                               torch.randn(1, 4, pipe.transformer.cfg.latent_channels))
+        x_ns = torch.randn(1, 4, pipe.transformer.cfg.latent_channels)
+        logits = runner.guided(labels, pipe.transformer.cfg.null_class, 0.5, ScaleInput(1, x_ns))
     assert logits.shape == (1, 4, pipe.transformer.cfg.vocab_size)
     assert logits.dtype == torch.float32 and bool(torch.isfinite(logits).all())
 
@@ -302,7 +302,8 @@ def test_runner_validates_labels(tiny_pipe):
         runner.begin(torch.tensor([0, 99]))
     with pytest.raises(ValueError, match="branch"):
         FastRunner(Pipeline.random("tiny", TransformerConfig.from_name("tiny", kind="var"))
-                   .transformer, torch.float32)(torch.tensor([1]), 0, None, branch="mask")
+                   .transformer, torch.float32)(torch.tensor([1]),
+                                                ScaleInput(0, None, branch="mask"))
 
 
 # --------------------------------------------------------------------------- GPU (graphs)
@@ -324,7 +325,7 @@ def test_cuda_graphs_match_eager(kind):
                 x_ns = None if scale == 0 else torch.randn(3, pn * pn, cfg.latent_channels,
                                                            generator=gen, device="cuda")
                 weight = 1.5 * scale / (len(cfg.patch_nums) - 1)
-                outs = [r.guided(labels, cfg.null_class, scale, weight, x_ns).clone()
+                outs = [r.guided(labels, cfg.null_class, weight, ScaleInput(scale, x_ns)).clone()
                         for r in (eager, graphs)]
                 assert torch.allclose(outs[0], outs[1], rtol=1e-3, atol=1e-3), scale
     assert len(graphs.graphs) == len(cfg.patch_nums) and graphs.graphs.error is None

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from hmar_core import TransformerConfig
 from hmar_core.fast import FastRunner
+from hmar_core.sampler import ScaleInput
 from hmar_core.transformer import HMARTransformer
 
 if not torch.cuda.is_available():
@@ -177,7 +178,7 @@ def test_runner_fused_logits_equal_unfused(kind, dtype):
         assert float((got.argmax(-1) == want.argmax(-1)).float().mean()) >= 0.99
         if kind == "hmar":  # the CFG pass (both halves in one batch, combined)
             part = slice(model.cfg.seq_len - 1 - 25, None)
-            args = (labels[:1], 10, 3, 2.5, x_ns[:1, part])
+            args = (labels[:1], 10, 2.5, ScaleInput(3, x_ns[:1, part]))
             guided_want, guided_got = plain.guided(*args), fast.guided(*args)
             rel = float((guided_got - guided_want).norm() / guided_want.norm())
             assert rel < tolerance, rel

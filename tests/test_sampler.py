@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hmar_core import SamplerConfig, sample
-from hmar_core.sampler import guided_logits, lowest_confidence, top_k_top_p_filter
+from hmar_core.sampler import ScaleInput, guided_logits, lowest_confidence, top_k_top_p_filter
 from hmar_core.schedules import (
     cfg_weight,
     default_schedule,
@@ -80,8 +80,9 @@ class _TableModel:
         self.mask = [torch.randn(pn * pn, vocab, generator=gen) * 3 for pn in patch_nums]
         self.calls: list[tuple[int, str, int, torch.Tensor | None]] = []
 
-    def __call__(self, labels, scale, x_ns, *, x_mask=None, masked=None, branch="ns"):
-        self.calls.append((scale, branch, labels.shape[0], masked))
+    def __call__(self, labels, inputs):
+        scale, branch = inputs.scale, inputs.branch
+        self.calls.append((scale, branch, labels.shape[0], inputs.masked))
         table = self.ns if branch == "ns" else self.mask
         cond = labels[:, None, None].float()  # the null class shifts the logits
         return table[scale][None].expand(labels.shape[0], -1, -1) + 0.1 * cond
@@ -165,11 +166,11 @@ def test_sampler_deterministic_and_seed_dependent():
 
 
 def test_guided_logits_formula():
-    def model(labels, scale, x_ns, **_):
+    def model(labels, inputs):
         return torch.where(labels[:, None, None] == 9, torch.tensor(1.0), torch.tensor(3.0)).expand(
             -1, 2, 4)
 
-    out = guided_logits(model, torch.tensor([0]), 9, 1, 0.5, None)
+    out = guided_logits(model, torch.tensor([0]), 9, 0.5, ScaleInput(1, None))
     assert torch.allclose(out, torch.full((1, 2, 4), 1.5 * 3.0 - 0.5 * 1.0))
 
 

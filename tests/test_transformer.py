@@ -7,6 +7,7 @@ import torch
 from hmar_core import Pipeline, TokenizerConfig, TransformerConfig
 from hmar_core.model import ScaleRunner
 from hmar_core.pyramid import scale_slices
+from hmar_core.sampler import ScaleInput
 
 
 def _random_tokens(pipe: Pipeline, batch: int, seed: int) -> list[torch.Tensor]:
@@ -22,7 +23,7 @@ def _per_scale_logits(pipe: Pipeline, labels: torch.Tensor, tokens: list[torch.T
     slices = scale_slices(pipe.patch_nums)
     for si in range(len(pipe.patch_nums)):
         x = None if si == 0 else x_ns[:, slices[si].start - 1: slices[si].stop - 1]
-        out.append(runner(labels, si, x))
+        out.append(runner(labels, ScaleInput(si, x)))
     return torch.cat(out, dim=1)
 
 
@@ -52,7 +53,7 @@ def test_var_kv_cache_equals_block_causal_teacher_forcing():
         # a fresh cache per scale (each scale alone) must differ: the cache really matters
         x_ns, _, _ = pipe.model.inputs(tokens)
         last = scale_slices(pipe.patch_nums)[-1]
-        alone = ScaleRunner(pipe.transformer)(labels, 3, x_ns[:, last.start - 1:])
+        alone = ScaleRunner(pipe.transformer)(labels, ScaleInput(3, x_ns[:, last.start - 1:]))
     assert (full - cached).abs().max() <= 1e-5 * full.abs().max()
     assert (full[:, last] - alone).abs().max() > 1e-3
 

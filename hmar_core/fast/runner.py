@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from ..pyramid import scale_slices
+from ..sampler import ScaleInput
 from ..transformer import AdaLNBlock, AdaLNHead, Branch, HMARTransformer
 from .graphs import GraphCache
 
@@ -270,49 +271,31 @@ class FastRunner:
         return make[:count], make[count:]
 
     # ----------------------------------------------------------------------- ScaleModel
-    def __call__(
-        self,
-        labels: torch.Tensor,
-        scale: int,
-        x_ns: torch.Tensor | None,
-        *,
-        x_mask: torch.Tensor | None = None,
-        masked: torch.Tensor | None = None,
-        branch: Branch = "ns",
-    ) -> torch.Tensor:
+    def __call__(self, labels: torch.Tensor, inputs: ScaleInput) -> torch.Tensor:
         """Logits (R, n, V) float32 of one scale for R rows of labels (no guidance).
 
         The :class:`~hmar_core.sampler.ScaleModel` protocol, so the reference
         :func:`~hmar_core.sampler.sample` can drive this runner too. VAR models must be called
         scale by scale from 0 within a run, like the reference KV cache.
         """
+        scale, branch = inputs.scale, inputs.branch
         self._check(scale, branch)
         state = self._prepare(labels)
         key = ("plain", scale, branch, labels.shape[0])
-        inputs = (x_ns, x_mask, masked)
         out = self.graphs.run(
-            key, lambda *t: self._logits(state, scale, branch, *t, False, False), inputs,
-            self.device)
+            key, lambda *t: self._logits(state, scale, branch, *t, False, False),
+            (inputs.x_ns, inputs.x_mask, inputs.masked), self.device)
         return out.clone() if self.graphs.enabled and self.device.type == "cuda" else out
 
-    def guided(
-        self,
-        labels: torch.Tensor,
-        null_class: int,
-        scale: int,
-        weight: float,
-        x_ns: torch.Tensor | None,
-        *,
-        x_mask: torch.Tensor | None = None,
-        masked: torch.Tensor | None = None,
-        branch: Branch = "ns",
-    ) -> torch.Tensor:
+    def guided(self, labels: torch.Tensor, null_class: int, weight: float,
+               inputs: ScaleInput) -> torch.Tensor:
         """CFG logits ``(1 + t)·cond - t·uncond`` (B, n, V) float32, in one pass.
 
         Equals :func:`~hmar_core.sampler.guided_logits` (only the conditional half runs when
         ``weight == 0``, except for VAR models whose cache holds both halves). From a CUDA graph
         the result is a static buffer: read it before the next call.
         """
+        scale, branch = inputs.scale, inputs.branch
         self._check(scale, branch)
         batch = labels.shape[0]
         if weight == 0.0 and not self.stateful:
@@ -325,7 +308,7 @@ class FastRunner:
             self._cfg_b.fill_(weight)
             key = ("cfg", scale, branch, batch)
             fn = lambda *t: self._logits(state, scale, branch, *t, True, True)  # noqa: E731
-        return self.graphs.run(key, fn, (x_ns, x_mask, masked), self.device)
+        return self.graphs.run(key, fn, (inputs.x_ns, inputs.x_mask, inputs.masked), self.device)
 
     def teacher_forced(
         self,
@@ -338,13 +321,12 @@ class FastRunner:
         :meth:`HMARTransformer.forward`; equal to it for HMAR's block-diagonal attention and,
         through the cache, VAR's block-causal one)."""
         branch: Branch = "ns" if x_mask is None else "mask"
-        outs = [self(labels, 0, None, branch=branch)]
+        outs = [self(labels, ScaleInput(0, None, branch=branch))]
         for si in range(1, self.cfg.num_scales):
             part = slice(self._slices[si].start - 1, self._slices[si].stop - 1)
-            outs.append(self(
-                labels, si, x_ns[:, part],
-                x_mask=None if x_mask is None else x_mask[:, part],
-                masked=None if masked is None else masked[:, part], branch=branch))
+            outs.append(self(labels, ScaleInput(
+                si, x_ns[:, part], None if x_mask is None else x_mask[:, part],
+                None if masked is None else masked[:, part], branch)))
         return torch.cat(outs, dim=1)
 
     def _check(self, scale: int, branch: str) -> None:

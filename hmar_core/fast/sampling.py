@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from ..sampler import SampleOutput, sample, top_k_top_p_filter
+from ..sampler import SampleOutput, ScaleInput, sample, top_k_top_p_filter
 
 __all__ = [
     "GuidedScaleModel",
@@ -40,23 +40,12 @@ logger = logging.getLogger(__name__)
 class GuidedScaleModel(Protocol):
     """A :class:`~hmar_core.sampler.ScaleModel` that also applies CFG itself.
 
-    ``guided(labels (B,), null_class, scale, weight, x_ns (B, n, C) | None, *, x_mask=None,
-    masked=None, branch="ns") -> (B, n, V) float32`` equals
+    ``guided(labels (B,), null_class, weight, ScaleInput) -> (B, n, V) float32`` equals
     :func:`~hmar_core.sampler.guided_logits` of the same model (``pair`` included).
     """
 
-    def guided(
-        self,
-        labels: torch.Tensor,
-        null_class: int,
-        scale: int,
-        weight: float,
-        x_ns: torch.Tensor | None,
-        *,
-        x_mask: torch.Tensor | None = None,
-        masked: torch.Tensor | None = None,
-        branch: str = "ns",
-    ) -> torch.Tensor: ...
+    def guided(self, labels: torch.Tensor, null_class: int, weight: float,
+               inputs: ScaleInput) -> torch.Tensor: ...
 
 
 # ----------------------------------------------------------------------------- the filter
