@@ -32,6 +32,10 @@ SLOW_TESTS = (
     "tests/train/test_train_ddp.py::*",    # torchrun with two processes
     "tests/train/test_train_learning.py::*",
     "tests/train/test_train_resume.py::*",
+    "tests/test_cli_errors.py::*",         # the CLI in subprocesses
+    "tests/train/test_train_cli_errors.py::*",
+    "tests/train/test_export_sharded.py::test_hmar_trains_on_a_tokenizer_converted_by_the_cli",
+    "tests/test_checkpoint.py::test_fifo_in_model_folder_is_refused_without_blocking",
     # measured (CPU seconds >= 0.5, or ptxas / other processes)
     "tests/kernels/test_hopper_registers.py::*",
     "tests/test_editing_cli.py::*",
