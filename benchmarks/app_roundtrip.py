@@ -31,6 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 INPAINT_ARGS = (-1, 0, 2, 1.5, 900, 0.96, "42", 1, False, "Painted area", 1, 8, False, 32)
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (reports name no machine)."""
+    try:
+        return Path(path).resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -87,7 +95,8 @@ def run(args: argparse.Namespace) -> dict:
     served, direct = served[2:], direct[2:]
     report = {
         "device": torch.cuda.get_device_name() if pipe.device.type == "cuda" else "cpu",
-        "engine": pipe.engine, "model": str(args.random_depth or args.checkpoint),
+        "engine": pipe.engine,
+        "model": f"random d{args.random_depth}" if args.random_depth else _shown(args.checkpoint),
         "served_ms": statistics.median(served), "direct_ms": statistics.median(direct),
         "served": served, "direct": direct,
     }
