@@ -21,13 +21,21 @@ sampling defaults), so that editing is typed against protocols and never imports
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 import torch
 
 from .config import SamplerConfig
-from .sampler import SampleOutput, ScaleConstraint, ScaleState
+from .sampler import (
+    Quantizer,
+    SampleOutput,
+    ScaleConstraint,
+    ScaleModel,
+    ScaleState,
+    sample,
+)
 from .schedules import Schedule
 
 __all__ = ["ENGINE_CHOICES", "EditModel", "Engine", "EngineName", "resolve_engine"]
@@ -37,30 +45,45 @@ EngineName = Literal["fast", "reference"]
 ENGINE_CHOICES: tuple[str, ...] = ("auto", "fast", "reference")
 
 
-@runtime_checkable
-class Engine(Protocol):
+class Engine(ABC):
     """The work behind every entry point (see the module docstring).
+
+    An engine encodes and decodes (abstract) and samples with :func:`~hmar_core.sampler.sample`
+    over the scale model its :meth:`scale_model` gives for a run (the one sampling method both
+    engines share).
 
     Attributes:
         name: ``"fast"`` or ``"reference"``.
         stateful: the network keeps per-run state between scales (VAR's KV cache); such
             runs cannot resume from a :class:`~hmar_core.sampler.ScaleState`.
+        quantizer: the tokenizer's codebook and phi convolutions (the pyramid math).
+        patch_nums, null_class: the pyramid and the unconditional class id.
     """
 
     name: EngineName
     stateful: bool
+    quantizer: Quantizer
+    patch_nums: tuple[int, ...]
+    null_class: int
 
     @property
+    @abstractmethod
     def device(self) -> torch.device: ...
 
+    @abstractmethod
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Images (B, 3, S, S) in [-1, 1] (float32) → token pyramid, list of (B, pn²) int64."""
-        ...
 
+    @abstractmethod
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Latent (B, C, h, w) float32 → images (B, 3, S, S) float32 in [-1, 1]."""
-        ...
 
+    @abstractmethod
+    def scale_model(self, labels: torch.Tensor) -> tuple[ScaleModel, dict[str, Any]]:
+        """The network callable for one run on (B,) ``labels`` and the extra keyword arguments
+        of :func:`~hmar_core.sampler.sample` (``draw``, ``upsample``) this engine uses."""
+
+    @torch.no_grad()
     def sample_tokens(
         self,
         labels: torch.Tensor,
@@ -74,7 +97,11 @@ class Engine(Protocol):
         record_steps: bool = False,
     ) -> SampleOutput:
         """Sample a pyramid for (B,) ``labels`` (see :func:`hmar_core.sampler.sample`)."""
-        ...
+        model_fn, options = self.scale_model(labels)
+        return sample(model_fn, self.quantizer, self.patch_nums, settings, schedule,
+                      labels=labels, null_class=self.null_class, generator=generator,
+                      constraint=constraint, on_scale=on_scale, resume=resume,
+                      record_steps=record_steps, **options)
 
 
 class EditModel(Protocol):

@@ -7,22 +7,20 @@ tokenizer and transformer it was given at every call.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from .config import SamplerConfig
-from .engine import EngineName
+from .engine import Engine, EngineName
 from .model import ScaleRunner
-from .sampler import SampleOutput, ScaleConstraint, ScaleState, sample
-from .schedules import Schedule
+from .sampler import ScaleModel
 from .tokenizer import MultiScaleVQTokenizer
 from .transformer import HMARTransformer
 
 __all__ = ["ReferenceEngine"]
 
 
-class ReferenceEngine:
+class ReferenceEngine(Engine):
     """The :class:`~hmar_core.engine.Engine` over the float32 modules."""
 
     name: EngineName = "reference"
@@ -31,6 +29,9 @@ class ReferenceEngine:
         self.tokenizer = tokenizer
         self.transformer = transformer
         self.stateful = transformer.cfg.kind == "var"
+        self.quantizer = tokenizer.quantize
+        self.patch_nums = transformer.cfg.patch_nums
+        self.null_class = transformer.cfg.null_class
 
     def __repr__(self) -> str:
         return f"ReferenceEngine({self.device}, {self.transformer.pos_start.dtype})"
@@ -48,22 +49,6 @@ class ReferenceEngine:
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.decode_fhat(f_hat).float()
 
-    @torch.no_grad()
-    def sample_tokens(
-        self,
-        labels: torch.Tensor,
-        settings: SamplerConfig,
-        schedule: Schedule,
-        generator: torch.Generator,
-        *,
-        constraint: ScaleConstraint | None = None,
-        on_scale: Callable[[ScaleState], None] | None = None,
-        resume: ScaleState | None = None,
-        record_steps: bool = False,
-    ) -> SampleOutput:
-        return sample(
-            ScaleRunner(self.transformer), self.tokenizer.quantize,
-            self.transformer.cfg.patch_nums, settings, schedule, labels=labels,
-            null_class=self.transformer.cfg.null_class, generator=generator,
-            constraint=constraint, on_scale=on_scale, resume=resume, record_steps=record_steps,
-        )
+    def scale_model(self, labels: torch.Tensor) -> tuple[ScaleModel, dict[str, Any]]:
+        del labels  # the reference network needs no per-run preparation
+        return ScaleRunner(self.transformer), {}

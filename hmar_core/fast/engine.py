@@ -3,9 +3,9 @@ kernels, CUDA graphs, sync-free sampling).
 
 A :class:`~hmar_core.pipeline.Pipeline` built with ``engine="fast"`` runs every method through
 this engine: the transformer runs through a :class:`~hmar_core.fast.runner.FastRunner`, the
-sampling loop is :func:`~hmar_core.fast.sampling.fast_sample`, and the VQ-VAE convolution
-stacks run in ``vae_dtype`` (bf16 on accelerators) while the quantiser (codebook, phi convs,
-f_hat) stays float32. In float32 it returns the reference engine's tokens for the same seed
+sampling loop is the shared one with the sync-free draw of :mod:`~hmar_core.fast.sampling`,
+and the VQ-VAE convolution stacks run in ``vae_dtype`` (bf16 on accelerators) while the
+quantiser (codebook, phi convs, f_hat) stays float32. In float32 it returns the reference engine's tokens for the same seed
 (``tests/test_engines.py``).
 
 Weights: with ``own_weights=True`` (what ``Pipeline.from_pretrained(..., engine="fast")`` and
@@ -20,19 +20,18 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from .. import pyramid
-from ..config import SamplerConfig
-from ..engine import EngineName
-from ..sampler import SampleOutput, ScaleConstraint, ScaleState
-from ..schedules import Schedule
+from ..engine import Engine, EngineName
+from ..sampler import ScaleModel
 from ..tokenizer import MultiScaleVQTokenizer
 from ..transformer import HMARTransformer
 from .runner import FastRunner, default_dtype
-from .sampling import fast_sample
+from .sampling import sample_from_logits_fast
 
 __all__ = ["CompiledOrEager", "FastEngine", "cast_blocks_"]
 
@@ -73,7 +72,7 @@ class CompiledOrEager:
         return self.module(x)
 
 
-class FastEngine:
+class FastEngine(Engine):
     """The fast engine over a tokenizer and transformer (see the module docstring).
 
     Args:
@@ -120,6 +119,7 @@ class FastEngine:
         if own_weights:
             cast_blocks_(transformer, dtype)
         self.tokenizer = tokenizer
+        self.quantizer = tokenizer.quantize
         self.patch_nums = transformer.cfg.patch_nums
         self.null_class = transformer.cfg.null_class
         self.runner = FastRunner(transformer, dtype, cuda_graphs, residual_dtype, fused)
@@ -179,24 +179,8 @@ class FastEngine:
         return tokens
 
     # ---------------------------------------------------------------------------- sampling
-    @torch.no_grad()
-    def sample_tokens(
-        self,
-        labels: torch.Tensor,
-        settings: SamplerConfig,
-        schedule: Schedule,
-        generator: torch.Generator,
-        *,
-        constraint: ScaleConstraint | None = None,
-        on_scale: Callable[[ScaleState], None] | None = None,
-        resume: ScaleState | None = None,
-        record_steps: bool = False,
-    ) -> SampleOutput:
-        """:func:`~hmar_core.sampler.sample` through the fast runner and the sync-free loop."""
+    def scale_model(self, labels: torch.Tensor) -> tuple[ScaleModel, dict[str, Any]]:
+        """The fast runner, prepared for these labels, with the sync-free filter-and-draw and
+        the matrix bicubic upsampling."""
         self.runner.begin(labels, self.null_class)
-        return fast_sample(
-            self.runner, self.tokenizer.quantize, self.patch_nums, settings, schedule,
-            labels=labels, null_class=self.null_class, generator=generator,
-            constraint=constraint, on_scale=on_scale, resume=resume, record_steps=record_steps,
-            upsample=self._upsample,
-        )
+        return self.runner, {"draw": sample_from_logits_fast, "upsample": self._upsample}
