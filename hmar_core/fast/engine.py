@@ -5,8 +5,8 @@ A :class:`~hmar_core.pipeline.Pipeline` built with ``engine="fast"`` runs every 
 this engine: the transformer runs through a :class:`~hmar_core.fast.runner.FastRunner`, the
 sampling loop is the shared one with the sync-free draw of :mod:`~hmar_core.fast.sampling`,
 and the VQ-VAE convolution stacks run in ``vae_dtype`` (bf16 on accelerators) while the
-quantiser (codebook, phi convs, f_hat) stays float32. In float32 it returns the reference engine's tokens for the same seed
-(``tests/test_engines.py``).
+quantiser (codebook, phi convs, f_hat) stays float32. In float32 it returns the reference
+engine's tokens for the same seed (``tests/test_engines.py``).
 
 Weights: with ``own_weights=True`` (what ``Pipeline.from_pretrained(..., engine="fast")`` and
 ``load_official(..., engine="fast")`` use) the engine casts the transformer blocks and the VAE
