@@ -160,11 +160,8 @@ class Pipeline(nn.Module):
         pipeline); load with ``from_pretrained(..., engine="fast")`` to have it own them
         instead (no float32 copies alive).
         """
-        options = dict(engine_options)
-        if resolve_engine(engine, self.device) == "fast":
-            options.setdefault("own_weights", False)
         return Pipeline(self.tokenizer, self.transformer, self.sampler_config,
-                        self.class_names, engine=engine, engine_options=options)
+                        self.class_names, engine=engine, engine_options=engine_options)
 
     def model_key(self) -> tuple[object, ...]:
         """Identifies the weights, device, dtype and engine (edit-session cache keys)."""
@@ -582,12 +579,10 @@ class Pipeline(nn.Module):
             options = {"dtype": block_dtype, "own_weights": True, **engine_options}
             return cls(tokenizer, transformer, sampler_cfg, class_names, engine="fast",
                        engine_options=options)
-        if engine_options:
-            raise ValueError(f"engine options {sorted(engine_options)} apply to the fast "
-                             "engine only")
         tokenizer.to(device=device, dtype=dtype or torch.float32)
         transformer.to(device=device, dtype=dtype or torch.float32)
-        return cls(tokenizer, transformer, sampler_cfg, class_names)
+        return cls(tokenizer, transformer, sampler_cfg, class_names,
+                   engine_options=engine_options)  # refused unless empty (reference engine)
 
 
 def _options(options: EditOptions | None, fields: Mapping[str, Any]) -> EditOptions:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ..engine import EditModel
 
 __all__ = ["EditJob", "EditPreview", "EditResult", "PreviewCallback", "default_class_strength",
-           "edit", "edit_window", "make_job"]
+           "edit", "edit_window", "make_job", "result_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -272,9 +272,24 @@ def edit(
               else im.Window.around(pixel_mask, max(options.padding, options.feather)))
     canvases, run, spec, decoded = edit_window(job, [rgb] * options.num_variants, pixel_mask,
                                                window)
-    last = pipe.patch_nums[-1]
+    return result_of(job, like_input([im.to_pil(canvas) for canvas in canvases], image), run,
+                     spec, decoded, [window], run.seconds)
+
+
+def result_of(
+    job: EditJob,
+    images: list[Image.Image],
+    run: SpecRun,
+    spec: EditSpec,
+    decoded: np.ndarray,
+    windows: list[im.Window],
+    scale_seconds: list[float],
+) -> EditResult:
+    """The :class:`EditResult` of an edit whose last model window gave ``run``, ``spec`` and
+    ``decoded`` (tensors moved to the CPU)."""
+    last = job.pipe.patch_nums[-1]
     return EditResult(
-        images=like_input([im.to_pil(canvas) for canvas in canvases], image),
+        images=images,
         seed=job.seed,
         labels=job.labels.cpu(),
         confidence=run.output.confidence[-1].view(-1, last, last).cpu(),
@@ -282,7 +297,7 @@ def edit(
         source_tokens=[t.cpu() for t in spec.source_tokens],
         keep_masks=[k.cpu() for k in spec.keep_masks()],
         model_images=decoded,
-        scale_seconds=run.seconds,
+        scale_seconds=scale_seconds,
         resumed_from=run.resumed_from,
-        windows=[window],
+        windows=windows,
     )

@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import images as im
 from .modes import like_input
-from .ops import EditResult, PreviewCallback, edit_window, make_job, unchanged
+from .ops import EditResult, PreviewCallback, edit_window, make_job, result_of, unchanged
 from .session import EditSession
 from .spec import EditOptions
 
@@ -233,16 +233,5 @@ def outpaint(
         canvases, run, spec, decoded = edit_window(job, canvases, mask, window,
                                                    seed=seed, index=index, count=len(windows))
         seconds = [a + b for a, b in zip(seconds, run.seconds)]
-    last = pipe.patch_nums[-1]
-    return EditResult(
-        images=like_input([im.to_pil(c) for c in canvases], image, (left, top)),
-        seed=job.seed,
-        labels=job.labels.cpu(),
-        confidence=run.output.confidence[-1].view(-1, last, last).cpu(),
-        tokens=[t.cpu() for t in run.output.tokens],
-        source_tokens=[t.cpu() for t in spec.source_tokens],
-        keep_masks=[k.cpu() for k in spec.keep_masks()],
-        model_images=decoded,
-        scale_seconds=seconds,
-        windows=windows,
-    )
+    return result_of(job, like_input([im.to_pil(c) for c in canvases], image, (left, top)),
+                     run, spec, decoded, windows, seconds)
