@@ -81,7 +81,8 @@ class Engine(ABC):
     @abstractmethod
     def scale_model(self, labels: torch.Tensor) -> tuple[ScaleModel, dict[str, Any]]:
         """The network callable for one run on (B,) ``labels`` and the extra keyword arguments
-        of :func:`~hmar_core.sampler.sample` (``draw``, ``upsample``) this engine uses."""
+        of :func:`~hmar_core.sampler.sample` (``drawer``, ``upsample``, ``region``) this
+        engine uses."""
 
     @torch.no_grad()
     def sample_tokens(

@@ -224,3 +224,15 @@ def test_var_kept_scales_still_fill_the_kv_cache():
     with torch.no_grad():
         teacher = var.model(labels, out.tokens)  # (1, L, V), block-causal teacher forcing
     torch.testing.assert_close(seen[2], teacher[:, 5:14], rtol=1e-4, atol=1e-4)
+
+
+def test_to_host_keeps_dtypes_shapes_values_and_order():
+    from hmar_core.editing.host import to_host
+
+    tensors = [torch.arange(6).view(2, 3), torch.tensor([[True, False]]), torch.rand(2, 2, 2),
+               torch.zeros(0, 4, dtype=torch.int64), torch.tensor(7), torch.arange(3) * 2]
+    out = to_host(tensors)
+    assert len(out) == len(tensors)
+    for a, b in zip(out, tensors):
+        assert a.device.type == "cpu" and a.dtype == b.dtype and a.shape == b.shape
+        assert torch.equal(a, b)

@@ -218,6 +218,74 @@ def test_fast_edit_and_resume_identical_tokens(tiny_pipe):
     assert _same_tokens(resumed[0].tokens, resumed[1].tokens)
 
 
+class _StaticRegion:
+    """A :class:`~hmar_core.sampler.Region` with a CUDA graph's buffer semantics, on the CPU:
+    inputs are copied into per-key buffers, and every call of a key writes its outputs into
+    the same tensors (which the next call of that key overwrites)."""
+
+    def __init__(self) -> None:
+        self.outputs: dict[object, list[torch.Tensor | None]] = {}
+        self.calls = 0
+
+    def __call__(self, key, fn, inputs):
+        self.calls += 1
+        out = fn(*[None if x is None else x.clone() for x in inputs])
+        values = list(out) if isinstance(out, tuple) else [out]
+        slots = self.outputs.setdefault(key, [None if v is None else torch.empty_like(v)
+                                              for v in values])
+        for slot, value in zip(slots, values):
+            if slot is not None:
+                slot.copy_(value)
+        return tuple(slots) if isinstance(out, tuple) else slots[0]
+
+
+def test_region_with_reused_buffers_gives_the_same_results(tiny_pipe):
+    """The fast engine's step regions with graph-like reused output buffers: the same tokens
+    as the eager reference, and what a run returns or hands to ``on_scale`` (which edit
+    sessions keep) is not overwritten by later runs."""
+    from hmar_core.fast import GUMBEL
+
+    pipe = tiny_pipe
+    fast = pipe.with_engine("fast", dtype=torch.float32)
+    model, options = fast.backend.scale_model(torch.tensor([2, 2]))
+    settings = pipe.sampler_settings(cfg=2.0)
+    schedule = pipe.resolve_schedule([[1], [1, 3], [3, 3, 3], [4, 6, 6]])  # refines 2 scales
+    with torch.no_grad():
+        source = pipe.generate(seed=11, batch_size=2).tokens
+    constraint = _BoxConstraint(source, pipe.patch_nums)
+    labels = torch.tensor([2, 2])
+    region = _StaticRegion()
+
+    def run(seed: int, engine: str, states: list | None = None, keep=None):
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            if engine == "reference":
+                return pipe.sample_tokens(labels, settings, schedule, generator,
+                                          constraint=keep, on_scale=None)
+            return sample(model, pipe.tokenizer.quantize, pipe.patch_nums, settings, schedule,
+                          labels=labels, null_class=pipe.null_class, generator=generator,
+                          constraint=keep, drawer=GUMBEL, upsample=options["upsample"],
+                          region=region, record_steps=True,
+                          on_scale=None if states is None else states.append)
+
+    states: list = []
+    first = run(4, "fast", states, constraint)
+    kept = [t.clone() for t in first.tokens], first.f_hat.clone()
+    kept_states = [(s.f_hat.clone(), [t.clone() for t in s.tokens]) for s in states]
+    plain = run(5, "fast")
+    again = run(6, "fast", [], constraint)  # overwrites every buffer of the first run
+    assert region.calls > 3 * len(pipe.patch_nums)
+    assert _same_tokens(first.tokens, run(4, "reference", keep=constraint).tokens)
+    assert _same_tokens(plain.tokens, run(5, "reference").tokens)
+    assert not _same_tokens(again.tokens, first.tokens)
+    assert _same_tokens(first.tokens, kept[0]) and torch.equal(first.f_hat, kept[1])
+    for state, (f_hat, tokens) in zip(states, kept_states):
+        assert torch.equal(state.f_hat, f_hat) and _same_tokens(state.tokens, tokens)
+    steps = [t for scale in first.steps for t in scale]
+    assert len(steps) == 1 + 1 + 3 + 3  # every refinement step recorded, none overwritten
+    assert not all(torch.equal(a, b) for a, b in zip(first.steps[3], first.steps[3][1:]))
+
+
 def test_fast_encode_decode_float32(tiny_pipe):
     fast = tiny_pipe.with_engine("fast", dtype=torch.float32, decode_batch=2)
     images = torch.rand(3, 3, tiny_pipe.image_size, tiny_pipe.image_size) * 2 - 1

@@ -27,6 +27,7 @@ from PIL import Image
 from .. import images as im
 from ..sampler import ScaleState
 from ..schedules import Schedule
+from .host import to_host
 from .masks import composite, feather_weights
 from .modes import like_input
 from .session import EditSession, SpecRun, run_spec
@@ -287,15 +288,17 @@ def result_of(
 ) -> EditResult:
     """The :class:`EditResult` of an edit whose last model window gave ``run``, ``spec`` and
     ``decoded`` (tensors moved to the CPU)."""
-    last = job.pipe.patch_nums[-1]
+    last, scales = job.pipe.patch_nums[-1], len(run.output.tokens)
+    host = to_host([job.labels, run.output.confidence[-1].view(-1, last, last),
+                    *run.output.tokens, *spec.source_tokens, *spec.keep_masks()])
     return EditResult(
         images=images,
         seed=job.seed,
-        labels=job.labels.cpu(),
-        confidence=run.output.confidence[-1].view(-1, last, last).cpu(),
-        tokens=[t.cpu() for t in run.output.tokens],
-        source_tokens=[t.cpu() for t in spec.source_tokens],
-        keep_masks=[k.cpu() for k in spec.keep_masks()],
+        labels=host[0],
+        confidence=host[1],
+        tokens=host[2:2 + scales],
+        source_tokens=host[2 + scales:2 + 2 * scales],
+        keep_masks=host[2 + 2 * scales:],
         model_images=decoded,
         scale_seconds=scale_seconds,
         resumed_from=run.resumed_from,

@@ -33,6 +33,7 @@ import torch
 from ..config import SamplerConfig
 from ..sampler import SampleOutput, ScaleState
 from ..schedules import Schedule
+from .host import to_host
 from .spec import EditSpec
 
 if TYPE_CHECKING:
@@ -136,11 +137,13 @@ def scale_keys(
 ) -> list[str]:
     """The chained per-scale cache keys of a run (see the module docstring)."""
     sampler = {k: v for k, v in settings.to_dict().items() if k not in ("mask_schedule", "steps")}
-    key = _digest(pipe.model_key(), spec.labels, sorted(sampler.items()), seed)
+    scales = spec.num_scales
+    host = to_host([spec.labels, *spec.source_tokens, *spec.keep_masks()])  # one sync
+    key = _digest(pipe.model_key(), host[0], sorted(sampler.items()), seed)
     keys = []
-    for si, keep in enumerate(spec.keep_masks()):
+    for si in range(scales):
         fine_here = fine[1] if fine is not None and fine[0] == si else None
-        key = _digest(key, spec.source(si), keep, schedule[si], fine_here)
+        key = _digest(key, host[1 + si], host[1 + scales + si], schedule[si], fine_here)
         keys.append(key)
     return keys
 

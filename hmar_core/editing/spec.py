@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from typing_extensions import TypedDict
@@ -227,12 +228,28 @@ class EditSpec:
     def num_scales(self) -> int:
         return len(self.source_tokens)
 
+    @cached_property
+    def _summary(self) -> tuple[tuple[bool, bool, int], ...]:
+        """Per scale ``(nothing regenerated, all regenerated, most free positions of a sample)``
+        before the strength applies, read from the device once."""
+        stats = torch.stack([torch.stack([(~regen.any()).long(), regen.all().long(),
+                                          regen.sum(-1).amax()]) for regen in self.regenerate])
+        return tuple((bool(none), bool(every), int(free))
+                     for none, every, free in stats.tolist())
+
+    def keeps_all(self, scale: int) -> bool:
+        """Is every token of ``scale`` kept (by the mask or the strength)?"""
+        return scale < self.strength or self._summary[scale][0]
+
+    def max_free(self, scale: int) -> int:
+        """The most positions of one sample that ``scale`` regenerates."""
+        return 0 if scale < self.strength else self._summary[scale][2]
+
     def keep(self, scale: int) -> torch.Tensor | None:
         """(B, n) bool, True = force the source token; ``None`` when nothing is kept."""
         if scale < self.strength:
             return torch.ones_like(self.regenerate[scale])
-        keep = ~self.regenerate[scale]
-        return keep if bool(keep.any()) else None
+        return None if self._summary[scale][1] else ~self.regenerate[scale]
 
     def source(self, scale: int) -> torch.Tensor:
         """(B, n) int64 source tokens of ``scale``."""
@@ -273,12 +290,10 @@ def edit_schedule(base: Schedule, spec: EditSpec, steps: int | Sequence[int]) ->
     out = []
     for si, entry in enumerate(base):
         n = sum(entry)
-        keep = spec.keep(si)
-        if keep is None:
+        if spec.keep(si) is None:
             out.append(tuple(entry))
-        elif bool(keep.all()):
+        elif spec.keeps_all(si):
             out.append((n,))
         else:
-            free = int((~keep).sum(-1).max())
-            out.append(_cosine_entry(n, min(per_scale[si], free)))
+            out.append(_cosine_entry(n, min(per_scale[si], spec.max_free(si))))
     return tuple(out)

@@ -10,8 +10,11 @@ from .engine import CompiledOrEager, FastEngine, cast_blocks_
 from .graphs import GraphCache
 from .runner import FastRunner, default_dtype
 from .sampling import (
+    GUMBEL,
     GuidedScaleModel,
+    argmax_choose,
     draw,
+    exponential_noise,
     fast_sample,
     fused_top_k_top_p_filter,
     sample_from_logits_fast,
@@ -21,11 +24,14 @@ __all__ = [
     "CompiledOrEager",
     "FastEngine",
     "FastRunner",
+    "GUMBEL",
     "GraphCache",
     "GuidedScaleModel",
+    "argmax_choose",
     "cast_blocks_",
     "default_dtype",
     "draw",
+    "exponential_noise",
     "fast_sample",
     "fused_top_k_top_p_filter",
     "sample_from_logits_fast",

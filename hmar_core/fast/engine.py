@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ from ..sampler import ScaleModel
 from ..tokenizer import MultiScaleVQTokenizer
 from ..transformer import HMARTransformer
 from .runner import FastRunner, default_dtype
-from .sampling import sample_from_logits_fast
+from .sampling import GUMBEL
 
 __all__ = ["CompiledOrEager", "FastEngine", "cast_blocks_"]
 
@@ -180,7 +180,14 @@ class FastEngine(Engine):
 
     # ---------------------------------------------------------------------------- sampling
     def scale_model(self, labels: torch.Tensor) -> tuple[ScaleModel, dict[str, Any]]:
-        """The fast runner, prepared for these labels, with the sync-free filter-and-draw and
-        the matrix bicubic upsampling."""
+        """The fast runner, prepared for these labels, with the sync-free filter-and-draw,
+        the matrix bicubic upsampling, and every step's pure part replayed from the runner's
+        CUDA graphs (one per step kind, scale and batch; eager off CUDA)."""
         self.runner.begin(labels, self.null_class)
-        return self.runner, {"draw": sample_from_logits_fast, "upsample": self._upsample}
+        return self.runner, {"drawer": GUMBEL, "upsample": self._upsample,
+                             "region": self._region}
+
+    def _region(self, key: Hashable, fn: Callable[..., Any],
+                inputs: Sequence[torch.Tensor | None]) -> Any:
+        """The sampler's :class:`~hmar_core.sampler.Region`: the runner's graph cache."""
+        return self.runner.graphs.run(key, fn, inputs, self.device)

@@ -8,9 +8,14 @@ buffers and replay.
 
 Contract for ``fn``: a pure function of its tensor arguments and of tensors whose storage never
 moves (weights, buffers written with ``copy_``); no host synchronisation, no random draws, no
-shape-dependent Python control flow beyond the key. All graphs of a cache share one memory
-pool, so the output of a replay is valid until the next replay of *any* graph of the cache:
-consume it (or clone it) before then — stream order makes reading it right away safe.
+shape-dependent Python control flow beyond the key. It returns a tensor or a tuple of tensors
+(``None`` allowed). All graphs of a cache share one memory pool; a graph's outputs stay alive
+with it, so they are valid until the next replay of the *same* graph (clone what must outlive
+that).
+
+Graphs nest: while the cache warms up or captures ``fn``, a ``run`` that ``fn`` itself makes
+(the runner's per-scale graph inside the sampler's per-step graph) runs eagerly, so it becomes
+part of the enclosing graph.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -32,7 +38,7 @@ Inputs = Sequence[torch.Tensor | None]
 class _Captured:
     graph: torch.cuda.CUDAGraph
     inputs: list[torch.Tensor | None]
-    output: torch.Tensor
+    output: Any  # a tensor or a tuple of tensors (None allowed)
 
 
 class GraphCache:
@@ -50,6 +56,7 @@ class GraphCache:
         self._pool: object | None = None
         self.error: str | None = None  # why capture was abandoned, if it was
         self._stream: torch.cuda.Stream | None = None
+        self._inside = False  # warming up or capturing: nested runs are part of that graph
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -62,10 +69,10 @@ class GraphCache:
     def run(
         self,
         key: Hashable,
-        fn: Callable[..., torch.Tensor],
+        fn: Callable[..., Any],
         inputs: Inputs,
         device: torch.device,
-    ) -> torch.Tensor:
+    ) -> Any:
         """``fn(*inputs)``, replayed from a graph captured for ``key`` where possible.
 
         Args:
@@ -75,9 +82,9 @@ class GraphCache:
             device: where the work runs; graphs only for CUDA devices.
 
         Returns:
-            The output; from a graph it is the static output tensor (see the module docs).
+            The output; from a graph, its static output tensor(s) (see the module docs).
         """
-        if not self.enabled or device.type != "cuda":
+        if not self.enabled or device.type != "cuda" or self._inside:
             return fn(*inputs)
         captured = self._graphs.get(key)
         if captured is None:
@@ -92,14 +99,21 @@ class GraphCache:
             self._graphs[key] = captured
         else:
             for buffer, value in zip(captured.inputs, inputs):
-                if buffer is not None:
+                if buffer is not None and value is not None:
                     buffer.copy_(value)
         captured.graph.replay()
         return captured.output
 
-    def _capture(
-        self, fn: Callable[..., torch.Tensor], inputs: Inputs, device: torch.device
-    ) -> _Captured:
+    def _capture(self, fn: Callable[..., Any], inputs: Inputs, device: torch.device
+                 ) -> _Captured:
+        self._inside = True
+        try:
+            return self._capture_inside(fn, inputs, device)
+        finally:
+            self._inside = False
+
+    def _capture_inside(self, fn: Callable[..., Any], inputs: Inputs, device: torch.device
+                        ) -> _Captured:
         static = [None if x is None else x.clone() for x in inputs]
         if self._stream is None:  # warm-up and capture share one side stream (cuBLAS state)
             self._stream = torch.cuda.Stream(device=device)

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from ..pyramid import scale_slices
-from ..sampler import ScaleInput
+from ..sampler import ScaleInput, Weight
 from ..transformer import AdaLNBlock, AdaLNHead, Branch, HMARTransformer
 from .graphs import GraphCache
 
@@ -212,8 +212,8 @@ class FastRunner:
         """
         if labels.dtype != torch.int64 or labels.dim() != 1:
             raise ValueError(f"labels must be int64 (B,), got {labels.dtype} {tuple(labels.shape)}")
-        low, high = torch.aminmax(labels)
-        if int(low) < 0 or int(high) > self.cfg.num_classes:
+        low, high = torch.stack(torch.aminmax(labels)).tolist()  # one host read
+        if low < 0 or high > self.cfg.num_classes:
             raise ValueError(f"class ids must be in [0, {self.cfg.num_classes}]")
         self._prepare(labels)
         if null_class is not None:
@@ -287,25 +287,31 @@ class FastRunner:
             (inputs.x_ns, inputs.x_mask, inputs.masked), self.device)
         return out.clone() if self.graphs.enabled and self.device.type == "cuda" else out
 
-    def guided(self, labels: torch.Tensor, null_class: int, weight: float,
+    def guided(self, labels: torch.Tensor, null_class: int, weight: Weight,
                inputs: ScaleInput) -> torch.Tensor:
         """CFG logits ``(1 + t)·cond - t·uncond`` (B, n, V) float32, in one pass.
 
         Equals :func:`~hmar_core.sampler.guided_logits` (only the conditional half runs when
-        ``weight == 0``, except for VAR models whose cache holds both halves). From a CUDA graph
-        the result is a static buffer: read it before the next call.
+        ``weight`` is the number 0, except for VAR models whose cache holds both halves); a
+        (2,) tensor ``[1 + t, t]`` is copied into the pass's factors on the device (so an
+        enclosing captured graph reads it). From a CUDA graph the result is a static buffer:
+        read it before the next call.
         """
         scale, branch = inputs.scale, inputs.branch
         self._check(scale, branch)
         batch = labels.shape[0]
-        if weight == 0.0 and not self.stateful:
+        if not isinstance(weight, torch.Tensor) and weight == 0.0 and not self.stateful:
             state = self._prepare(labels)
             key = ("cond", scale, branch, batch)
             fn = lambda *t: self._logits(state, scale, branch, *t, False, False)  # noqa: E731
         else:
             state = self._prepare(self._both(labels, null_class))
-            self._cfg_a.fill_(1.0 + weight)
-            self._cfg_b.fill_(weight)
+            if isinstance(weight, torch.Tensor):
+                self._cfg_a.copy_(weight[0])
+                self._cfg_b.copy_(weight[1])
+            else:
+                self._cfg_a.fill_(1.0 + weight)
+                self._cfg_b.fill_(weight)
             key = ("cfg", scale, branch, batch)
             fn = lambda *t: self._logits(state, scale, branch, *t, True, True)  # noqa: E731
         return self.graphs.run(key, fn, (inputs.x_ns, inputs.x_mask, inputs.masked), self.device)

@@ -23,11 +23,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from ..sampler import SampleOutput, ScaleInput, sample, top_k_top_p_filter
+from ..sampler import Drawer, SampleOutput, ScaleInput, Weight, sample, top_k_top_p_filter
 
 __all__ = [
+    "GUMBEL",
     "GuidedScaleModel",
+    "argmax_choose",
     "draw",
+    "exponential_noise",
     "fast_sample",
     "fused_top_k_top_p_filter",
     "sample_from_logits_fast",
@@ -44,7 +47,7 @@ class GuidedScaleModel(Protocol):
     :func:`~hmar_core.sampler.guided_logits` of the same model (``pair`` included).
     """
 
-    def guided(self, labels: torch.Tensor, null_class: int, weight: float,
+    def guided(self, labels: torch.Tensor, null_class: int, weight: Weight,
                inputs: ScaleInput) -> torch.Tensor: ...
 
 
@@ -86,6 +89,28 @@ def fused_top_k_top_p_filter(logits: torch.Tensor, top_k: int, top_p: float) -> 
     return logits.masked_fill(logits < threshold, float("-inf"))
 
 
+def exponential_noise(shape: tuple[int, ...], device: torch.device,
+                      generator: torch.Generator) -> torch.Tensor:
+    """``q ~ Exp(1)`` of ``shape`` (float32) from ``generator``: one step's random draw."""
+    return torch.empty(shape, dtype=torch.float32, device=device).exponential_(
+        1, generator=generator)
+
+
+def argmax_choose(probs: torch.Tensor, noise: torch.Tensor | None,
+                  generator: torch.Generator) -> torch.Tensor:
+    """``argmax(probs / q)`` over the last dimension: the Gumbel-max form ``multinomial``
+    uses for one sample, given the noise ``q`` (pure: no draw, no host sync)."""
+    del generator
+    if noise is None:
+        raise ValueError("argmax_choose needs the noise of exponential_noise")
+    return (probs / noise).argmax(dim=-1)
+
+
+#: The fast draw: the fused filter and the Gumbel-max choice (the same tokens as
+#: :data:`~hmar_core.sampler.MULTINOMIAL` for the same generator).
+GUMBEL = Drawer(fused_top_k_top_p_filter, exponential_noise, argmax_choose)
+
+
 def draw(probs_NV: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One sample per row, exactly as ``torch.multinomial(probs, 1, replacement=True)``.
 
@@ -95,22 +120,20 @@ def draw(probs_NV: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     Returns:
         (N,) int64 indices.
     """
-    q = torch.empty_like(probs_NV).exponential_(1, generator=generator)
-    return (probs_NV / q).argmax(dim=-1)
+    noise = exponential_noise(tuple(probs_NV.shape), probs_NV.device, generator)
+    return argmax_choose(probs_NV, noise, generator)
 
 
 def sample_from_logits_fast(
     logits_BnV: torch.Tensor, top_k: int, top_p: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`~hmar_core.sampler.sample_from_logits` with the fused filter and :func:`draw`.
+    """:func:`~hmar_core.sampler.sample_from_logits` with :data:`GUMBEL`.
 
     Returns:
         tokens (B, n) int64 and probs (B, n, V), the distribution they were drawn from.
     """
-    batch, n, vocab = logits_BnV.shape
     probs = fused_top_k_top_p_filter(logits_BnV, top_k, top_p).softmax(dim=-1)
-    idx = draw(probs.view(-1, vocab), generator)
-    return idx.view(batch, n), probs
+    return draw(probs.view(-1, probs.shape[-1]), generator).view(probs.shape[:-1]), probs
 
 
 # --------------------------------------------------------------------------------- the loop
@@ -120,4 +143,4 @@ def fast_sample(*args: Any, **kwargs: Any) -> SampleOutput:
     Same arguments, same random draws and the same result for the same logits; models with a
     ``guided`` method (the fast runner) run both CFG halves in one pass.
     """
-    return sample(*args, draw=sample_from_logits_fast, **kwargs)
+    return sample(*args, drawer=GUMBEL, **kwargs)
