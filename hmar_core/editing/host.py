@@ -17,15 +17,12 @@ __all__ = ["to_host"]
 def to_host(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """The tensors on the CPU, same dtypes, shapes and values, in the same order.
 
-    Tensors already on the CPU are returned as they are (detached); the others are copied
-    with one transfer per dtype.
+    One transfer per dtype (tensors that were on the CPU already come back as copies).
     """
-    out: list[torch.Tensor | None] = [t.detach() if t.device.type == "cpu" else None
-                                      for t in tensors]
+    out: list[torch.Tensor | None] = [None] * len(tensors)
     groups: dict[torch.dtype, list[int]] = {}
     for index, tensor in enumerate(tensors):
-        if out[index] is None:
-            groups.setdefault(tensor.dtype, []).append(index)
+        groups.setdefault(tensor.dtype, []).append(index)
     for indices in groups.values():
         flat = torch.cat([tensors[i].detach().reshape(-1) for i in indices]).cpu()
         for i, part in zip(indices, flat.split([tensors[i].numel() for i in indices])):
