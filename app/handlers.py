@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image
 
 from hmar_core import Pipeline
-from hmar_core.editing import EditOptions, EditSession
+from hmar_core.editing import EditOptions
+from hmar_core.variants import Sessions
 
 from .components import RefusedPicture
 from .editor import background_image, editor_value, mask_from_layers
@@ -105,11 +106,12 @@ def quality_label(
 
 
 def _caption(result: RunResult, index: int) -> str:
-    """``"#2 · cat · seed 42"``: which image, its class (when known) and the run's seed."""
+    """``"#2 · cat · seed 43"``: which image, its class (when known) and its own seed (typed
+    with Variants 1 and the same settings, it makes this image again)."""
     parts = [f"#{index + 1}"]
     if index < len(result.classes) and result.classes[index]:
         parts.append(result.classes[index])
-    parts.append(f"seed {result.seed}")
+    parts.append(f"seed {result.seed_of(index)}")
     return " · ".join(parts)
 
 
@@ -128,9 +130,9 @@ def gallery_items(result: RunResult | None, heatmap: bool) -> list[tuple[Image.I
 
 
 def _file_name(result: RunResult, index: int) -> str:
-    """The download name of a result, unique per run:
-    ``hmar-class-edit-20261207-014512-3fa2-seed42-1.png``."""
-    return (f"hmar-{result.mode.replace(' ', '-')}-{result.run_id}-seed{result.seed}"
+    """The download name of a result, unique per run and image (its own seed and index):
+    ``hmar-class-edit-20261207-014512-3fa2-seed43-2.png``."""
+    return (f"hmar-{result.mode.replace(' ', '-')}-{result.run_id}-seed{result.seed_of(index)}"
             f"-{index + 1}.png")
 
 
@@ -415,7 +417,7 @@ def _edit_events(
     mode: str,
     prepare: Callable[[list[str]], Prepared],
     controls: EditControls,
-    session: EditSession | None,
+    session: Sessions,
     progress: gr.Progress | None,
     stop: StopSignal | None,
     timing: Timing | None = None,
@@ -434,7 +436,7 @@ def _edit_events(
 def masked_edit_events(
     mode: str,
     pipeline: Pipeline,
-    session: EditSession | None,
+    session: Sessions,
     editor: Any,
     class_choice: Any,
     strength: float,

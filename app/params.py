@@ -49,7 +49,7 @@ __all__ = [
 MAX_SEED = 2**31 - 1
 #: The largest seed the engine takes (2^63 - 1).
 SEED_LIMIT = 2**63 - 1
-#: Upper bound of the variants slider (one batch on the model).
+#: Upper bound of the variants slider (images per run, each its own run of the model).
 MAX_VARIANTS = 8
 #: Ranges of the "Advanced" controls (the sliders and the server use the same numbers).
 CFG_RANGE = (0.0, 10.0)
@@ -77,7 +77,7 @@ class SamplingParams:
         top_k: keep the k most likely tokens (0 = off).
         top_p: nucleus sampling threshold in [0, 1] (0 or 1 = off).
         seed: the generator seed (always set: a random one when the box was empty).
-        variants: number of images (one batch).
+        variants: number of images (run one after the other, seeds ``seed + i``).
     """
 
     steps: int

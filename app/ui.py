@@ -18,7 +18,8 @@ import gradio as gr
 from gradio.utils import _parse_file_size
 
 from hmar_core import Pipeline
-from hmar_core.editing import EditSession, default_class_strength
+from hmar_core.editing import default_class_strength
+from hmar_core.variants import VariantSessions
 
 from . import handlers
 from .components import PictureEditor, RangeSlider
@@ -277,7 +278,7 @@ def build_demo(
         states = {
             "result": gr.State(None),  # the last RunResult of this user
             "selected": gr.State(None),  # the gallery item this user clicked (None: none)
-            "session": gr.State(EditSession()),  # this user's edit cache (copied per user)
+            "session": gr.State(VariantSessions()),  # this user's edit caches (one per variant)
             "run": gr.State(UserRun()),  # this user's Stop flag and "running" mark
             "history": gr.State([]),  # this user's earlier results (newest first)
         }

@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 
 from hmar_core import Pipeline
-from hmar_core.editing import EditSession
+from hmar_core.variants import VariantSessions
 
 from . import handlers
 from .params import Timing
@@ -54,7 +54,7 @@ def _run_handlers(pipeline: Pipeline, timing: Timing | None) -> dict[str, Any]:
     def masked(mode: str, doc: str) -> Callable[..., Iterator[handlers.RunOutputs]]:
         """Inpaint and class edit share their parameters (the API's names) and steps."""
 
-        def run_mode(run: UserRun, session: EditSession, image: Any, class_id: Any,
+        def run_mode(run: UserRun, session: VariantSessions, image: Any, class_id: Any,
                      strength: float, quality: float, cfg: float, top_k: float, top_p: float,
                      seed: Any, variants: float, heatmap: bool, area: Any, grow: float,
                      feather: float, only_masked: bool, padding: float,
