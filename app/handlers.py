@@ -36,8 +36,11 @@ from .imaging import confidence_overlay
 from .limits import MAX_PIXELS, check_picture_size
 from .outputs import OutputFolder
 from .params import (
+    BRUSH_SIZE_RANGE,
+    DEFAULT_BRUSH_SIZE,
     SamplingParams,
     Timing,
+    clamp,
     class_choices,
     class_id_from_choice,
     edit_options,
@@ -55,7 +58,10 @@ __all__ = [
     "MAX_PIXELS",
     "EditControls",
     "RunOutputs",
+    "BRUSH_COLOR",
     "background_image",
+    "brush",
+    "brush_size_update",
     "class_choices",
     "after_run",
     "class_edit_events",
@@ -88,6 +94,28 @@ Prepared = tuple[Image.Image, np.ndarray | None, EditOptions, dict[str, int] | N
 #: The "Area to change" choices: (label, value).
 AREAS = (("Painted area", "painted"), ("Everything except the painted area", "outside"),
          ("Whole picture", "all"))
+
+
+#: The one colour of the mask brush (a bright pink that few pictures contain).
+BRUSH_COLOR = "#ff2e88"
+
+
+def brush(width: float = DEFAULT_BRUSH_SIZE) -> gr.Brush:
+    """The mask brush whose strokes are ``width`` pixels of the picture wide (Gradio's
+    ``default_size`` is the radius), in the one brush colour."""
+    return gr.Brush(default_size=max(1, round(width / 2)), colors=[BRUSH_COLOR],
+                    color_mode="fixed")
+
+
+def brush_size_update(size: Any) -> Any:
+    """The "Brush size" slider: the editor's next strokes get this size (clamped to
+    :data:`~app.params.BRUSH_SIZE_RANGE`; a value that is not a number leaves it as it was).
+    The picture and the painted strokes stay."""
+    try:
+        value = clamp("Brush size", size, *BRUSH_SIZE_RANGE, None, whole=True)
+    except InputError:
+        return gr.skip()
+    return gr.update(brush=brush(value))
 
 
 def randomize_seed() -> str:

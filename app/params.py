@@ -18,7 +18,9 @@ from hmar_core.editing import EditOptions
 from .errors import InputError
 
 __all__ = [
+    "BRUSH_SIZE_RANGE",
     "CFG_RANGE",
+    "DEFAULT_BRUSH_SIZE",
     "EXTENT_RANGE",
     "FEATHER_RANGE",
     "GROW_RANGE",
@@ -59,6 +61,10 @@ GROW_RANGE = (0, 4)
 FEATHER_RANGE = (0, 32)
 PADDING_RANGE = (0, 256)
 EXTENT_RANGE = (5, 100)
+#: The "Brush size" slider: the width of a stroke in pixels of the picture, and its default
+#: (Gradio's brush takes the radius: half of it).
+BRUSH_SIZE_RANGE = (2, 256)
+DEFAULT_BRUSH_SIZE = 48
 #: Dropdown value for "no class" (Generate: a random class; editing: unconditional).
 NO_CLASS = -1
 #: The slider never offers more steps than this, whatever the pyramid allows.

@@ -127,6 +127,8 @@ def wire_events(pipeline: Pipeline, timing: Timing | None, c: Any, o: Any,
                      show_progress="hidden", api_visibility="private")
     o.gallery.select(handlers.remember_selection, None, states["selected"],
                      api_visibility="private")
+    c.brush_size.change(handlers.brush_size_update, c.brush_size, c.editor,
+                        show_progress="hidden", api_visibility="private")
     o.to_editor_btn.click(handlers.edit_result, [states["result"], states["selected"]],
                           [c.editor, o.status, c.modes], api_visibility="private",
                           show_progress="hidden")
