@@ -378,15 +378,16 @@ def _edit_result(
     """The last update of an edit: every variant's image, confidence tiles and seed."""
     seconds = time.perf_counter() - started
     images = tuple(picture for result in results for picture in result.images)
-    tiles = tuple(tile for variant, result in enumerate(results)
-                  for tile in _edit_tiles(result, {window: confidence for (v, window), confidence
-                                                   in finals.items() if v == variant}))
+    tiles: list[tuple[ConfidenceTile, ...]] = []
+    for variant, result in enumerate(results):
+        windows = {window: value for (owner, window), value in finals.items() if owner == variant}
+        tiles.extend(_edit_tiles(result, windows))
     seeds = tuple(result.seed if result.seed is not None else 0
                   for result in results for _ in result.images)
     resumed = max(result.resumed_from for result in results)
     cached = f" · reused {resumed + 1} cached scale(s)" if resumed >= 0 else ""
     classes = (_class_name(pipeline, class_id),) * len(images)
-    run = RunResult(mode, images, tiles, seeds[0], seconds, classes,
+    run = RunResult(mode, images, tuple(tiles), seeds[0], seconds, classes,
                     size=pipeline.image_size, source=_on_canvas(image, images[0].size, extents),
                     seeds=seeds)
     return RunUpdate(1.0, f"Done in {seconds:.1f} s · {seeds_text(seeds)}{cached}",
