@@ -4,13 +4,14 @@
   raises for a value typed past the end (an error badge, while the browser then clamps the box
   anyway), so the app's one rule for out-of-range values (:func:`app.params.clamp`: clamp and
   say so in the status line) could not apply.
-* :func:`PictureEditor` is the bounded ``gr.ImageEditor`` whose pre-processing turns a picture
+* :class:`PictureEditor` is the bounded ``gr.ImageEditor`` whose pre-processing turns a picture
   refused from its header (too large, too elongated, an unsupported format) or that PIL
   refuses to decode (a decompression bomb) into :class:`RefusedPicture` instead of an error
   over the outputs (or Gradio's raw "Could not preprocess input component" with a server
   path); the handlers show the app's message for it.
 
-Their ``preprocess`` is wrapped on the instance, so the browser sees the usual components.
+Both override only ``preprocess`` (the slider on the instance, the editor in a subclass), so the
+browser sees the usual components.
 """
 
 from __future__ import annotations
@@ -48,27 +49,27 @@ def RangeSlider(*args: Any, **kwargs: Any) -> gr.Slider:  # noqa: N802 (a compon
     return slider
 
 
-def PictureEditor(max_pixels: int = MAX_PIXELS,  # noqa: N802 (a component)
-                  **kwargs: Any) -> gr.ImageEditor:
+class PictureEditor(BoundedImageEditor):
     """The bounded editor (:class:`~app.editor_component.BoundedImageEditor`: layers, formats
     and sizes checked from the headers before decoding) that hands a refused or undecodable
-    picture to the handler as a message."""
-    editor = BoundedImageEditor(**kwargs)
-    usual = editor.preprocess
+    picture to the handler as a message.
 
-    def preprocess(payload: Any) -> Any:
+    A class, not a wrapper of one instance: Gradio rebuilds the component from its
+    constructor's arguments for a session whose editor got a property update (the brush size),
+    and that copy must refuse pictures the same way.
+    """
+
+    def preprocess(self, payload: Any) -> Any:
+        """As the bounded editor; a refused picture becomes a :class:`RefusedPicture`."""
         try:
-            return usual(payload)
+            return super().preprocess(payload)
         except gr.Error as err:  # refused from its header: the app's own message
             logger.info("upload refused: %s", err.message)
             return RefusedPicture(str(err.message))
         except Image.DecompressionBombError:
             logger.info("upload refused: over the decoding limit of %s pixels",
                         Image.MAX_IMAGE_PIXELS)
-            return RefusedPicture(too_large_message(None, max_pixels))
-
-    editor.preprocess = preprocess  # type: ignore[method-assign]
-    return editor
+            return RefusedPicture(too_large_message(None, MAX_PIXELS))
 
 
 def too_large_message(size: tuple[int, int] | None, max_pixels: int) -> str:

@@ -149,8 +149,21 @@ class BoundedImageEditor(gr.ImageEditor):
     # reports ``gr.ImageEditor``'s (``wraps``), whose arguments it passes on (keywords only).
     @functools.wraps(gr.ImageEditor.__init__)
     def __init__(self, **kwargs: Any) -> None:
+        store = kwargs.pop("blob_storage", None)
         super().__init__(**kwargs)
-        self.blob_storage: BlobStore = BlobStore()  # type: ignore[assignment]
+        self.blob_storage: BlobStore = (  # type: ignore[assignment]
+            store if isinstance(store, BlobStore) else BlobStore())
+        # A property update (e.g. the brush size) makes Gradio build a per-session copy from
+        # the constructor's arguments: the copy shares this store, so the bounds stay global.
+        self.constructor_args["blob_storage"] = self.blob_storage
+
+    def get_block_name(self) -> str:
+        """Served with ``gr.ImageEditor``'s frontend (subclasses too)."""
+        return "imageeditor"
+
+    def get_block_class(self) -> str:
+        """As :meth:`get_block_name`."""
+        return "imageeditor"
 
     @server
     def accept_blobs(self, data: Any) -> None:  # type: ignore[override]

@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image
 
 from hmar_core import Pipeline
-from hmar_core.editing import EditOptions, EditSession
+from hmar_core.editing import EditOptions
+from hmar_core.variants import Sessions
 
 from .components import RefusedPicture
 from .editor import background_image, editor_value, mask_from_layers
@@ -35,8 +36,11 @@ from .imaging import confidence_overlay
 from .limits import MAX_PIXELS, check_picture_size
 from .outputs import OutputFolder
 from .params import (
+    BRUSH_SIZE_RANGE,
+    DEFAULT_BRUSH_SIZE,
     SamplingParams,
     Timing,
+    clamp,
     class_choices,
     class_id_from_choice,
     edit_options,
@@ -54,7 +58,10 @@ __all__ = [
     "MAX_PIXELS",
     "EditControls",
     "RunOutputs",
+    "BRUSH_COLOR",
     "background_image",
+    "brush",
+    "brush_size_update",
     "class_choices",
     "after_run",
     "class_edit_events",
@@ -89,6 +96,28 @@ AREAS = (("Painted area", "painted"), ("Everything except the painted area", "ou
          ("Whole picture", "all"))
 
 
+#: The one colour of the mask brush (a bright pink that few pictures contain).
+BRUSH_COLOR = "#ff2e88"
+
+
+def brush(width: float = DEFAULT_BRUSH_SIZE) -> gr.Brush:
+    """The mask brush whose strokes are ``width`` pixels of the picture wide (Gradio's
+    ``default_size`` is the radius), in the one brush colour."""
+    return gr.Brush(default_size=max(1, round(width / 2)), colors=[BRUSH_COLOR],
+                    color_mode="fixed")
+
+
+def brush_size_update(size: Any) -> Any:
+    """The "Brush size" slider: the editor's next strokes get this size (clamped to
+    :data:`~app.params.BRUSH_SIZE_RANGE`; a value that is not a number leaves it as it was).
+    The picture and the painted strokes stay."""
+    try:
+        value = clamp("Brush size", size, *BRUSH_SIZE_RANGE, None, whole=True)
+    except InputError:
+        return gr.skip()
+    return gr.update(brush=brush(value))
+
+
 def randomize_seed() -> str:
     """The Random button: a fresh seed for the seed box (a text box: exact digits)."""
     return str(random_seed())
@@ -105,11 +134,12 @@ def quality_label(
 
 
 def _caption(result: RunResult, index: int) -> str:
-    """``"#2 · cat · seed 42"``: which image, its class (when known) and the run's seed."""
+    """``"#2 · cat · seed 43"``: which image, its class (when known) and its own seed (typed
+    with Variants 1 and the same settings, it makes this image again)."""
     parts = [f"#{index + 1}"]
     if index < len(result.classes) and result.classes[index]:
         parts.append(result.classes[index])
-    parts.append(f"seed {result.seed}")
+    parts.append(f"seed {result.seed_of(index)}")
     return " · ".join(parts)
 
 
@@ -128,9 +158,9 @@ def gallery_items(result: RunResult | None, heatmap: bool) -> list[tuple[Image.I
 
 
 def _file_name(result: RunResult, index: int) -> str:
-    """The download name of a result, unique per run:
-    ``hmar-class-edit-20261207-014512-3fa2-seed42-1.png``."""
-    return (f"hmar-{result.mode.replace(' ', '-')}-{result.run_id}-seed{result.seed}"
+    """The download name of a result, unique per run and image (its own seed and index):
+    ``hmar-class-edit-20261207-014512-3fa2-seed43-2.png``."""
+    return (f"hmar-{result.mode.replace(' ', '-')}-{result.run_id}-seed{result.seed_of(index)}"
             f"-{index + 1}.png")
 
 
@@ -415,7 +445,7 @@ def _edit_events(
     mode: str,
     prepare: Callable[[list[str]], Prepared],
     controls: EditControls,
-    session: EditSession | None,
+    session: Sessions,
     progress: gr.Progress | None,
     stop: StopSignal | None,
     timing: Timing | None = None,
@@ -434,7 +464,7 @@ def _edit_events(
 def masked_edit_events(
     mode: str,
     pipeline: Pipeline,
-    session: EditSession | None,
+    session: Sessions,
     editor: Any,
     class_choice: Any,
     strength: float,

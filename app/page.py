@@ -9,6 +9,9 @@
   silent HTTP 413, or with a decoding error);
 * makes the class lists filter by typing: focusing one selects its text, so what you type
   replaces "Random class" instead of being appended to it;
+* gives the mask editor keyboard shortcuts (Gradio's editor has only buttons): Ctrl+Z (⌘Z)
+  presses its Undo button, Ctrl+Shift+Z and Ctrl+Y its Redo button, while the Edit tab is
+  shown and the focus is not in a text field (where the keys keep their usual meaning);
 * adds the styles: model-resolution results drawn with crisp (nearest-neighbour) pixels.
 
 The pixel limit is checked from the image header (the browser reads the size without
@@ -19,10 +22,12 @@ from __future__ import annotations
 
 import json
 
-__all__ = ["ALERT_ID", "page_script", "size_text"]
+__all__ = ["ALERT_ID", "EDITOR_ID", "page_script", "size_text"]
 
 #: The element that shows upload messages.
 ALERT_ID = "upload-alert"
+#: The mask editor (its Undo / Redo buttons get the keyboard shortcuts).
+EDITOR_ID = "editor"
 
 _CSS = """
 #results img, #preview img, #compare img, #history img, #editor canvas {
@@ -89,6 +94,24 @@ _SCRIPT = """
       setTimeout(() => input.select(), 0);
     }
   }, true);
+  // mask editor: Ctrl+Z = its Undo button, Ctrl+Shift+Z / Ctrl+Y = its Redo button
+  const TEXT_TYPES = ['text', 'number', 'search', 'email', 'url', 'password', 'tel'];
+  const typing = (el) => !!el && (el.isContentEditable || el.tagName === 'TEXTAREA'
+    || el.tagName === 'SELECT' || (el.tagName === 'INPUT' && TEXT_TYPES.includes(el.type)));
+  window.addEventListener('keydown', (event) => {
+    if (!(event.ctrlKey || event.metaKey) || event.altKey || typing(document.activeElement)) {
+      return;
+    }
+    const key = event.key.toLowerCase();
+    const which = key === 'z' ? (event.shiftKey ? 'Redo' : 'Undo')
+      : (key === 'y' && !event.shiftKey ? 'Redo' : null);
+    const editor = document.getElementById('__EDITOR__');
+    if (!which || !editor || !editor.offsetParent) return;  // the Edit tab is hidden
+    const button = editor.querySelector(`button[aria-label="${which}"]`);
+    if (!button || button.disabled) return;
+    event.preventDefault();
+    button.click();
+  });
   window.addEventListener('change', (event) => {
     if (event.target.type !== 'file') return;
     guard(event, event.target.files, () => new Event('change', {bubbles: true}));
@@ -115,4 +138,5 @@ def page_script(max_bytes: int, max_pixels: int) -> str:
             .replace("__MP__", str(max_pixels // 1_000_000))
             .replace("__SIZE_TEXT__", size_text(max_bytes))
             .replace("__ALERT__", ALERT_ID)
+            .replace("__EDITOR__", EDITOR_ID)
             .replace("__CSS__", json.dumps(_CSS)))

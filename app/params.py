@@ -18,7 +18,9 @@ from hmar_core.editing import EditOptions
 from .errors import InputError
 
 __all__ = [
+    "BRUSH_SIZE_RANGE",
     "CFG_RANGE",
+    "DEFAULT_BRUSH_SIZE",
     "EXTENT_RANGE",
     "FEATHER_RANGE",
     "GROW_RANGE",
@@ -49,7 +51,7 @@ __all__ = [
 MAX_SEED = 2**31 - 1
 #: The largest seed the engine takes (2^63 - 1).
 SEED_LIMIT = 2**63 - 1
-#: Upper bound of the variants slider (one batch on the model).
+#: Upper bound of the variants slider (images per run, each its own run of the model).
 MAX_VARIANTS = 8
 #: Ranges of the "Advanced" controls (the sliders and the server use the same numbers).
 CFG_RANGE = (0.0, 10.0)
@@ -59,6 +61,10 @@ GROW_RANGE = (0, 4)
 FEATHER_RANGE = (0, 32)
 PADDING_RANGE = (0, 256)
 EXTENT_RANGE = (5, 100)
+#: The "Brush size" slider: the width of a stroke in pixels of the picture, and its default
+#: (Gradio's brush takes the radius: half of it).
+BRUSH_SIZE_RANGE = (2, 256)
+DEFAULT_BRUSH_SIZE = 48
 #: Dropdown value for "no class" (Generate: a random class; editing: unconditional).
 NO_CLASS = -1
 #: The slider never offers more steps than this, whatever the pyramid allows.
@@ -77,7 +83,7 @@ class SamplingParams:
         top_k: keep the k most likely tokens (0 = off).
         top_p: nucleus sampling threshold in [0, 1] (0 or 1 = off).
         seed: the generator seed (always set: a random one when the box was empty).
-        variants: number of images (one batch).
+        variants: number of images (run one after the other, seeds ``seed + i``).
     """
 
     steps: int

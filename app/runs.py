@@ -19,15 +19,16 @@ import torch
 from PIL import Image
 
 from hmar_core import GenerateOutput, Pipeline, ScaleState
-from hmar_core.editing import EditOptions, EditPreview, EditResult, EditSession, outpaint
+from hmar_core.editing import EditOptions, EditPreview, EditResult
 from hmar_core.editing.outpaint import plan_outpaint_windows
+from hmar_core.variants import Sessions, edit_variants, generate_variants, outpaint_variants
 
 from .imaging import ConfidenceTile, preview_strip, to_pil_images
 from .params import SamplingParams, Timing, max_quality_steps, refinement_passes, work_estimate
 from .streaming import Finished, StopSignal, stream_work
 
 __all__ = ["EDIT_MODES", "RunResult", "RunUpdate", "UserRun", "calibrate", "new_run_id",
-           "run_edit", "run_generate"]
+           "run_edit", "run_generate", "seeds_text"]
 
 #: The editing modes of :func:`run_edit`.
 EDIT_MODES = ("inpaint", "outpaint", "class edit")
@@ -75,7 +76,9 @@ class RunResult:
         mode: "generate", "inpaint", "outpaint" or "class edit".
         images: the results, full resolution.
         confidences: per image, its token-confidence tiles (one per model window).
-        seed: the seed used.
+        seed: the run's seed (variant 0's).
+        seeds: per image, its own seed (:func:`hmar_core.variants.variant_seed`: the run's
+            seed + its index); typed with Variants 1, it gives that image again.
         seconds: wall time of the run.
         classes: per image, the name of its class ("" when the run had none).
         run_id: unique per run (:func:`new_run_id`); part of the download names.
@@ -93,6 +96,25 @@ class RunResult:
     run_id: str = field(default_factory=new_run_id)
     size: int = 0
     source: Image.Image | None = None
+    seeds: tuple[int, ...] = ()
+
+    def seed_of(self, index: int) -> int:
+        """The seed of image ``index`` (the run's seed when the images have none of their
+        own)."""
+        return self.seeds[index] if 0 <= index < len(self.seeds) else self.seed
+
+
+def seeds_text(seeds: tuple[int, ...] | list[int]) -> str:
+    """The seeds of a run for the status line: ``"seed 42"`` or ``"seed 42 (+1 per variant:
+    42–45)"`` (seeds that wrap past the largest seed are listed one by one)."""
+    if not seeds:
+        return "seed ?"
+    first = f"seed {seeds[0]}"
+    if len(seeds) == 1:
+        return first
+    consecutive = all(b == a + 1 for a, b in zip(seeds, seeds[1:]))
+    shown = f"{seeds[0]}–{seeds[-1]}" if consecutive else ", ".join(map(str, seeds))
+    return f"{first} (+1 per variant: {shown})"
 
 
 @dataclass(frozen=True)
@@ -121,14 +143,52 @@ def _class_name(pipeline: Pipeline, class_id: int | None) -> str:
 
 @dataclass(frozen=True)
 class _ScalePreview:
+    """A decoded scale of one variant (generate)."""
+
+    variant: int
     scale: int
     images: list[Image.Image]
 
 
-def _preview_from_state(pipeline: Pipeline, state: ScaleState) -> _ScalePreview:
+@dataclass(frozen=True)
+class _EditStep:
+    """A scale of one window of one variant (edits)."""
+
+    variant: int
+    preview: EditPreview
+
+
+@dataclass(frozen=True)
+class _VariantDone:
+    """A variant is finished: its final images join the preview strip."""
+
+    variant: int
+    images: list[Image.Image]
+
+
+class _Strip:
+    """The live preview: the finished variants, then the one being made."""
+
+    def __init__(self) -> None:
+        self.finished: list[Image.Image] = []
+
+    def show(self, current: list[Image.Image]) -> Image.Image:
+        return preview_strip(self.finished + current)
+
+    def add(self, images: list[Image.Image]) -> Image.Image:
+        self.finished.extend(images)
+        return preview_strip(self.finished)
+
+
+def _variant_prefix(index: int, count: int) -> str:
+    """``"Variant 2/4 · "`` (nothing for a single picture)."""
+    return f"Variant {index + 1}/{count} · " if count > 1 else ""
+
+
+def _preview_from_state(pipeline: Pipeline, variant: int, state: ScaleState) -> _ScalePreview:
     """Decode the running latent of a scale into images (runs in the worker thread)."""
     images = pipeline.decode_latent(state.f_hat)  # (B, 3, H, W) in [0, 1], on its engine
-    return _ScalePreview(state.scale, to_pil_images(images, (0.0, 1.0)))
+    return _ScalePreview(variant, state.scale, to_pil_images(images, (0.0, 1.0)))
 
 
 def run_generate(
@@ -136,6 +196,9 @@ def run_generate(
     stop: StopSignal | None = None, timing: Timing | None = None,
 ) -> Iterator[RunUpdate]:
     """Generate ``params.variants`` images of one class, previewing every scale.
+
+    The variants run one after the other, variant ``i`` with seed ``params.seed + i``
+    (:mod:`hmar_core.variants`), so each can be made again alone with Variants 1.
 
     Args:
         pipeline: the loaded model.
@@ -145,44 +208,56 @@ def run_generate(
         timing: measured costs, for the expected time in the first status line.
 
     Yields:
-        One :class:`RunUpdate` per scale, then one with the :class:`RunResult`.
+        One :class:`RunUpdate` per scale of every variant, then one with the
+        :class:`RunResult`.
     """
-    num_scales = len(pipeline.patch_nums)
+    num_scales, count = len(pipeline.patch_nums), params.variants
     started = time.perf_counter()
 
-    def work(report: Callable[[_ScalePreview], None]) -> GenerateOutput:
-        def on_scale(state: ScaleState) -> None:
+    def work(report: Callable[[_ScalePreview | _VariantDone], None]) -> list[GenerateOutput]:
+        def on_scale(variant: int, state: ScaleState) -> None:
             if state.scale < num_scales - 1:  # the last scale is the result itself
-                report(_preview_from_state(pipeline, state))
+                report(_preview_from_state(pipeline, variant, state))
 
-        return pipeline.generate(
-            class_id, seed=params.seed, cfg=params.cfg, top_k=params.top_k,
-            top_p=params.top_p, steps=params.steps, batch_size=params.variants,
-            on_scale=on_scale,
-        )
+        return generate_variants(
+            pipeline, class_id, seed=params.seed, count=count, cfg=params.cfg,
+            top_k=params.top_k, top_p=params.top_p, steps=params.steps, on_scale=on_scale,
+            on_done=lambda variant, out: report(_VariantDone(variant,
+                                                             to_pil_images(out.images))))
 
-    estimate = work_estimate(pipeline.patch_nums, params.steps, 1, params.variants, timing)
-    yield RunUpdate(0.0, f"Starting: {estimate} · seed {params.seed}…")
+    estimate = work_estimate(pipeline.patch_nums, params.steps, 1, count, timing)
+    yield RunUpdate(0.0, f"Starting: {estimate} · {seeds_text([params.seed])}…")
+    strip = _Strip()
     for event in stream_work(work, stop):
         if isinstance(event, Finished):
-            output = event.value
-            images = tuple(to_pil_images(output.images))
-            side = pipeline.image_size
-            confidences = tuple((ConfidenceTile(c.float().cpu().numpy(), 0, 0, side),)
-                                for c in output.confidence)
-            seconds = time.perf_counter() - started
-            classes = tuple(_class_name(pipeline, int(i)) for i in output.labels)
-            names = ", ".join(sorted(set(classes)))
-            result = RunResult("generate", images, confidences, output.seed, seconds, classes,
-                               size=side)
-            yield RunUpdate(1.0, f"Done in {seconds:.1f} s · seed {output.seed} · {names}",
-                            preview_strip(images), result)
+            yield _generate_result(pipeline, event.value, started)
+        elif isinstance(event.item, _VariantDone):
+            done = event.item.variant + 1
+            yield RunUpdate(done / count, f"Variant {done}/{count} done",
+                            strip.add(event.item.images))
         else:
-            scale = event.item.scale
-            yield RunUpdate((scale + 1) / num_scales,
-                            f"Scale {scale + 1}/{num_scales} "
-                            f"({pipeline.patch_nums[scale]}×{pipeline.patch_nums[scale]} tokens)",
-                            preview_strip(event.item.images))
+            item = event.item
+            tokens = pipeline.patch_nums[item.scale]
+            yield RunUpdate((item.variant * num_scales + item.scale + 1) / (count * num_scales),
+                            f"{_variant_prefix(item.variant, count)}Scale {item.scale + 1}/"
+                            f"{num_scales} ({tokens}×{tokens} tokens)", strip.show(item.images))
+
+
+def _generate_result(pipeline: Pipeline, outputs: list[GenerateOutput], started: float
+                     ) -> RunUpdate:
+    """The last update of a Generate run: every variant's image, seed and class."""
+    images = tuple(image for out in outputs for image in to_pil_images(out.images))
+    side = pipeline.image_size
+    confidences = tuple((ConfidenceTile(c.float().cpu().numpy(), 0, 0, side),)
+                        for out in outputs for c in out.confidence)
+    seeds = tuple(out.seed for out in outputs for _ in range(out.images.shape[0]))
+    classes = tuple(_class_name(pipeline, int(i)) for out in outputs for i in out.labels)
+    seconds = time.perf_counter() - started
+    names = ", ".join(sorted(set(classes)))
+    result = RunResult("generate", images, confidences, seeds[0], seconds, classes,
+                       size=side, seeds=seeds)
+    return RunUpdate(1.0, f"Done in {seconds:.1f} s · {seeds_text(seeds)} · {names}",
+                     preview_strip(list(images)), result)
 
 
 def _edit_tiles(result: EditResult, finals: dict[int, torch.Tensor]
@@ -202,6 +277,32 @@ def _edit_tiles(result: EditResult, finals: dict[int, torch.Tensor]
     )
 
 
+def _edit_work(
+    pipeline: Pipeline, mode: str, image: Image.Image, mask: np.ndarray | None,
+    options: EditOptions, extents: dict[str, int] | None, session: Sessions,
+    finals: dict[tuple[int, int], torch.Tensor],
+) -> Callable[[Callable[[_EditStep | _VariantDone], None]], list[EditResult]]:
+    """The model work of an edit for :func:`stream_work`: every variant, one after the other
+    (:mod:`hmar_core.variants`); ``finals`` receives each window's final confidence."""
+
+    def work(report: Callable[[_EditStep | _VariantDone], None]) -> list[EditResult]:
+        def on_preview(variant: int, preview: EditPreview) -> None:
+            if preview.scale == preview.num_scales - 1:
+                finals[(variant, preview.window)] = preview.confidence
+            report(_EditStep(variant, preview))
+
+        def on_done(variant: int, result: EditResult) -> None:
+            report(_VariantDone(variant, list(result.images)))
+
+        if mode == "outpaint":
+            return outpaint_variants(pipeline, image, extents or {}, options,
+                                     on_preview=on_preview, on_done=on_done)
+        return edit_variants(pipeline, image, mask, options, session=session,
+                             on_preview=on_preview, on_done=on_done)
+
+    return work
+
+
 def run_edit(
     pipeline: Pipeline,
     mode: str,
@@ -210,11 +311,14 @@ def run_edit(
     options: EditOptions,
     *,
     extents: dict[str, int] | None = None,
-    session: EditSession | None = None,
+    session: Sessions = None,
     stop: StopSignal | None = None,
     timing: Timing | None = None,
 ) -> Iterator[RunUpdate]:
     """Inpaint, outpaint or class-edit one picture, previewing every scale of every window.
+
+    The ``options.num_variants`` variants run one after the other, variant ``i`` with seed
+    ``options.seed + i`` (:mod:`hmar_core.variants`).
 
     Args:
         pipeline: the loaded model.
@@ -223,64 +327,71 @@ def run_edit(
         mask: bool (H, W), True = regenerate; ``None`` = the whole picture (class edit).
         options: engine options (class, seed, steps, strength, grow, feather, fit, ...).
         extents: outpaint only, pixels per side ``{"left", "right", "top", "bottom"}``.
-        session: the user's :class:`EditSession` (re-edits resume unchanged coarse scales).
+        session: the user's :class:`~hmar_core.variants.VariantSessions` (re-edits resume
+            every variant's unchanged coarse scales), or one ``EditSession``.
         stop: the user's Stop flag (the run ends at the next scale once it is set).
         timing: measured costs, for the expected time (from the number of model windows).
 
     Yields:
-        One :class:`RunUpdate` per scale (and window), then one with the :class:`RunResult`.
+        One :class:`RunUpdate` per scale (and window, and variant), then one with the
+        :class:`RunResult`.
     """
     if mode not in EDIT_MODES:
         raise ValueError(f"unknown edit mode {mode!r}; use one of {EDIT_MODES}")
-    num_scales = len(pipeline.patch_nums)
+    num_scales, count = len(pipeline.patch_nums), options.num_variants
     started = time.perf_counter()
-    finals: dict[int, torch.Tensor] = {}
-
-    def work(report: Callable[[EditPreview], None]) -> EditResult:
-        def on_preview(preview: EditPreview) -> None:
-            if preview.scale == preview.num_scales - 1:
-                finals[preview.window] = preview.confidence
-            report(preview)
-
-        if mode == "outpaint":
-            sides = extents or {}
-            return outpaint(pipeline, image, left=sides.get("left", 0),
-                            right=sides.get("right", 0), top=sides.get("top", 0),
-                            bottom=sides.get("bottom", 0), options=options,
-                            on_preview=on_preview)
-        return pipeline.edit(image, mask, options, session=session, on_preview=on_preview)
-
+    finals: dict[tuple[int, int], torch.Tensor] = {}
+    work = _edit_work(pipeline, mode, image, mask, options, extents, session, finals)
     windows = 1
     if mode == "outpaint":
         sides = extents or {}
         windows = max(1, len(plan_outpaint_windows(image.height, image.width, **{
             side: int(sides.get(side, 0)) for side in ("left", "right", "top", "bottom")})))
-    estimate = work_estimate(pipeline.patch_nums, options.steps or 0, windows,
-                             options.num_variants, timing)
+    estimate = work_estimate(pipeline.patch_nums, options.steps or 0, windows, count, timing)
     yield RunUpdate(0.0, f"Starting {mode}: {estimate}…")
+    strip = _Strip()
     for event in stream_work(work, stop):
         if isinstance(event, Finished):
-            result = event.value
-            seconds = time.perf_counter() - started
-            seed = result.seed if result.seed is not None else 0
-            images = tuple(result.images)  # in the upload's mode (alpha / greyscale kept)
-            cached = (f" · reused {result.resumed_from + 1} cached scale(s)"
-                      if result.resumed_from >= 0 else "")
-            classes = (_class_name(pipeline, options.class_id),) * len(images)
-            run = RunResult(mode, images, _edit_tiles(result, finals), seed, seconds, classes,
-                            size=pipeline.image_size,
-                            source=_on_canvas(image, images[0].size, extents))
-            yield RunUpdate(1.0, f"Done in {seconds:.1f} s · seed {seed}{cached}",
-                            preview_strip(images), run)
+            yield _edit_result(pipeline, mode, event.value, finals, started, image, extents,
+                               options.class_id)
+        elif isinstance(event.item, _VariantDone):
+            done = event.item.variant + 1
+            yield RunUpdate(done / count, f"Variant {done}/{count} done",
+                            strip.add(event.item.images))
         else:
-            preview = event.item
+            variant, preview = event.item.variant, event.item.preview
             step = preview.window * num_scales + preview.scale + 1
+            per_variant = num_scales * preview.num_windows
             where = (f" · window {preview.window + 1}/{preview.num_windows}"
                      if preview.num_windows > 1 else "")
             cached = " (cached)" if preview.restored else ""
-            yield RunUpdate(step / (num_scales * preview.num_windows),
-                            f"Scale {preview.scale + 1}/{num_scales}{where}{cached}",
-                            preview_strip(preview.images))
+            yield RunUpdate((variant * per_variant + step) / (count * per_variant),
+                            f"{_variant_prefix(variant, count)}Scale {preview.scale + 1}/"
+                            f"{num_scales}{where}{cached}", strip.show(preview.images))
+
+
+def _edit_result(
+    pipeline: Pipeline, mode: str, results: list[EditResult],
+    finals: dict[tuple[int, int], torch.Tensor], started: float, image: Image.Image,
+    extents: dict[str, int] | None, class_id: int | None,
+) -> RunUpdate:
+    """The last update of an edit: every variant's image, confidence tiles and seed."""
+    seconds = time.perf_counter() - started
+    images = tuple(picture for result in results for picture in result.images)
+    tiles: list[tuple[ConfidenceTile, ...]] = []
+    for variant, result in enumerate(results):
+        windows = {window: value for (owner, window), value in finals.items() if owner == variant}
+        tiles.extend(_edit_tiles(result, windows))
+    seeds = tuple(result.seed if result.seed is not None else 0
+                  for result in results for _ in result.images)
+    resumed = max(result.resumed_from for result in results)
+    cached = f" · reused {resumed + 1} cached scale(s)" if resumed >= 0 else ""
+    classes = (_class_name(pipeline, class_id),) * len(images)
+    run = RunResult(mode, images, tuple(tiles), seeds[0], seconds, classes,
+                    size=pipeline.image_size, source=_on_canvas(image, images[0].size, extents),
+                    seeds=seeds)
+    return RunUpdate(1.0, f"Done in {seconds:.1f} s · {seeds_text(seeds)}{cached}",
+                     preview_strip(list(images)), run)
 
 
 def _on_canvas(image: Image.Image, size: tuple[int, int], extents: dict[str, int] | None

@@ -18,13 +18,16 @@ import gradio as gr
 from gradio.utils import _parse_file_size
 
 from hmar_core import Pipeline
-from hmar_core.editing import EditSession, default_class_strength
+from hmar_core.editing import default_class_strength
+from hmar_core.variants import VariantSessions
 
 from . import handlers
 from .components import PictureEditor, RangeSlider
-from .page import ALERT_ID, page_script
+from .page import ALERT_ID, EDITOR_ID, page_script
 from .params import (
+    BRUSH_SIZE_RANGE,
     CFG_RANGE,
+    DEFAULT_BRUSH_SIZE,
     EXTENT_RANGE,
     FEATHER_RANGE,
     GROW_RANGE,
@@ -67,6 +70,7 @@ class Controls:
     gen_class: Any
     generate_btn: Any
     editor: Any
+    brush_size: Any
     edit_modes: Any
     inpaint_class: Any
     inpaint_strength: Any
@@ -180,17 +184,20 @@ def _edit_tab(names: list[str], scales: int, size: int) -> dict[str, Any]:
         gr.HTML(f'<div id="{ALERT_ID}" role="alert"></div>', padding=False)
         editor = PictureEditor(
             label=f"Picture (any size; the model works at {size}×{size} px windows). "
-                  "Paint the area to change with the Brush (its size is in the brush "
-                  "menu); Undo / Erase fix mistakes",
+                  "Paint the area to change with the Brush; Undo (Ctrl+Z), Redo "
+                  "(Ctrl+Shift+Z or Ctrl+Y) and Erase fix mistakes",
             type="numpy", image_mode="RGBA", format="png",
             sources=("upload", "clipboard"), transforms=("crop",),
-            brush=gr.Brush(default_size="auto", colors=["#ff2e88"], color_mode="fixed"),
-            eraser=gr.Eraser(default_size="auto"), layers=False,
-            canvas_size=(512, 512), height=420, interactive=True, elem_id="editor",
+            brush=handlers.brush(DEFAULT_BRUSH_SIZE), eraser=gr.Eraser(default_size="auto"),
+            layers=False, canvas_size=(512, 512), height=420, interactive=True,
+            elem_id=EDITOR_ID,
         )
+        brush_size = RangeSlider(*BRUSH_SIZE_RANGE, value=DEFAULT_BRUSH_SIZE, step=2,
+                                 label="Brush size (px of the picture)", elem_id="brush-size",
+                                 info="Width of the next strokes")
         tabs = _edit_mode_tabs(names, scales)
         masks = _mask_options()
-    return {"editor": editor, **tabs, **masks}
+    return {"editor": editor, "brush_size": brush_size, **tabs, **masks}
 
 
 def _sampling_panel(pipeline: Pipeline, timing: Timing | None) -> dict[str, Any]:
@@ -277,7 +284,7 @@ def build_demo(
         states = {
             "result": gr.State(None),  # the last RunResult of this user
             "selected": gr.State(None),  # the gallery item this user clicked (None: none)
-            "session": gr.State(EditSession()),  # this user's edit cache (copied per user)
+            "session": gr.State(VariantSessions()),  # this user's edit caches (one per variant)
             "run": gr.State(UserRun()),  # this user's Stop flag and "running" mark
             "history": gr.State([]),  # this user's earlier results (newest first)
         }

@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 
 from hmar_core import Pipeline
-from hmar_core.editing import EditSession
+from hmar_core.variants import VariantSessions
 
 from . import handlers
 from .params import Timing
@@ -54,7 +54,7 @@ def _run_handlers(pipeline: Pipeline, timing: Timing | None) -> dict[str, Any]:
     def masked(mode: str, doc: str) -> Callable[..., Iterator[handlers.RunOutputs]]:
         """Inpaint and class edit share their parameters (the API's names) and steps."""
 
-        def run_mode(run: UserRun, session: EditSession, image: Any, class_id: Any,
+        def run_mode(run: UserRun, session: VariantSessions, image: Any, class_id: Any,
                      strength: float, quality: float, cfg: float, top_k: float, top_p: float,
                      seed: Any, variants: float, heatmap: bool, area: Any, grow: float,
                      feather: float, only_masked: bool, padding: float,
@@ -127,6 +127,8 @@ def wire_events(pipeline: Pipeline, timing: Timing | None, c: Any, o: Any,
                      show_progress="hidden", api_visibility="private")
     o.gallery.select(handlers.remember_selection, None, states["selected"],
                      api_visibility="private")
+    c.brush_size.change(handlers.brush_size_update, c.brush_size, c.editor,
+                        show_progress="hidden", api_visibility="private")
     o.to_editor_btn.click(handlers.edit_result, [states["result"], states["selected"]],
                           [c.editor, o.status, c.modes], api_visibility="private",
                           show_progress="hidden")

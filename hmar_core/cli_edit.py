@@ -11,6 +11,9 @@ Examples::
     python -m hmar_core inpaint photo.png mask.png --out filled.png --seed 1
     python -m hmar_core outpaint photo.png --right 128 --out wide.png
     python -m hmar_core edit photo.png --class 12 --strength 3 --variants 4 --out cat.png
+
+``--variants N`` runs N independent edits, variant ``i`` with seed ``SEED + i``
+(:mod:`hmar_core.variants`): ``cat_2.png`` above is what ``--seed SEED+2`` gives alone.
 """
 
 from __future__ import annotations
@@ -34,12 +37,11 @@ from .editing import (
     EditPreview,
     EditResult,
     default_class_strength,
-    edit,
-    outpaint,
 )
 from .editing.spec import MAX_VARIANTS
 from .images import open_image
 from .pipeline import Pipeline
+from .variants import edit_variants, outpaint_variants
 
 __all__ = ["add_edit_subcommands", "confidence_heatmap"]
 
@@ -57,7 +59,9 @@ def confidence_heatmap(confidence_PP: np.ndarray, side: int) -> Image.Image:
 def _add_edit_args(parser: argparse.ArgumentParser, *, masked_fit: bool = True) -> None:
     parser.add_argument("--out", default="edited.png",
                         help="output PNG (with --variants N: OUT_0.png, OUT_1.png, ...)")
-    parser.add_argument("--variants", type=int, default=1, help="samples in one batch")
+    parser.add_argument("--variants", type=int, default=1,
+                        help="pictures to make; variant i uses seed SEED+i (the same picture "
+                             "as --seed SEED+i alone)")
     parser.add_argument("--grow", type=int, default=1, help="grow the token mask (tokens)")
     parser.add_argument("--feather", type=int, default=8, help="blend width in pixels")
     parser.add_argument("--previews", help="folder for the per-scale preview PNGs")
@@ -90,31 +94,35 @@ def _check_outputs(args: argparse.Namespace, inputs: list[str | None]) -> None:
     check_preview_folder(args.previews, inputs, args.overwrite)
 
 
-def _preview_writer(folder: str | None) -> Callable[[EditPreview], None] | None:
+def _preview_writer(folder: str | None) -> Callable[[int, EditPreview], None] | None:
+    """Previews as ``windowNN_scaleNN_V.png`` (V: the variant)."""
     if folder is None:
         return None
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
 
-    def write(preview: EditPreview) -> None:
-        for b, image in enumerate(preview.images):
-            image.save(out / f"window{preview.window:02d}_scale{preview.scale:02d}_{b}.png")
+    def write(variant: int, preview: EditPreview) -> None:
+        for image in preview.images:
+            image.save(out / f"window{preview.window:02d}_scale{preview.scale:02d}_{variant}.png")
 
     return write
 
 
-def _save(result: EditResult, args: argparse.Namespace) -> int:
-    paths = variant_paths(args.out, len(result.images))
+def _save(results: list[EditResult], args: argparse.Namespace) -> int:
+    """Write every variant (``OUT`` or ``OUT_i``) and the first one's confidence heatmap."""
+    images = [(image, result) for result in results for image in result.images]
+    paths = variant_paths(args.out, len(images))
     paths[0].parent.mkdir(parents=True, exist_ok=True)
-    for image, path in zip(result.images, paths):
+    for (image, result), path in zip(images, paths):
         if image.mode in ("RGBA", "LA") and path.suffix.lower() in (".jpg", ".jpeg"):
             image = image.convert("RGB")  # results keep the input's alpha; JPEG has none
         image.save(path)
-    if args.confidence and result.confidence is not None:
+        logger.info("saved %s (seed %s, %.2f s in the sampler)", path, result.seed,
+                    sum(result.scale_seconds))
+    first = results[0]
+    if args.confidence and first.confidence is not None:
         Path(args.confidence).parent.mkdir(parents=True, exist_ok=True)
-        confidence_heatmap(result.confidence[0].numpy(), 256).save(args.confidence)
-    logger.info("saved %s (seed %s, %.2f s in the sampler)", ", ".join(map(str, paths)),
-                result.seed, sum(result.scale_seconds))
+        confidence_heatmap(first.confidence[0].numpy(), 256).save(args.confidence)
     return 0
 
 
@@ -133,8 +141,8 @@ def _inpaint(args: argparse.Namespace) -> int:
     pipe = _pipeline(args)
     options = _options(args, _class(pipe, args.class_id), args.strength, fit=args.fit,
                        padding=args.padding)
-    result = edit(pipe, image, mask, options, on_preview=_preview_writer(args.previews))
-    return _save(result, args)
+    results = edit_variants(pipe, image, mask, options, on_preview=_preview_writer(args.previews))
+    return _save(results, args)
 
 
 def _outpaint(args: argparse.Namespace) -> int:
@@ -142,10 +150,10 @@ def _outpaint(args: argparse.Namespace) -> int:
     image = open_image(args.image)
     pipe = _pipeline(args)
     options = _options(args, _class(pipe, args.class_id), args.strength)
-    result = outpaint(pipe, image, left=args.left, right=args.right,
-                      top=args.top, bottom=args.bottom, options=options, fill=args.fill,
-                      on_preview=_preview_writer(args.previews))
-    return _save(result, args)
+    extents = {"left": args.left, "right": args.right, "top": args.top, "bottom": args.bottom}
+    results = outpaint_variants(pipe, image, extents, options, fill=args.fill,
+                                on_preview=_preview_writer(args.previews))
+    return _save(results, args)
 
 
 def _edit(args: argparse.Namespace) -> int:
@@ -157,9 +165,9 @@ def _edit(args: argparse.Namespace) -> int:
                 else args.strength)
     options = _options(args, _class(pipe, args.class_id), strength, fit=args.fit,
                        padding=args.padding)
-    result = edit(pipe, image, mask, options,
-                  on_preview=_preview_writer(args.previews))
-    return _save(result, args)
+    results = edit_variants(pipe, image, mask, options,
+                            on_preview=_preview_writer(args.previews))
+    return _save(results, args)
 
 
 def add_edit_subcommands(subparsers: Any) -> list[argparse.ArgumentParser]:

@@ -304,3 +304,120 @@ def test_the_editor_as_a_person_uses_it(page, browser_pipe, tmp_path: Path,
     expect(alert).to_contain_text("6500×6500", timeout=10_000)
     expect(alert).to_contain_text("40 megapixels")
     shoot(page, artifacts_dir, "upload-refused")
+
+
+# ------------------------------------------------------------------------ the mask editor
+@pytest.fixture()
+def recorded(browser, app_pipe, launch_app, monkeypatch) -> tuple[object, list]:
+    """A page on the app that records the mask every edit's handler reads from the editor
+    (the real editor and handlers; only an observer is added around ``editor_value``)."""
+    import app
+    from app import handlers
+
+    masks: list[np.ndarray | None] = []
+    usual = handlers.editor_value
+
+    def observe(value: object) -> tuple[object, np.ndarray | None]:
+        picture, mask = usual(value)
+        masks.append(mask)
+        return picture, mask
+
+    monkeypatch.setattr(handlers, "editor_value", observe)
+    browser_page = browser.new_page()
+    browser_page.goto(launch_app(app_pipe, timing=app.calibrate(app_pipe)))
+    return browser_page, masks
+
+
+def open_picture(page: object, tmp_path: Path) -> object:
+    """Upload the test picture in the Edit tab; wait until the editor shows it; the editor."""
+    from playwright.sync_api import expect
+
+    Image.fromarray(source_picture()).save(tmp_path / "source.png")
+    page.get_by_role("tab", name="Edit", exact=True).click()
+    editor = page.locator("#editor")
+    zoom = editor.get_by_text(re.compile(r"^\d+%$"))
+    empty_zoom = zoom.inner_text()
+    upload(page, tmp_path / "source.png")
+    expect(zoom).not_to_have_text(empty_zoom, timeout=TIMEOUT_MS)
+    page.wait_for_timeout(500)
+    editor.get_by_label("Brush", exact=True).click()
+    return editor
+
+
+def paint(page: object, editor: object, dy: float = 0.0) -> None:
+    """One horizontal stroke, 80 screen px long, across the middle of the canvas."""
+    box = editor.locator("canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] / 2 - 40, box["y"] + box["height"] / 2 + dy
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for step in range(1, 9):
+        page.mouse.move(x + 10 * step, y)
+    page.mouse.up()
+    page.wait_for_timeout(500)
+
+
+def inpaint(page: object, masks: list) -> np.ndarray | None:
+    """Press Inpaint; the mask the run received (``None``: nothing painted)."""
+    from playwright.sync_api import expect
+
+    count = len(masks)
+    page.locator("#inpaint-button").click()
+    for _ in range(TIMEOUT_MS // 100):  # until the server has read the editor's value
+        if len(masks) > count:
+            break
+        page.wait_for_timeout(100)
+    assert len(masks) == count + 1, "the run did not receive the editor's value"
+    expect(page.locator("#status")).to_contain_text(re.compile("Done|Not run"))
+    expect(page.locator(".generating")).to_have_count(0)
+    return masks[-1]
+
+
+def test_ctrl_z_and_redo_in_the_mask_editor(recorded, tmp_path: Path):
+    """Ctrl+Z presses the editor's Undo, Ctrl+Shift+Z and Ctrl+Y its Redo; in a text field
+    the keys are left alone. Checked through the mask that Inpaint receives."""
+    page, masks = recorded
+    editor = open_picture(page, tmp_path)
+    paint(page, editor)
+    page.locator("#seed textarea, #seed input").first.click()
+    page.keyboard.press("Control+z")  # in the seed box: its own undo, not the editor's
+    painted = inpaint(page, masks)
+    assert painted is not None and painted.sum() > 0
+    # the focus is on the Inpaint button now (not a text field): the shortcuts act
+    page.keyboard.press("Control+z")
+    assert inpaint(page, masks) is None
+    expect_status(page, "Not run: Paint over the area")
+    page.keyboard.press("Control+Shift+z")
+    assert np.array_equal(inpaint(page, masks), painted)
+    page.keyboard.press("Control+z")
+    assert inpaint(page, masks) is None
+    page.keyboard.press("Control+y")
+    assert np.array_equal(inpaint(page, masks), painted)
+
+
+def expect_status(page: object, text: str) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator("#status")).to_contain_text(text)
+
+
+def test_brush_size_sets_the_width_of_the_next_stroke(recorded, tmp_path: Path):
+    """The "Brush size" slider sets the editor's brush (its own size control shows the value)
+    and the width of the next stroke, read from the mask the Inpaint handler receives."""
+    from playwright.sync_api import expect
+
+    page, masks = recorded
+    editor = open_picture(page, tmp_path)
+    rows, areas = {}, {}
+    for size in (8, 64):
+        set_number(page, "Brush size (px of the picture)", str(size))
+        editor.get_by_label("Brush Size", exact=True).click()  # the editor's own control:
+        expect(editor.locator("input[type=range]")).to_have_value(str(size // 2))  # radius
+        editor.get_by_label("Brush", exact=True).click()
+        paint(page, editor)
+        mask = inpaint(page, masks)
+        assert mask is not None
+        rows[size], areas[size] = int(mask.any(axis=1).sum()), int(mask.sum())
+        page.keyboard.press("Control+z")  # the next stroke alone
+    # a horizontal stroke is as many rows high as the brush is wide, in pixels of the picture
+    assert abs(rows[8] - 8) <= 2 and abs(rows[64] - 64) <= 6, rows
+    assert areas[64] > 4 * areas[8]

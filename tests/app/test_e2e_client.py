@@ -63,8 +63,11 @@ def test_generate_streams_a_preview_per_scale(client: Client):
     updates = job.outputs()
     assert len(updates) >= 4  # start + one preview per coarse scale + result
     statuses = [update[3] for update in updates]
-    assert any(s.startswith("Scale 1/") for s in statuses)
+    # the variants run one after the other, each previewed scale by scale
+    assert any(s.startswith("Variant 1/2 · Scale 1/") for s in statuses)
+    assert any(s.startswith("Variant 2/2 · Scale 1/") for s in statuses)
     assert final[3].startswith("Done")
+    assert [item["caption"].split(" · ")[-1] for item in final[1]] == ["seed 9", "seed 10"]
 
 
 def test_slips_are_a_status_line_and_out_of_range_values_are_clamped(client: Client):

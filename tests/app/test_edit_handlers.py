@@ -11,7 +11,8 @@ from app import handlers as h
 from app.components import RefusedPicture
 from app.params import SamplingParams, edit_options
 from app.runs import RunResult, run_edit
-from hmar_core.editing import EditOptions, EditSession
+from hmar_core.editing import EditOptions
+from hmar_core.variants import VariantSessions
 
 PARAMS = SamplingParams(steps=1, cfg=1.5, top_k=0, top_p=0.0, seed=4, variants=2)
 
@@ -167,7 +168,7 @@ def test_class_edit_whole_picture_and_heatmap(app_pipe):
 
 
 def test_run_edit_progress_session_and_windows(app_pipe):
-    session = EditSession()
+    session = VariantSessions()  # the app's: one cache per variant
     source = Image.fromarray(picture(24, 32))
     mask = np.zeros((24, 32), bool)
     mask[4:10, 4:12] = True
@@ -180,6 +181,7 @@ def test_run_edit_progress_session_and_windows(app_pipe):
     assert (tile.left, tile.top, tile.side) == (0, -4, 32)  # "whole" fit: padded square
     again = list(run_edit(app_pipe, "inpaint", source, mask, options, session=session))
     assert "cached" in again[-1].message
+    assert session[0].hits > 0 and session[1].hits > 0  # both variants resumed
     for a, b in zip(result.images, again[-1].result.images):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ValueError, match="edit mode"):

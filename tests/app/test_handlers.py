@@ -355,7 +355,10 @@ def test_run_generate_previews_every_scale(app_pipe):
     updates = list(run_generate(app_pipe, 4, params))
     scales = len(app_pipe.patch_nums)
     previews = [u for u in updates if u.preview is not None and u.result is None]
-    assert len(previews) == scales - 1  # the last scale is the result
+    # per variant (one after the other): every scale but the last (the result), then "done"
+    assert len(previews) == 2 * scales
+    assert [u.message for u in previews[scales - 1:scales + 1]] == [
+        "Variant 1/2 done", "Variant 2/2 · Scale 1/4 (1×1 tokens)"]
     assert [u.fraction for u in updates] == sorted(u.fraction for u in updates)
     result = updates[-1].result
     assert result is not None and len(result.images) == 2 and result.seed == 3

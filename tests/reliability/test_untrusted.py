@@ -256,7 +256,7 @@ def test_truncated_legacy_pth_is_a_checkpoint_error(tmp_path, length):
 
 # ---------------------------------------------------------------------- the app's endpoints
 ALLOWED_INPUTS = {"Dropdown", "Slider", "Number", "Checkbox", "CheckboxGroup", "Radio",
-                  "ImageEditor", "BoundedImageEditor",  # app/editor_component.py
+                  "ImageEditor", "BoundedImageEditor", "PictureEditor",  # app/editor_component.py
                   "State", "Textbox"}
 #: The only free-text inputs: the seed boxes (a text box keeps all 19 digits of a seed; the
 #: handlers parse it as an integer and refuse anything else with a status line).
