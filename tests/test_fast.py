@@ -294,7 +294,9 @@ def test_fast_encode_decode_float32(tiny_pipe):
         assert _same_tokens(fast.backend.encode(images), tokens)
         f_hat = tiny_pipe.tokenizer.fhat_from_tokens(tokens)[-1]
         decoded = fast.backend.decode(f_hat)  # chunks of 2: convolution sums may round apart
-        assert (decoded - tiny_pipe.tokenizer.decode_fhat(f_hat)).abs().max() <= 1e-5
+        # float32 sums of 9·32 products of values ≤ 1 in another order: a few 1e-5 at most
+        # (the whole-suite run once gave 1.09e-5, a lone run less)
+        assert (decoded - tiny_pipe.tokenizer.decode_fhat(f_hat)).abs().max() <= 5e-5
 
 
 def test_compiled_vae_matches_eager(tiny_pipe):
