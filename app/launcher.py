@@ -192,13 +192,14 @@ def main(argv: list[str] | None = None) -> None:
     import app
 
     limit_image_decoding(app.handlers.MAX_PIXELS)
+    # Model work never runs in this long-lived thread (app.streaming: torch's thread pools).
     try:
-        pipeline, warning = load_pipeline(args, device)
+        pipeline, warning = app.streaming.in_fresh_thread(lambda: load_pipeline(args, device))
     except (ValueError, OSError, RuntimeError, MemoryError) as err:
         # CheckpointError is a ValueError; RecursionError a RuntimeError. One line, exit 1.
         raise SystemExit(f"launch.py: cannot load the model: {first_line(err)}") from None
     logger.info("measuring the model's speed for the time estimate…")
-    timing = app.calibrate(pipeline)
+    timing = app.streaming.in_fresh_thread(lambda: app.calibrate(pipeline))
     demo = app.build_demo(pipeline, warning=warning, timing=timing)
     demo.launch(**launch_options(args, app.MAX_FILE_SIZE))
 

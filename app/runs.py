@@ -143,19 +143,22 @@ def _class_name(pipeline: Pipeline, class_id: int | None) -> str:
 
 @dataclass(frozen=True)
 class _ScalePreview:
-    """A decoded scale of one variant (generate)."""
+    """A scale of one variant (generate), decoded when it is shown (else ``images`` is
+    ``None``)."""
 
     variant: int
     scale: int
-    images: list[Image.Image]
+    images: list[Image.Image] | None
 
 
 @dataclass(frozen=True)
 class _EditStep:
-    """A scale of one window of one variant (edits)."""
+    """A scale of one window of one variant (edits); ``shown``: its images were decoded (in
+    the worker) for the live preview."""
 
     variant: int
     preview: EditPreview
+    shown: bool = True
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,27 @@ def _variant_prefix(index: int, count: int) -> str:
     return f"Variant {index + 1}/{count} · " if count > 1 else ""
 
 
+#: The live preview shows at most one decoded scale per this many seconds (the first at once);
+#: the status and progress still move at every scale. Decoding a preview costs a VQ-VAE pass
+#: (about 75 ms of a 1 s edit on two CPU cores), so showing every scale doubled a CPU edit.
+PREVIEW_SECONDS = 0.5
+
+
+class _PreviewClock:
+    """Decides which scales get a decoded preview: the first, then one per ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.last: float | None = None
+
+    def due(self) -> bool:
+        now = time.perf_counter()
+        if self.last is not None and now - self.last < self.seconds:
+            return False
+        self.last = now
+        return True
+
+
 def _preview_from_state(pipeline: Pipeline, variant: int, state: ScaleState) -> _ScalePreview:
     """Decode the running latent of a scale into images (runs in the worker thread)."""
     images = pipeline.decode_latent(state.f_hat)  # (B, 3, H, W) in [0, 1], on its engine
@@ -194,6 +218,7 @@ def _preview_from_state(pipeline: Pipeline, variant: int, state: ScaleState) -> 
 def run_generate(
     pipeline: Pipeline, class_id: int | None, params: SamplingParams,
     stop: StopSignal | None = None, timing: Timing | None = None,
+    preview_seconds: float = PREVIEW_SECONDS,
 ) -> Iterator[RunUpdate]:
     """Generate ``params.variants`` images of one class, previewing every scale.
 
@@ -206,31 +231,38 @@ def run_generate(
         params: validated sampling controls.
         stop: the user's Stop flag (the run ends at the next scale once it is set).
         timing: measured costs, for the expected time in the first status line.
+        preview_seconds: at most one decoded preview per this many seconds (0: every scale).
 
     Yields:
-        One :class:`RunUpdate` per scale of every variant, then one with the
-        :class:`RunResult`.
+        One :class:`RunUpdate` per scale of every variant (with a preview image when one is
+        due), then one with the :class:`RunResult`.
     """
     num_scales, count = len(pipeline.patch_nums), params.variants
     started = time.perf_counter()
+    clock = _PreviewClock(preview_seconds)
 
-    def work(report: Callable[[_ScalePreview | _VariantDone], None]) -> list[GenerateOutput]:
+    def work(report: Callable[[_ScalePreview | _VariantDone], None]
+             ) -> tuple[list[GenerateOutput], list[Image.Image]]:
         def on_scale(variant: int, state: ScaleState) -> None:
-            if state.scale < num_scales - 1:  # the last scale is the result itself
-                report(_preview_from_state(pipeline, variant, state))
+            if state.scale == num_scales - 1:  # the last scale is the result itself
+                return
+            report(_preview_from_state(pipeline, variant, state) if clock.due()
+                   else _ScalePreview(variant, state.scale, None))
 
-        return generate_variants(
+        outputs = generate_variants(
             pipeline, class_id, seed=params.seed, count=count, cfg=params.cfg,
             top_k=params.top_k, top_p=params.top_p, steps=params.steps, on_scale=on_scale,
             on_done=lambda variant, out: report(_VariantDone(variant,
                                                              to_pil_images(out.images))))
+        # tensors become pictures here, in the worker (app.streaming: torch's thread pools)
+        return outputs, [image for out in outputs for image in to_pil_images(out.images)]
 
     estimate = work_estimate(pipeline.patch_nums, params.steps, 1, count, timing)
     yield RunUpdate(0.0, f"Starting: {estimate} · {seeds_text([params.seed])}…")
     strip = _Strip()
     for event in stream_work(work, stop):
         if isinstance(event, Finished):
-            yield _generate_result(pipeline, event.value, started)
+            yield _generate_result(pipeline, *event.value, started)
         elif isinstance(event.item, _VariantDone):
             done = event.item.variant + 1
             yield RunUpdate(done / count, f"Variant {done}/{count} done",
@@ -240,13 +272,14 @@ def run_generate(
             tokens = pipeline.patch_nums[item.scale]
             yield RunUpdate((item.variant * num_scales + item.scale + 1) / (count * num_scales),
                             f"{_variant_prefix(item.variant, count)}Scale {item.scale + 1}/"
-                            f"{num_scales} ({tokens}×{tokens} tokens)", strip.show(item.images))
+                            f"{num_scales} ({tokens}×{tokens} tokens)",
+                            None if item.images is None else strip.show(item.images))
 
 
-def _generate_result(pipeline: Pipeline, outputs: list[GenerateOutput], started: float
-                     ) -> RunUpdate:
+def _generate_result(pipeline: Pipeline, outputs: list[GenerateOutput],
+                     pictures: list[Image.Image], started: float) -> RunUpdate:
     """The last update of a Generate run: every variant's image, seed and class."""
-    images = tuple(image for out in outputs for image in to_pil_images(out.images))
+    images = tuple(pictures)
     side = pipeline.image_size
     confidences = tuple((ConfidenceTile(c.float().cpu().numpy(), 0, 0, side),)
                         for out in outputs for c in out.confidence)
@@ -280,16 +313,20 @@ def _edit_tiles(result: EditResult, finals: dict[int, torch.Tensor]
 def _edit_work(
     pipeline: Pipeline, mode: str, image: Image.Image, mask: np.ndarray | None,
     options: EditOptions, extents: dict[str, int] | None, session: Sessions,
-    finals: dict[tuple[int, int], torch.Tensor],
+    finals: dict[tuple[int, int], torch.Tensor], clock: _PreviewClock,
 ) -> Callable[[Callable[[_EditStep | _VariantDone], None]], list[EditResult]]:
     """The model work of an edit for :func:`stream_work`: every variant, one after the other
-    (:mod:`hmar_core.variants`); ``finals`` receives each window's final confidence."""
+    (:mod:`hmar_core.variants`); ``finals`` receives each window's final confidence, and the
+    previews that ``clock`` lets through are decoded here, in the worker."""
 
     def work(report: Callable[[_EditStep | _VariantDone], None]) -> list[EditResult]:
         def on_preview(variant: int, preview: EditPreview) -> None:
             if preview.scale == preview.num_scales - 1:
                 finals[(variant, preview.window)] = preview.confidence
-            report(_EditStep(variant, preview))
+            shown = clock.due()
+            if shown:
+                preview.images  # noqa: B018 - decode now, in the worker thread
+            report(_EditStep(variant, preview, shown))
 
         def on_done(variant: int, result: EditResult) -> None:
             report(_VariantDone(variant, list(result.images)))
@@ -314,8 +351,9 @@ def run_edit(
     session: Sessions = None,
     stop: StopSignal | None = None,
     timing: Timing | None = None,
+    preview_seconds: float = PREVIEW_SECONDS,
 ) -> Iterator[RunUpdate]:
-    """Inpaint, outpaint or class-edit one picture, previewing every scale of every window.
+    """Inpaint, outpaint or class-edit one picture, with live previews of its scales.
 
     The ``options.num_variants`` variants run one after the other, variant ``i`` with seed
     ``options.seed + i`` (:mod:`hmar_core.variants`).
@@ -331,17 +369,19 @@ def run_edit(
             every variant's unchanged coarse scales), or one ``EditSession``.
         stop: the user's Stop flag (the run ends at the next scale once it is set).
         timing: measured costs, for the expected time (from the number of model windows).
+        preview_seconds: at most one decoded preview per this many seconds (0: every scale).
 
     Yields:
-        One :class:`RunUpdate` per scale (and window, and variant), then one with the
-        :class:`RunResult`.
+        One :class:`RunUpdate` per scale (and window, and variant; with a preview image when
+        one is due), then one with the :class:`RunResult`.
     """
     if mode not in EDIT_MODES:
         raise ValueError(f"unknown edit mode {mode!r}; use one of {EDIT_MODES}")
     num_scales, count = len(pipeline.patch_nums), options.num_variants
     started = time.perf_counter()
     finals: dict[tuple[int, int], torch.Tensor] = {}
-    work = _edit_work(pipeline, mode, image, mask, options, extents, session, finals)
+    work = _edit_work(pipeline, mode, image, mask, options, extents, session, finals,
+                      _PreviewClock(preview_seconds))
     windows = 1
     if mode == "outpaint":
         sides = extents or {}
@@ -367,7 +407,8 @@ def run_edit(
             cached = " (cached)" if preview.restored else ""
             yield RunUpdate((variant * per_variant + step) / (count * per_variant),
                             f"{_variant_prefix(variant, count)}Scale {preview.scale + 1}/"
-                            f"{num_scales}{where}{cached}", strip.show(preview.images))
+                            f"{num_scales}{where}{cached}",
+                            strip.show(preview.images) if event.item.shown else None)
 
 
 def _edit_result(

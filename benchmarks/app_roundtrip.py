@@ -71,7 +71,9 @@ def run(args: argparse.Namespace) -> dict:
 
     import app
 
-    pipe = _pipeline(args)
+    # as launch.py: model work only in short-lived threads (app.streaming, torch's pools)
+    fresh = app.streaming.in_fresh_thread
+    pipe = fresh(lambda: _pipeline(args))
     demo = app.build_demo(pipe)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(),
                             prevent_thread_lock=True, quiet=True,
@@ -83,12 +85,16 @@ def run(args: argparse.Namespace) -> dict:
             editor = {"background": handle_file(str(image_path)),
                       "layers": [handle_file(str(layer_path))], "composite": None}
             served, direct = [], []
-            for _ in range(-2, args.reps):  # two warm-up rounds
+            for rep in range(-2, args.reps):  # two warm-up rounds
+                # a new seed each time: the app's edit cache must not serve a repeat
+                seed = 42 + rep
+                inpaint_args = (*INPAINT_ARGS[:6], str(seed), *INPAINT_ARGS[7:])
                 tick = time.perf_counter()
-                client.predict(editor, *INPAINT_ARGS, api_name="/inpaint")
+                client.predict(editor, *inpaint_args, api_name="/inpaint")
                 served.append((time.perf_counter() - tick) * 1000)
                 tick = time.perf_counter()
-                pipe.inpaint(image, mask, seed=int(INPAINT_ARGS[6]), steps=INPAINT_ARGS[2])
+                fresh(lambda seed=seed: pipe.inpaint(image, mask, seed=seed,
+                                                     steps=INPAINT_ARGS[2]))
                 direct.append((time.perf_counter() - tick) * 1000)
     finally:
         demo.close()

@@ -18,6 +18,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -48,7 +49,8 @@ class EditPreview:
 
     Attributes:
         scale: the scale just committed; ``num_scales``: how many there are.
-        images: B PIL images at the input's size, the decoded partial result composited.
+        render: makes :attr:`images`; called on first access only, so a callback that skips
+            a preview never pays for decoding it.
         confidence: (B, pn, pn) probability of each token of this scale (1.0 where kept); at
             the last scale this is the final confidence map (a heatmap in the app).
         restored: True when the scale came from the :class:`EditSession` cache.
@@ -57,11 +59,17 @@ class EditPreview:
 
     scale: int
     num_scales: int
-    images: list[Image.Image]
+    render: Callable[[], list[Image.Image]] = field(repr=False)
     confidence: torch.Tensor
     restored: bool = False
     window: int = 0
     num_windows: int = 1
+
+    @cached_property
+    def images(self) -> list[Image.Image]:
+        """B PIL images at the input's size: the partial result decoded and composited (the
+        scale's latent is kept, so this may be read after later scales have run)."""
+        return self.render()
 
 
 PreviewCallback = Callable[[EditPreview], None]
@@ -220,8 +228,12 @@ def edit_window(
         if job.on_preview is None:
             return
         pn = pipe.patch_nums[state.scale]
-        previews = [im.to_pil(rgb) for rgb in place(decode(state.f_hat))]
-        job.on_preview(EditPreview(state.scale, len(pipe.patch_nums), previews,
+        f_hat = state.f_hat  # this scale's own (the sampler hands callbacks copies)
+
+        def render() -> list[Image.Image]:
+            return [im.to_pil(rgb) for rgb in place(decode(f_hat))]
+
+        job.on_preview(EditPreview(state.scale, len(pipe.patch_nums), render,
                                    state.confidence.detach().view(-1, pn, pn).cpu(),
                                    restored, index, count))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -165,6 +167,33 @@ def test_class_edit_whole_picture_and_heatmap(app_pipe):
     (tile,) = state.confidences[0]
     assert tile.values.shape == (4, 4) and (tile.left, tile.top, tile.side) == (0, 0, 16)
     assert "confidence" in gallery[0][1]
+
+
+def test_edit_previews_are_decoded_only_when_shown(app_pipe, monkeypatch):
+    """An edit decodes a scale for the live preview only when one is due: with previews at
+    most once per 10^9 s, the first scale and the result; at 0 s, every scale."""
+    source = Image.fromarray(picture(24, 32))
+    mask = np.zeros((24, 32), bool)
+    mask[4:10, 4:12] = True
+    options = dataclasses.replace(edit_options(PARAMS, class_id=None, strength=0,
+                                               num_scales=4), num_variants=1)
+    backend = app_pipe.backend
+    decodes = []
+    decode = backend.decode
+    monkeypatch.setattr(backend, "decode", lambda f_hat: decodes.append(1) or decode(f_hat))
+    runs = {}
+    for seconds in (0.0, 1e9):
+        decodes.clear()
+        updates = list(run_edit(app_pipe, "inpaint", source, mask, options,
+                                preview_seconds=seconds))
+        runs[seconds] = (len(decodes), updates)
+    scales = len(app_pipe.patch_nums)
+    assert runs[0.0][0] == scales + 1 and runs[1e9][0] == 2  # previews + the result
+    shown = {s: sum(u.preview is not None for u in updates) for s, (_, updates) in runs.items()}
+    assert shown[0.0] - shown[1e9] == scales - 1
+    assert [u.message for u in runs[1e9][1][:-1]] == [u.message for u in runs[0.0][1][:-1]]
+    assert np.array_equal(np.asarray(runs[0.0][1][-1].result.images[0]),
+                          np.asarray(runs[1e9][1][-1].result.images[0]))
 
 
 def test_run_edit_progress_session_and_windows(app_pipe):

@@ -352,7 +352,7 @@ def test_closing_the_stream_stops_the_worker():
 # ------------------------------------------------------------------------------ runs/handlers
 def test_run_generate_previews_every_scale(app_pipe):
     params = SamplingParams(steps=1, cfg=1.5, top_k=0, top_p=0.0, seed=3, variants=2)
-    updates = list(run_generate(app_pipe, 4, params))
+    updates = list(run_generate(app_pipe, 4, params, preview_seconds=0.0))
     scales = len(app_pipe.patch_nums)
     previews = [u for u in updates if u.preview is not None and u.result is None]
     # per variant (one after the other): every scale but the last (the result), then "done"
@@ -367,6 +367,27 @@ def test_run_generate_previews_every_scale(app_pipe):
     assert tile.values.shape == (app_pipe.patch_nums[-1],) * 2 and tile.side == 16
     again = list(run_generate(app_pipe, 4, params))[-1].result
     assert np.array_equal(np.asarray(again.images[1]), np.asarray(result.images[1]))
+
+
+def test_previews_are_decoded_only_when_shown(app_pipe, monkeypatch):
+    """With previews at most once per (here) 10^9 s, only the first scale is decoded for the
+    live preview; every scale still moves the status and the progress; the result is the
+    same as with a preview at every scale."""
+    params = SamplingParams(steps=1, cfg=1.5, top_k=0, top_p=0.0, seed=3, variants=1)
+    decodes = []
+    decode = app_pipe.decode_latent
+    monkeypatch.setattr(app_pipe, "decode_latent",
+                        lambda f_hat: decodes.append(1) or decode(f_hat))
+    every = list(run_generate(app_pipe, 4, params, preview_seconds=0.0))
+    shown_every, decodes_every = sum(u.preview is not None for u in every), len(decodes)
+    decodes.clear()
+    rare = list(run_generate(app_pipe, 4, params, preview_seconds=1e9))
+    scales = len(app_pipe.patch_nums)
+    assert decodes_every == len(decodes) + scales - 2  # scales 1 … S-2 not decoded
+    assert sum(u.preview is not None for u in rare) == shown_every - (scales - 2)
+    assert [u.message for u in rare[:-1]] == [u.message for u in every[:-1]]  # not "Done in"
+    assert np.array_equal(np.asarray(rare[-1].result.images[0]),
+                          np.asarray(every[-1].result.images[0]))
 
 
 def pngs_on_disk(value: object) -> list[str]:
@@ -518,3 +539,15 @@ def test_after_run_keeps_earlier_results_and_shows_before_after():
     for _ in range(HISTORY_SIZE):
         many = next(after_run(RunResult("generate", (image,), ((),), 3, 0.1), None, many))[3]
     assert len(many) == HISTORY_SIZE
+
+
+def test_in_fresh_thread_returns_raises_and_ends_its_thread():
+    import threading
+
+    from app.streaming import in_fresh_thread
+
+    seen = []
+    assert in_fresh_thread(lambda: seen.append(threading.current_thread()) or 7) == 7
+    assert seen[0] is not threading.current_thread() and not seen[0].is_alive()
+    with pytest.raises(ValueError, match="bad"):
+        in_fresh_thread(lambda: (_ for _ in ()).throw(ValueError("bad")))
