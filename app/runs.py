@@ -220,7 +220,7 @@ def run_generate(
     stop: StopSignal | None = None, timing: Timing | None = None,
     preview_seconds: float = PREVIEW_SECONDS,
 ) -> Iterator[RunUpdate]:
-    """Generate ``params.variants`` images of one class, previewing every scale.
+    """Generate ``params.variants`` images of one class, with live previews of its scales.
 
     The variants run one after the other, variant ``i`` with seed ``params.seed + i``
     (:mod:`hmar_core.variants`), so each can be made again alone with Variants 1.
