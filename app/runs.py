@@ -249,13 +249,18 @@ def run_generate(
             report(_preview_from_state(pipeline, variant, state) if clock.due()
                    else _ScalePreview(variant, state.scale, None))
 
+        pictures: list[Image.Image] = []  # made here, in the worker (app.streaming)
+
+        def on_done(variant: int, out: GenerateOutput) -> None:
+            images = to_pil_images(out.images)
+            pictures.extend(images)
+            report(_VariantDone(variant, images))
+
         outputs = generate_variants(
             pipeline, class_id, seed=params.seed, count=count, cfg=params.cfg,
             top_k=params.top_k, top_p=params.top_p, steps=params.steps, on_scale=on_scale,
-            on_done=lambda variant, out: report(_VariantDone(variant,
-                                                             to_pil_images(out.images))))
-        # tensors become pictures here, in the worker (app.streaming: torch's thread pools)
-        return outputs, [image for out in outputs for image in to_pil_images(out.images)]
+            on_done=on_done)
+        return outputs, pictures
 
     estimate = work_estimate(pipeline.patch_nums, params.steps, 1, count, timing)
     yield RunUpdate(0.0, f"Starting: {estimate} · {seeds_text([params.seed])}…")

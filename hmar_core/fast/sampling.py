@@ -23,7 +23,15 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from ..sampler import Drawer, SampleOutput, ScaleInput, Weight, sample, top_k_top_p_filter
+from ..sampler import (
+    Drawer,
+    SampleOutput,
+    ScaleInput,
+    Weight,
+    sample,
+    sample_from_logits,
+    top_k_top_p_filter,
+)
 
 __all__ = [
     "GUMBEL",
@@ -132,8 +140,7 @@ def sample_from_logits_fast(
     Returns:
         tokens (B, n) int64 and probs (B, n, V), the distribution they were drawn from.
     """
-    probs = fused_top_k_top_p_filter(logits_BnV, top_k, top_p).softmax(dim=-1)
-    return draw(probs.view(-1, probs.shape[-1]), generator).view(probs.shape[:-1]), probs
+    return sample_from_logits(logits_BnV, top_k, top_p, generator, GUMBEL)
 
 
 # --------------------------------------------------------------------------------- the loop
