@@ -128,7 +128,8 @@ def quality_label(
 ) -> str:
     """The expected-time text under the quality ↔ speed slider."""
     try:
-        return expected_time_label(pipeline.patch_nums, int(steps), int(variants), timing)
+        return expected_time_label(pipeline.patch_nums, int(steps), int(variants), timing,
+                                   pipeline.sampler_config.refine_max_side)
     except (TypeError, ValueError):
         return ""
 
@@ -380,7 +381,8 @@ def generate_events(
 
 
 def _max_steps(pipeline: Pipeline) -> int:
-    return max_quality_steps(pipeline.patch_nums, pipeline.has_mask_branch)
+    return max_quality_steps(pipeline.patch_nums, pipeline.has_mask_branch,
+                             pipeline.sampler_config.refine_max_side)
 
 
 @dataclass(frozen=True)

@@ -108,12 +108,15 @@ class Timing:
 
 
 # ------------------------------------------------------------------------- quality ↔ speed
-def max_quality_steps(patch_nums: Sequence[int], has_mask_branch: bool = True) -> int:
+def max_quality_steps(
+    patch_nums: Sequence[int], has_mask_branch: bool = True, max_side: int | None = None
+) -> int:
     """The right end of the quality slider: more steps than this change nothing.
 
     Args:
         patch_nums: the model's pyramid.
         has_mask_branch: ``False`` for VAR-style models (no refinement: the slider is fixed at 0).
+        max_side: the model's ``SamplerConfig.refine_max_side`` (the scales the knob refines).
 
     Returns:
         The largest useful number of steps, capped at 12.
@@ -122,19 +125,23 @@ def max_quality_steps(patch_nums: Sequence[int], has_mask_branch: bool = True) -
         return 0
     useful = 0
     for steps in range(1, _STEP_CAP + 1):
-        if refinement_passes(patch_nums, steps) == refinement_passes(patch_nums, steps - 1):
+        if (refinement_passes(patch_nums, steps, max_side)
+                == refinement_passes(patch_nums, steps - 1, max_side)):
             break
         useful = steps
     return useful
 
 
-def refinement_passes(patch_nums: Sequence[int], steps: int) -> int:
-    """Extra network passes that ``steps`` adds over pure next-scale prediction."""
-    return sum(len(entry) - 1 for entry in schedule_from_steps(tuple(patch_nums), steps))
+def refinement_passes(patch_nums: Sequence[int], steps: int, max_side: int | None = None) -> int:
+    """Extra network passes that ``steps`` adds over pure next-scale prediction (``max_side``:
+    the model's ``SamplerConfig.refine_max_side``)."""
+    schedule = schedule_from_steps(tuple(patch_nums), steps, max_side)
+    return sum(len(entry) - 1 for entry in schedule)
 
 
 def expected_time_label(
-    patch_nums: Sequence[int], steps: int, variants: int = 1, timing: Timing | None = None
+    patch_nums: Sequence[int], steps: int, variants: int = 1, timing: Timing | None = None,
+    max_side: int | None = None,
 ) -> str:
     """The text under the quality slider, e.g. ``"≈ 0.4 s · 9 network passes per image"``.
 
@@ -143,8 +150,9 @@ def expected_time_label(
         steps: the slider value.
         variants: images per run (time grows about linearly with them on a CPU).
         timing: measured costs (:func:`app.calibrate`); ``None`` shows only the pass count.
+        max_side: the model's ``SamplerConfig.refine_max_side``.
     """
-    extra = refinement_passes(patch_nums, steps)
+    extra = refinement_passes(patch_nums, steps, max_side)
     passes = len(patch_nums) + extra
     speed = "fastest" if extra == 0 else f"{extra} refinement passes"
     detail = f"{passes} network passes per image ({speed})"
@@ -162,7 +170,7 @@ LONG_JOB_SECONDS = 30.0
 
 def work_estimate(
     patch_nums: Sequence[int], steps: int, windows: int, variants: int,
-    timing: Timing | None,
+    timing: Timing | None, max_side: int | None = None,
 ) -> str:
     """The start-of-run note from the actual work, e.g. ``"22 model windows × 2 variant(s),
     expected ≈ 41 s: a long job (Stop ends it)"``.
@@ -175,7 +183,7 @@ def work_estimate(
             else f"{variants} image(s)")
     if timing is None:
         return work
-    extra = refinement_passes(patch_nums, steps)
+    extra = refinement_passes(patch_nums, steps, max_side)
     seconds = (timing.base_seconds + extra * timing.seconds_per_pass) * count
     note = f"{work}, expected ≈ {seconds:.0f} s" if seconds >= 1 else f"{work}, expected < 1 s"
     if seconds > LONG_JOB_SECONDS:

@@ -262,7 +262,8 @@ def run_generate(
             on_done=on_done)
         return outputs, pictures
 
-    estimate = work_estimate(pipeline.patch_nums, params.steps, 1, count, timing)
+    estimate = work_estimate(pipeline.patch_nums, params.steps, 1, count, timing,
+                             pipeline.sampler_config.refine_max_side)
     yield RunUpdate(0.0, f"Starting: {estimate} · {seeds_text([params.seed])}…")
     strip = _Strip()
     for event in stream_work(work, stop):
@@ -392,7 +393,8 @@ def run_edit(
         sides = extents or {}
         windows = max(1, len(plan_outpaint_windows(image.height, image.width, **{
             side: int(sides.get(side, 0)) for side in ("left", "right", "top", "bottom")})))
-    estimate = work_estimate(pipeline.patch_nums, options.steps or 0, windows, count, timing)
+    estimate = work_estimate(pipeline.patch_nums, options.steps or 0, windows, count, timing,
+                             pipeline.sampler_config.refine_max_side)
     yield RunUpdate(0.0, f"Starting {mode}: {estimate}…")
     strip = _Strip()
     for event in stream_work(work, stop):
@@ -461,7 +463,8 @@ def calibrate(pipeline: Pipeline, repeats: int = 1) -> Timing:
     Returns:
         The :class:`Timing` used by the expected-time label.
     """
-    max_steps = max_quality_steps(pipeline.patch_nums, pipeline.has_mask_branch)
+    max_steps = max_quality_steps(pipeline.patch_nums, pipeline.has_mask_branch,
+                             pipeline.sampler_config.refine_max_side)
 
     def seconds(steps: int) -> float:
         best = float("inf")
@@ -474,7 +477,8 @@ def calibrate(pipeline: Pipeline, repeats: int = 1) -> Timing:
         return best
 
     base = seconds(0)
-    extra_passes = refinement_passes(pipeline.patch_nums, max_steps)
+    extra_passes = refinement_passes(pipeline.patch_nums, max_steps,
+                                     pipeline.sampler_config.refine_max_side)
     per_pass = max(seconds(max_steps) - base, 0.0) / extra_passes if extra_passes else 0.0
     logger.info("calibrated: %.3f s per image, %.4f s per refinement pass", base, per_pass)
     return Timing(base, per_pass)

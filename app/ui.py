@@ -201,7 +201,8 @@ def _edit_tab(names: list[str], scales: int, size: int) -> dict[str, Any]:
 
 
 def _sampling_panel(pipeline: Pipeline, timing: Timing | None) -> dict[str, Any]:
-    max_steps = max_quality_steps(pipeline.patch_nums, pipeline.has_mask_branch)
+    max_steps = max_quality_steps(pipeline.patch_nums, pipeline.has_mask_branch,
+                             pipeline.sampler_config.refine_max_side)
     default_steps = min(pipeline.sampler_config.steps or min(3, max_steps), max_steps)
     with gr.Column(variant="panel"):
         quality = RangeSlider(0, max(max_steps, 1), value=default_steps, step=1,

@@ -237,6 +237,9 @@ class SamplerConfig(_Serializable):
     ``mask_schedule``: one list per scale; entry j = tokens finalised at step j (official
     semantics); ``None`` uses ``steps`` (see :func:`hmar_core.sampler.schedule_from_steps`),
     or the official default schedule when that is ``None`` too.
+    ``refine_max_side``: the largest scale side that the ``steps`` knob refines (``None``:
+    max(2, last side / 2)); a model sets it where its measured curve says refinement of finer
+    scales stops helping (the bundled demo model: 3).
     """
 
     cfg: float = 1.5
@@ -245,6 +248,7 @@ class SamplerConfig(_Serializable):
     mask_cfg_ratio: float = 1e-6
     mask_schedule: tuple[tuple[int, ...], ...] | None = None
     steps: int | None = None
+    refine_max_side: int | None = None
 
     def __post_init__(self) -> None:
         if not _is_real(self.cfg) or not math.isfinite(self.cfg) or not 0 <= self.cfg <= MAX_CFG:
@@ -257,6 +261,8 @@ class SamplerConfig(_Serializable):
             raise ValueError(f"mask_cfg_ratio must be >= 0, got {self.mask_cfg_ratio!r}")
         if self.steps is not None:
             _check_positive(self, ("steps",), minimum=0)
+        if self.refine_max_side is not None:
+            _check_positive(self, ("refine_max_side",), minimum=2)
         if self.mask_schedule is not None:
             object.__setattr__(self, "mask_schedule", _schedule_shape(self.mask_schedule))
 

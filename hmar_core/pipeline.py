@@ -211,7 +211,8 @@ class Pipeline(nn.Module):
         if mask_schedule is not None:
             schedule = validate_schedule(mask_schedule, self.patch_nums)
         elif steps is not None:
-            schedule = schedule_from_steps(self.patch_nums, steps)
+            schedule = schedule_from_steps(self.patch_nums, steps,
+                                           self.sampler_config.refine_max_side)
         elif self.has_mask_branch:
             schedule = default_schedule(self.patch_nums)
         else:

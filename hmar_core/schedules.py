@@ -39,18 +39,24 @@ def default_schedule(patch_nums: Sequence[int]) -> Schedule:
     return tuple(out)
 
 
-def schedule_from_steps(patch_nums: Sequence[int], steps: int) -> Schedule:
+def schedule_from_steps(
+    patch_nums: Sequence[int], steps: int, max_side: int | None = None
+) -> Schedule:
     """Map the user's quality knob to a schedule.
 
     ``steps = 0`` is pure next-scale prediction (fastest). ``steps = s > 0`` gives every
-    *coarse* scale (1 < pn ≤ max(2, last side / 2), where layout is decided and passes are
-    cheap) ``min(s, R)`` refinement steps that together re-predict its ``R = n - ceil(n/4)``
-    least confident tokens, finalising them on a cosine curve (MaskGIT): few at first, most at
-    the end. Cost: one extra full-depth pass per step at those scales.
+    *coarse* scale (1 < pn ≤ ``max_side``, by default max(2, last side / 2), where layout is
+    decided and passes are cheap; a model's ``SamplerConfig.refine_max_side`` narrows it to
+    the scales where its measured refinement helps) ``min(s, R)`` refinement steps that
+    together re-predict its ``R = n - ceil(n/4)`` least confident tokens, finalising them on
+    a cosine curve (MaskGIT): few at first, most at the end. Cost: one extra full-depth pass
+    per step at those scales.
     """
     if int(steps) != steps or steps < 0:
         raise ValueError(f"steps must be an int >= 0, got {steps}")
-    limit = max(2, patch_nums[-1] // 2)
+    if max_side is not None and (int(max_side) != max_side or max_side < 2):
+        raise ValueError(f"max_side must be an int >= 2, got {max_side}")
+    limit = max(2, patch_nums[-1] // 2) if max_side is None else int(max_side)
     out: list[tuple[int, ...]] = []
     for pn in patch_nums:
         n = pn * pn

@@ -72,7 +72,8 @@ def test_bad_transformer_configs(kwargs):
 
 @pytest.mark.parametrize(
     "kwargs", [{"cfg": -1.0}, {"cfg": float("nan")}, {"top_k": -2}, {"top_p": 1.5},
-               {"steps": -1}, {"mask_cfg_ratio": -1.0}])
+               {"steps": -1}, {"mask_cfg_ratio": -1.0}, {"refine_max_side": 1},
+               {"refine_max_side": 2.5}])
 def test_bad_sampler_configs(kwargs):
     with pytest.raises(ValueError):
         SamplerConfig(**kwargs)
@@ -80,7 +81,8 @@ def test_bad_sampler_configs(kwargs):
 
 def test_config_roundtrip():
     for cfg in (TokenizerConfig.from_name("emoji64"), TransformerConfig.from_name("tiny"),
-                SamplerConfig(mask_schedule=((1,), (1, 3)), steps=None)):
+                SamplerConfig(mask_schedule=((1,), (1, 3)), steps=None),
+                SamplerConfig(steps=1, refine_max_side=3)):
         assert type(cfg).from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown"):
         TransformerConfig.from_dict({"depht": 3})

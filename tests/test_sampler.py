@@ -64,6 +64,23 @@ def test_schedules():
         validate_schedule([[1], [4, 0], [9], [16]], (1, 2, 3, 4))
 
 
+
+def test_the_steps_knob_refines_only_scales_up_to_max_side():
+    """A model's ``refine_max_side`` narrows the knob to its coarse scales (the demo model: 3)."""
+    for steps in (1, 2, 4, 8):
+        narrow = validate_schedule(schedule_from_steps(P256, steps, max_side=3), P256)
+        wide = schedule_from_steps(P256, steps)
+        assert narrow[:3] == wide[:3]  # 1x1, 2x2, 3x3: the same as without the limit
+        assert all(len(entry) == 1 for entry in narrow[3:])  # 4x4 and finer: never refined
+        assert any(len(entry) > 1 for entry in wide[3:7])
+    # 3x3 re-predicts R = 9 - ceil(9/4) = 6 tokens: at most 6 steps change anything
+    assert schedule_from_steps(P256, 6, max_side=3) == schedule_from_steps(P256, 9, max_side=3)
+    assert schedule_from_steps(P256, 5, max_side=3) != schedule_from_steps(P256, 6, max_side=3)
+    assert schedule_from_steps(P256, 2, max_side=8) == schedule_from_steps(P256, 2)  # the default
+    for bad in (1, 0, 2.5):
+        with pytest.raises(ValueError, match="max_side"):
+            schedule_from_steps(P256, 2, max_side=bad)
+
 def test_cfg_ramp():
     assert cfg_weight(1.5, 0, 10) == 0.0
     assert cfg_weight(1.5, 9, 10) == 1.5

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app import InputError, friendly_message
+from app import InputError, friendly_message, handlers
 from app.editor import background_image, editor_value, mask_from_layers, mask_image
 from app.handlers import (
     edit_result,
@@ -47,6 +47,7 @@ from app.params import (
 )
 from app.runs import RunResult, run_generate
 from app.streaming import Finished, Reported, RunCancelledError, stream_work
+from hmar_core import Pipeline, SamplerConfig
 
 PYRAMID_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
@@ -139,6 +140,20 @@ def test_quality_slider_range_follows_the_pyramid():
     assert max_quality_steps(PYRAMID_256, has_mask_branch=False) == 0
     passes = [refinement_passes(PYRAMID_256, s) for s in range(6)]
     assert passes[0] == 0 and passes == sorted(passes) and len(set(passes)) == 6
+    # a model that refines only up to 3x3 (refine_max_side): 2x2 re-predicts 3 tokens and 3x3
+    # six: two passes a step while both refine, one once 2x2 is done; the slider ends at 6
+    assert max_quality_steps(PYRAMID_256, max_side=3) == 6
+    assert [refinement_passes(PYRAMID_256, s, 3) for s in range(8)] == [0, 2, 4, 6, 7, 8, 9, 9]
+
+
+def test_the_slider_follows_the_models_refine_max_side():
+    narrow = Pipeline.random(sampler_cfg=SamplerConfig(steps=1, refine_max_side=3))
+    wide = Pipeline.random(sampler_cfg=SamplerConfig(steps=1))  # tiny pyramid (1, 2, 3, 4)
+    assert narrow.resolve_schedule()[2] != (9,) and wide.resolve_schedule()[2] == (9,)
+    assert handlers._max_steps(narrow) == 6 and handlers._max_steps(wide) == 3
+    timing = Timing(base_seconds=0.5, seconds_per_pass=0.1)
+    assert "≈ 0.7 s" in handlers.quality_label(narrow, 1, 1, timing)  # 2 extra passes
+    assert "≈ 0.6 s" in handlers.quality_label(wide, 1, 1, timing)  # 1 extra pass
 
 
 def test_expected_time_label():
