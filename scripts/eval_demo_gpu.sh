@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measure a demo model on the GPU for issue 16 (what assets/MODEL_CARD.md reports):
 #   MODEL=runs/emoji64-hmar-stage2/model bash scripts/eval_demo_gpu.sh
-# 1. benchmarks.quality with the speed/quality curve (steps 0, 1, 2, 4, 8; 1,020 samples each)
+# 1. benchmarks.quality with the speed/quality curve (CURVE_STEPS, default 0 1 2 4 8; 1,020 samples each)
 # 2. the same at steps 2 and 4 for each mask-step guidance ratio in MASK_CFG (to choose it)
 # 3. benchmarks/editing_quality.py: inpainting seams and class edits against strength
 # Reports go to $REPORTS (JSON) and the logs to stdout. CPU timing is measured elsewhere (the
@@ -17,6 +17,7 @@ STRENGTHS=${STRENGTHS:-1 2 3 4}
 DEVICE=${DEVICE:-cuda}
 EDITS=${EDITS:-100}                   # 0: no editing benchmark
 CURVE=${CURVE:-1}                     # 0: skip step 1 (e.g. only the guidance runs)
+CURVE_STEPS=${CURVE_STEPS:-0 1 2 4 8}  # the steps of the curve (at most the model's refine_max_side allows)
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$REPORTS"
@@ -24,7 +25,7 @@ name=$(basename "$(dirname "$MODEL")")
 
 if [[ "$CURVE" == 1 ]]; then
   $PY -m benchmarks.quality --model "$MODEL" --data "$DATA" --device "$DEVICE" \
-    --samples "$SAMPLES" --batch-size 255 --curve 0 1 2 4 8 --skip-timing \
+    --samples "$SAMPLES" --batch-size 255 --curve $CURVE_STEPS --skip-timing \
     --json "$REPORTS/quality_$name.json" --grid "$REPORTS/grids_$name"
 fi
 for ratio in $MASK_CFG; do
