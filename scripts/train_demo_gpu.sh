@@ -59,16 +59,27 @@ else
       --set run.progress_bar=false "${resume[@]}"
   fi
 fi
+# STAGE2_CONTINUE_MASK=1 with INIT_MODEL and stage 1: stage 2 continues INIT_MODEL's mask branch
+# (stage 1 trains the base and ns branch only and exports the mask branch unchanged) on the new
+# base, instead of starting it again as a copy of the ns branch: for short stage-2 budgets.
+STAGE2_CONTINUE_MASK=${STAGE2_CONTINUE_MASK:-0}
 stage1_lr=()
 [[ -n "$STAGE1_LR" ]] && stage1_lr=(--set "optim.lr=$STAGE1_LR")
 # 2. HMAR stage 1: next-scale prediction (DDP over NPROC GPUs)
 STAGE2_INIT=$RUNS/emoji64-hmar/model
 stage2_mask=()
+run_stage1=1
 if [[ -n "$INIT_MODEL" && "$STAGE1_MINUTES" == 0 ]]; then
   STAGE2_INIT=$INIT_MODEL
+  run_stage1=0
   stage2_mask=(--set init_mask_from_ns=false)
   echo "no stage 1: stage 2 continues the mask branch of $INIT_MODEL"
-elif ! done_stage "$RUNS/emoji64-hmar/model"; then
+elif [[ "$STAGE2_CONTINUE_MASK" == 1 ]]; then
+  stage2_mask=(--set init_mask_from_ns=false)
+  echo "stage 2 continues the mask branch of $INIT_MODEL on the new base"
+fi
+done_stage "$RUNS/emoji64-hmar/model" && run_stage1=0
+if [[ "$run_stage1" == 1 ]]; then
   $PY -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m train.hmar \
     --config train/configs/emoji64-hmar.yaml --data "$DATA" \
     --tokenizer "$TOKENIZER" --out "$RUNS/emoji64-hmar" "${stage1_init[@]}" \

@@ -13,7 +13,7 @@ from benchmarks.editing_quality import class_edits
 from benchmarks.quality import curve_report, curve_settings, load_pipe
 
 # the speed/quality curve of the bundled model, measured with its shipped sampler
-BUNDLED_CURVE = "benchmarks/models/quality_hmar-emoji64-v2_curve_cpu.json"
+BUNDLED_CURVE = "benchmarks/models/quality_hmar-emoji64-v3_curve_h100.json"
 
 
 def _entry(fd: float, seconds: float) -> dict[str, Any]:
