@@ -11,7 +11,9 @@ device with the fast engine's half-precision blocks from the start and filled on
 the official benchmark mask schedules; ms = median of repeated calls after warm-up (CUDA
 events); peak memory = ``torch.cuda.max_memory_allocated`` since before the weights were built.
 Inpaint rows: one 256 px picture with a centred 96 px square mask, B = 1, the editor's default
-steps (2) and ``steps=0``, feather 8, from PIL in to PIL out.
+steps (2) and ``steps=0``, feather 8, from PIL in to PIL out; each also records where one call
+spends its time (``phases``: the engine's encode, sample_tokens and decode, synchronised, and
+the rest of the call; :func:`engine_phases`).
 
 CPU rows: the bundled demo model on both engines (the numbers behind ``engine="auto"``).
 
@@ -147,6 +149,57 @@ def time_calls(fn: Callable[[int], object], reps: int, warmup: int, cuda: bool
     return {"ms": statistics.median(times), "times": times}
 
 
+#: The engine calls a public method is made of (:class:`hmar_core.engine.Engine`).
+ENGINE_PHASES = ("encode", "sample_tokens", "decode")
+
+
+def engine_phases(pipe: Pipeline, call: Callable[[int], object], reps: int, cuda: bool
+                  ) -> dict[str, dict[str, float]]:
+    """Where one public call spends its time: median ms (and calls per run) of each engine
+    phase of ``pipe.backend`` inside ``call(i)``, and ``rest`` = the call's own work between
+    them (PIL in and out, the edit's spec, compositing). The device is synchronised around each
+    phase, so phases do not overlap and ``total`` is a little above the unsynchronised time.
+    The engine's methods are shadowed on the instance for the measurement and restored after.
+    """
+    engine = pipe.backend
+    runs: list[dict[str, list[float]]] = []
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def timed(name: str, method: Callable[..., object]) -> Callable[..., object]:
+        def wrapper(*args: object, **kwargs: object) -> object:
+            sync()
+            tick = time.perf_counter()
+            out = method(*args, **kwargs)
+            sync()
+            runs[-1][name].append((time.perf_counter() - tick) * 1000)
+            return out
+        return wrapper
+
+    for name in ENGINE_PHASES:
+        setattr(engine, name, timed(name, getattr(engine, name)))
+    try:
+        for i in range(reps):
+            runs.append({name: [] for name in (*ENGINE_PHASES, "total")})
+            sync()
+            tick = time.perf_counter()
+            call(i)
+            sync()
+            runs[-1]["total"].append((time.perf_counter() - tick) * 1000)
+    finally:
+        for name in ENGINE_PHASES:
+            delattr(engine, name)
+    phases = {name: {"ms": statistics.median(sum(run[name]) for run in runs),
+                     "calls": statistics.median(len(run[name]) for run in runs)}
+              for name in ENGINE_PHASES}
+    rests = [run["total"][0] - sum(sum(run[name]) for name in ENGINE_PHASES) for run in runs]
+    phases["rest"] = {"ms": statistics.median(rests), "calls": 1}
+    phases["total"] = {"ms": statistics.median(run["total"][0] for run in runs), "calls": 1}
+    return phases
+
+
 def _row(name: str, measure: Callable[[], dict], report: dict) -> None:
     print(f"--- {name}", flush=True)
     try:
@@ -196,8 +249,12 @@ def run_gpu(args: argparse.Namespace) -> dict:
                     result = pipe.inpaint(image, mask, seed=i, steps=steps)
                     assert result.size == image.size
 
-                _row(f"inpaint d{depth} B=1 steps {steps}{tag}",
-                     lambda fn=inpaint: time_calls(fn, edit_reps, 3, cuda), report)
+                def measure_inpaint(pipe: Pipeline = pipe, fn: Callable = inpaint) -> dict:
+                    out = time_calls(fn, edit_reps, 3, cuda)
+                    out["phases"] = engine_phases(pipe, fn, max(3, edit_reps // 3), cuda)
+                    return out
+
+                _row(f"inpaint d{depth} B=1 steps {steps}{tag}", measure_inpaint, report)
             del pipe
             free()
     return report
@@ -252,6 +309,13 @@ def markdown(report: dict) -> str:
         extra = (f" {_fmt(row.get('peak_gib'), 2)} | {_fmt(row.get('official_ms'), 0)} |"
                  if gpu else "")
         lines.append(f"| `{name}` | {value} |{extra}")
+    phased = [(name, row["phases"]) for name, row in report["rows"].items() if "phases" in row]
+    if phased:
+        lines += ["", "Where one call goes (median ms; the device synchronised around each engine "
+                  "phase, so the total is a little above the row's):", ""]
+        lines += [f"- `{name}`: " + " · ".join(f"{phase} {_fmt(value['ms'])}"
+                                                for phase, value in phases.items())
+                  for name, phases in phased]
     return "\n".join(lines)
 
 

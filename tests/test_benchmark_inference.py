@@ -1,0 +1,58 @@
+"""``benchmarks/inference.py``: the phase breakdown of a public call (issue 15)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.inference import ENGINE_PHASES, engine_phases, markdown
+
+
+def _picture(side: int) -> tuple[Image.Image, Image.Image]:
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+    mask = np.zeros((side, side), np.uint8)
+    mask[side // 4: side // 2, side // 4: side // 2] = 255
+    return image, Image.fromarray(mask)
+
+
+def test_phases_of_an_inpaint_count_each_engine_call_and_restore_the_engine(tiny_pipe) -> None:
+    image, mask = _picture(tiny_pipe.image_size)
+    results = []
+
+    def inpaint(i: int) -> None:
+        results.append(np.asarray(tiny_pipe.inpaint(image, mask, seed=i, steps=1)))
+
+    phases = engine_phases(tiny_pipe, inpaint, reps=3, cuda=False)
+
+    assert set(phases) == {*ENGINE_PHASES, "total", "rest"}
+    # one inpaint = one encode of the picture, one constrained sampling, one decode
+    assert [phases[name]["calls"] for name in ENGINE_PHASES] == [1, 1, 1]
+    assert all(phases[name]["ms"] > 0 for name in (*ENGINE_PHASES, "total"))
+    assert 0 <= phases["rest"]["ms"] < phases["total"]["ms"]
+    assert sum(phases[name]["ms"] for name in ENGINE_PHASES) <= phases["total"]["ms"] * 1.5
+    # the engine's own methods are back (nothing left shadowing them on the instance)
+    assert not set(ENGINE_PHASES) & set(vars(tiny_pipe.backend))
+    # the measured calls were the real ones: seeds 0..2 give the same pictures again
+    again = [np.asarray(tiny_pipe.inpaint(image, mask, seed=i, steps=1)) for i in range(3)]
+    assert all(np.array_equal(a, b) for a, b in zip(results, again))
+
+
+def test_a_generation_encodes_nothing(tiny_pipe) -> None:
+    phases = engine_phases(tiny_pipe, lambda i: tiny_pipe.generate(0, seed=i), reps=1,
+                           cuda=False)
+
+    assert phases["encode"]["calls"] == 0 and phases["encode"]["ms"] == 0
+    assert phases["sample_tokens"]["calls"] == 1 and phases["decode"]["calls"] == 1
+
+
+def test_the_markdown_lists_the_phases_of_the_rows_that_have_them() -> None:
+    phases = {"encode": {"ms": 1.26, "calls": 1}, "rest": {"ms": 3.0, "calls": 1}}
+    report = {"device": "NVIDIA H100", "torch": "2.11", "rows": {
+        "inpaint d16 B=1 steps 2": {"ms": 43.4, "phases": phases, "target_ms": 30},
+        "generate d16 B=64": {"ms": 235.4, "peak_gib": 3.8, "official_ms": 434}}}
+
+    text = markdown(report)
+
+    assert "- `inpaint d16 B=1 steps 2`: encode 1.3 · rest 3.0" in text
+    assert "`generate d16 B=64`:" not in text
