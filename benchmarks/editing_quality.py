@@ -28,7 +28,8 @@ Metrics (one JSON report):
 * **class-edit success** = fraction of whole-image class edits (random target ≠ source label,
   default strength) that the classifier assigns to the target class; with several
   ``--class-strength`` values, one row per strength in ``class_edit_by_strength`` (the same
-  images, targets and seeds at every strength).
+  images, targets and seeds at every strength; ``predicted`` = the class of each edit).
+  ``--cfg`` sets the guidance of every edit (default: the model's).
 * **seconds per edit** on this machine (``--device``, default CPU), mean and median.
 """
 
@@ -111,7 +112,7 @@ def outpaint_seams(pipe: Pipeline, images: Sequence[np.ndarray], args: argparse.
         start = time.perf_counter()
         result = outpaint(pipe, rgb, left=w, right=w, top=h, bottom=h,
                           options=EditOptions(seed=args.seed + index, steps=args.steps,
-                                              feather=args.feather),
+                                              feather=args.feather, cfg=args.cfg),
                           overlap=args.overlap)
         seconds.append(time.perf_counter() - start)
         canvas = np.asarray(result.images[0].convert("RGB"))
@@ -197,7 +198,8 @@ def run(args: argparse.Namespace) -> dict:
     if len(images) < args.num:
         logger.warning("only %d images available (asked for %d)", len(images), args.num)
     report: dict = {"model": args.model or "random-tiny", "images": len(images),
-                    "device": str(device), "steps": args.steps, "feather": args.feather}
+                    "device": str(device), "steps": args.steps, "feather": args.feather,
+                    "cfg": args.cfg}
     if "outpaint" in args.modes:
         report.update(outpaint_seams(pipe, images, args))
     if "inpaint" in args.modes:
@@ -218,7 +220,7 @@ def class_edits_by_strength(pipe: Pipeline, images: Sequence[np.ndarray],
     default = default_class_strength(len(pipe.patch_nums))
     strengths = args.class_strength or [default]
     by_strength = {strength: class_edits(pipe, classifier, list(images), list(labels), strength,
-                                         args.seed, args.steps, device)
+                                         args.seed, args.steps, device, cfg=args.cfg)
                    for strength in strengths}
     first = by_strength[default if default in by_strength else strengths[0]]
     return {"class_edit_success": first["success"], "class_edits": first["edits"],
@@ -236,7 +238,7 @@ def inpaint_seams(pipe: Pipeline, images: Sequence[np.ndarray], args: argparse.N
         mask = random_mask(rng, *rgb.shape[:2])
         start = time.perf_counter()
         edited = pipe.inpaint(rgb, mask, seed=args.seed + index, steps=args.steps,
-                              feather=args.feather)
+                              feather=args.feather, cfg=args.cfg)
         seconds.append(time.perf_counter() - start)
         seams.append(seam_ratio(np.asarray(edited), mask))
         seams_original.append(seam_ratio(rgb, mask))
@@ -248,22 +250,26 @@ def inpaint_seams(pipe: Pipeline, images: Sequence[np.ndarray], args: argparse.N
 
 def class_edits(pipe: Pipeline, classifier: Classifier, images: list[np.ndarray],
                 labels: list[int | None], strength: int, seed: int, steps: int | None,
-                device: torch.device) -> dict:
+                device: torch.device, cfg: float | None = None) -> dict:
     """Whole-image class edits to a random other class at one strength: the fraction that the
-    classifier assigns to the target class (targets and seeds fixed by ``seed``)."""
+    classifier assigns to the target class (targets and seeds fixed by ``seed``), and the
+    class it assigned to each edit. ``cfg``: the guidance of the edits (``None``: the
+    model's)."""
     rng = np.random.default_rng(seed + 1)
-    hits, seconds = 0, []
+    hits, seconds, predicted = 0, [], []
     for index, (rgb, label) in enumerate(zip(images, labels)):
         target = int(rng.choice([c for c in range(pipe.num_classes) if c != label]))
         start = time.perf_counter()
         result = pipe.edit(rgb, None, EditOptions(class_id=target, seed=seed + index,
-                                                  steps=steps, strength=strength))
+                                                  steps=steps, strength=strength, cfg=cfg))
         seconds.append(time.perf_counter() - start)
-        hits += predict(classifier, [result.image], device)[0] == target
+        predicted.append(predict(classifier, [result.image], device)[0])
+        hits += predicted[-1] == target
     edits = len(images)
     logger.info("class edits at strength %d: %d/%d reach the target", strength, hits, edits)
     return {"strength": strength, "success": hits / max(edits, 1), "edits": edits,
-            "seconds_mean": statistics.fmean(seconds) if seconds else float("nan")}
+            "seconds_mean": statistics.fmean(seconds) if seconds else float("nan"),
+            "predicted": predicted}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -276,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="refinement steps")
     parser.add_argument("--feather", type=int, default=8)
+    parser.add_argument("--cfg", type=float, default=None,
+                        help="class guidance of every edit (default: the model's)")
     parser.add_argument("--class-strength", type=int, nargs="+", default=None,
                         help="strength(s) of the class edits (default: the editor's default)")
     parser.add_argument("--modes", nargs="+", choices=("inpaint", "outpaint"),

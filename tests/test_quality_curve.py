@@ -124,3 +124,21 @@ def test_bundled_default_steps_is_not_dominated_on_its_measured_curve() -> None:
         dominates = (steps <= default and row["fd_val"] <= mine["fd_val"]
                      and row["accuracy_ratio"] >= mine["accuracy_ratio"] and steps != default)
         assert not dominates, f"steps={steps} is as fast, as good on FD and accuracy as {default}"
+
+
+def test_class_edits_use_the_guidance_they_are_given(tiny_pipe) -> None:
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(4)]
+    labels = [0, 1, 2, 3]
+    # a classifier that reads the picture: its class is the bucket of the mean brightness,
+    # so the predictions change when the edited pictures do
+    def brightness(batch: torch.Tensor) -> torch.Tensor:
+        return (batch.mean(dim=(1, 2, 3)) * 1000).long() % tiny_pipe.num_classes
+
+    def run(cfg: float | None) -> list[int]:
+        return class_edits(tiny_pipe, brightness, images, labels, 1, seed=0, steps=0,
+                           device=torch.device("cpu"), cfg=cfg)["predicted"]
+
+    model_cfg = tiny_pipe.sampler_config.cfg
+    assert run(None) == run(model_cfg)
+    assert run(0.0) != run(model_cfg + 8.0)
