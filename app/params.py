@@ -33,6 +33,7 @@ __all__ = [
     "SamplingParams",
     "Timing",
     "class_choices",
+    "class_strength_info",
     "LONG_JOB_SECONDS",
     "clamp",
     "class_id_from_choice",
@@ -137,6 +138,25 @@ def refinement_passes(patch_nums: Sequence[int], steps: int, max_side: int | Non
     the model's ``SamplerConfig.refine_max_side``)."""
     schedule = schedule_from_steps(tuple(patch_nums), steps, max_side)
     return sum(len(entry) - 1 for entry in schedule)
+
+
+def class_strength_info(
+    patch_nums: Sequence[int], has_mask_branch: bool = True, max_side: int | None = None
+) -> str:
+    """The help under the class edit's strength slider. It says from which strength a
+    whole-picture class edit keeps every scale that the quality slider refines (those scales
+    are copied from the original, so the slider has nothing to change there)."""
+    text = "Coarse scales copied from the original: more = closer to it"
+    if not has_mask_branch:
+        return text
+    schedule = schedule_from_steps(tuple(patch_nums), 1, max_side)
+    refined = [si for si, entry in enumerate(schedule) if len(entry) > 1]
+    if not refined:
+        return text
+    last = refined[-1]
+    return (f"{text}. From {last + 1} on, a whole-picture edit keeps every scale that Speed ⟷ "
+            f"Quality refines (up to {patch_nums[last]}×{patch_nums[last]}), so that slider "
+            "changes nothing there")
 
 
 def expected_time_label(

@@ -37,6 +37,7 @@ from .params import (
     TOP_K_RANGE,
     Timing,
     class_choices,
+    class_strength_info,
     max_quality_steps,
 )
 from .runs import UserRun
@@ -127,7 +128,7 @@ def _generate_tab(names: list[str]) -> dict[str, Any]:
     return {"gen_class": gen_class, "generate_btn": generate_btn}
 
 
-def _edit_mode_tabs(names: list[str], scales: int) -> dict[str, Any]:
+def _edit_mode_tabs(names: list[str], scales: int, strength_info: str) -> dict[str, Any]:
     """Inpaint / Outpaint / Class edit, each with its own controls and button."""
     with gr.Tabs(elem_id="edit-modes") as edit_modes:
         with gr.Tab("Inpaint", id="inpaint"):
@@ -151,8 +152,7 @@ def _edit_mode_tabs(names: list[str], scales: int) -> dict[str, Any]:
             edit_class = _dropdown(class_choices(names), 0, "Target class", "edit-class")
             edit_strength = RangeSlider(
                 0, scales - 1, value=min(default_class_strength(scales), scales - 1), step=1,
-                label="Strength: scales kept",
-                info="Coarse scales copied from the original: more = closer to it")
+                label="Strength: scales kept", info=strength_info, elem_id="edit-strength")
             class_edit_btn = gr.Button("Restyle", variant="primary",
                                        elem_id="class-edit-button")
     return {"edit_modes": edit_modes, "inpaint_class": inpaint_class,
@@ -179,7 +179,7 @@ def _mask_options() -> dict[str, Any]:
             "padding": padding}
 
 
-def _edit_tab(names: list[str], scales: int, size: int) -> dict[str, Any]:
+def _edit_tab(names: list[str], scales: int, size: int, strength_info: str) -> dict[str, Any]:
     with gr.Tab("Edit", id="edit"):
         gr.HTML(f'<div id="{ALERT_ID}" role="alert"></div>', padding=False)
         editor = PictureEditor(
@@ -195,7 +195,7 @@ def _edit_tab(names: list[str], scales: int, size: int) -> dict[str, Any]:
         brush_size = RangeSlider(*BRUSH_SIZE_RANGE, value=DEFAULT_BRUSH_SIZE, step=2,
                                  label="Brush size (px of the picture)", elem_id="brush-size",
                                  info="Width of the next strokes")
-        tabs = _edit_mode_tabs(names, scales)
+        tabs = _edit_mode_tabs(names, scales, strength_info)
         masks = _mask_options()
     return {"editor": editor, "brush_size": brush_size, **tabs, **masks}
 
@@ -293,7 +293,9 @@ def build_demo(
             with gr.Column(scale=5):
                 with gr.Tabs(elem_id="modes") as modes:
                     generate = _generate_tab(names)
-                    edit = _edit_tab(names, scales, pipeline.image_size)
+                    edit = _edit_tab(names, scales, pipeline.image_size, class_strength_info(
+                        pipeline.patch_nums, pipeline.has_mask_branch,
+                        pipeline.sampler_config.refine_max_side))
                 sampling = _sampling_panel(pipeline, timing)
             with gr.Column(scale=5):
                 outputs = _output_column(pipeline.image_size)

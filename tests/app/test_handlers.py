@@ -156,6 +156,33 @@ def test_the_slider_follows_the_models_refine_max_side():
     assert "≈ 0.6 s" in handlers.quality_label(wide, 1, 1, timing)  # 1 extra pass
 
 
+def test_class_strength_info_says_from_where_the_quality_slider_has_nothing_to_do():
+    from app.params import class_strength_info
+
+    narrow = class_strength_info(PYRAMID_256, max_side=3)
+    assert "From 3 on" in narrow and "up to 3×3" in narrow
+    tiny = class_strength_info((1, 2, 3, 4))  # the default rule refines only 2×2 here
+    assert "From 2 on" in tiny and "up to 2×2" in tiny
+    plain = class_strength_info(PYRAMID_256, has_mask_branch=False)
+    assert plain == "Coarse scales copied from the original: more = closer to it"
+
+
+def test_what_the_strength_help_says_is_what_a_class_edit_does():
+    from app.params import class_strength_info
+    from hmar_core.editing import EditOptions
+
+    pipe = Pipeline.random(sampler_cfg=SamplerConfig(steps=1, refine_max_side=3))
+    assert "From 3 on" in class_strength_info(pipe.patch_nums, max_side=3)
+    picture = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+
+    def edit(strength: int, steps: int) -> np.ndarray:
+        options = EditOptions(class_id=2, seed=4, strength=strength, steps=steps)
+        return np.asarray(pipe.edit(picture, None, options).image)
+
+    assert np.array_equal(edit(3, 0), edit(3, 6))  # every refined scale is kept
+    assert not np.array_equal(edit(2, 0), edit(2, 6))  # the 3×3 scale is regenerated
+
+
 def test_expected_time_label():
     assert "fastest" in expected_time_label(PYRAMID_256, 0)
     timing = Timing(base_seconds=0.5, seconds_per_pass=0.1)

@@ -34,3 +34,13 @@ def test_warning_banner_and_class_names(app_pipe):
     dropdowns = [b for b in demo.blocks.values() if isinstance(b, gr.Dropdown)]
     labels = {label for d in dropdowns for label, _ in d.choices}
     assert f"{app_pipe.class_names[3]} (3)" in labels
+
+
+def test_the_class_edit_strength_help_follows_the_model():
+    from hmar_core import Pipeline, SamplerConfig
+
+    narrow = Pipeline.random(sampler_cfg=SamplerConfig(steps=1, refine_max_side=3))
+    demo = app.build_demo(narrow)
+    strength = next(b for b in demo.blocks.values()
+                    if getattr(b, "elem_id", None) == "edit-strength")
+    assert "From 3 on" in strength.info and "up to 3×3" in strength.info
