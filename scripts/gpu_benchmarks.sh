@@ -2,7 +2,8 @@
 # Every GPU figure of BENCHMARKS.md and the model card in one run (one H200: ~10 minutes).
 #   bash scripts/gpu_benchmarks.sh OUT_DIR [steps...]
 # steps (default all, in this order): quality attention inference train kernels-tests;
-# also cfg-sweep (class accuracy of the bundled model against cfg; no dataset needed)
+# also cfg-sweep (class accuracy of the bundled model against cfg; no dataset needed) and
+# app-roundtrip (Gradio's overhead on the GPU; GRADIO_PACK, see scripts/pack_gradio_for_gpu.sh)
 # Needs data/emoji64/emoji64.npz for `quality` (python -m train.data emoji --out data/emoji64
 # --npz). Each step logs to OUT_DIR/<step>.log and writes its JSON there; a failing step is
 # reported and the next one runs. Render the Markdown afterwards, off the GPU:
@@ -40,6 +41,15 @@ for s in $STEPS; do
     cfg-sweep) step cfg-sweep python -m benchmarks.cfg_sweep \
         --cfg ${SWEEP_CFG:-2 3 4 5 6 8} --samples 1020 --device cuda \
         --real-balanced "${REAL_BALANCED:-0.5514}" --json "$OUT/cfg.json" ${SWEEP_ARGS:-} ;;
+    app-roundtrip) # the served app's inpaint (gradio_client -> Gradio -> engine) against the
+      # direct call, 256 px d16; needs Gradio there: GRADIO_PACK=<folder of
+      # scripts/pack_gradio_for_gpu.sh>, installed into /tmp/site first
+      if [[ -n "${GRADIO_PACK:-}" ]]; then
+        python3 -m pip install -q --no-index --no-deps --target /tmp/site "$GRADIO_PACK"/*.whl \
+          && tar xzf "$GRADIO_PACK/gradio-stripped.tgz" -C /tmp/site
+      fi
+      PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} step app-roundtrip python -m \
+        benchmarks.app_roundtrip --device cuda --random-depth 16 --out "$OUT/roundtrip.json" ;;
     *) echo "unknown step $s" | tee -a "$OUT/steps.txt" ;;
   esac
 done
