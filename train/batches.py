@@ -146,6 +146,10 @@ def open_datasets(run: RunConfig, resolution: int) -> DataSplits:
         train = ImageFolderDataset(path, resolution, train=True, seed=run.seed)
         root, where, val = path, str(path), None
     _check_classes(train, where, run.allow_empty_classes)
+    if run.hflip > 0:
+        train.set_flips(run.hflip, run.hflip_skip)  # training images only: val is not drawn
+        logger.info("mirroring training images with probability %g (never: %s)", run.hflip,
+                    ", ".join(run.hflip_skip) or "none")
     names = _class_names(root, train.classes)
     if val is None and run.val_fraction > 0 and len(train) >= 2:
         order = torch.randperm(len(train), generator=derived_generator(run.seed,

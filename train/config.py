@@ -134,6 +134,11 @@ class RunConfig:
         class_balanced: draw every class equally often (with replacement).
         allow_empty_classes: accept class folders without images (the emoji set has one).
         val_fraction: held-out fraction when the data has no ``val`` split.
+        hflip: probability that a training image is mirrored left-right (after its crop; drawn
+            from the same per-sample generator, so a resumed run sees the same flips); 0 = the
+            official preprocessing (no flips).
+        hflip_skip: classes never mirrored, by a part of their name (shell wildcards allowed,
+            e.g. ``[_flag, _symbol]``): those whose mirror image is another thing (flags, text).
         compile: ``torch.compile`` the network.
         tensorboard: write TensorBoard scalars when ``torch.utils.tensorboard`` is importable.
         progress_bar: show a tqdm bar on rank 0.
@@ -159,6 +164,8 @@ class RunConfig:
     class_balanced: bool = False
     allow_empty_classes: bool = False
     val_fraction: float = 0.05
+    hflip: float = 0.0
+    hflip_skip: tuple[str, ...] = ()
     compile: bool = False
     tensorboard: bool = True
     progress_bar: bool = True
@@ -176,6 +183,10 @@ class RunConfig:
         _require(self.log_interval >= 1, "log_interval must be >= 1")
         _require(self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay must be in (0, 1)")
         _require(0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)")
+        _require(0 <= self.hflip <= 1, f"hflip must be a probability in [0, 1], got {self.hflip}")
+        _require(not isinstance(self.hflip_skip, str),
+                 "hflip_skip must be a list of class-name patterns, not one string")
+        object.__setattr__(self, "hflip_skip", tuple(str(p) for p in self.hflip_skip))
         _require(not (self.resume and self.overwrite),
                  "resume and overwrite exclude each other: continue the run or replace it")
 

@@ -13,6 +13,7 @@ names, so there the class id equals the folder position even for classes without
 from __future__ import annotations
 
 import abc
+import fnmatch
 import logging
 import os
 import zipfile
@@ -57,6 +58,8 @@ class _CroppedImageDataset(Dataset, abc.ABC):
         self.already_sized = already_sized
         self.seed = seed
         self.epoch = 0
+        self.flip_probability = 0.0
+        self.unflipped_classes: frozenset[int] = frozenset()
         self.classes: list[str] = []
         self.targets: list[int] = []
         self.num_load_failures = 0
@@ -73,6 +76,27 @@ class _CroppedImageDataset(Dataset, abc.ABC):
         if epoch < 0:
             raise ValueError(f"epoch must be non-negative, got {epoch}")
         self.epoch = epoch
+
+    def set_flips(self, probability: float, skip: Sequence[str] = ()) -> None:
+        """Mirror training images left-right with ``probability`` (after the crop, from the
+        sample's own crop generator), except those of classes whose name contains a pattern of
+        ``skip`` (shell wildcards allowed: ``"_flag"`` skips ``"16_fluent3d_flag"``).
+
+        Raises:
+            ValueError: the probability is outside [0, 1], or a pattern matches no class.
+        """
+        if not 0 <= probability <= 1:
+            raise ValueError(f"flip probability must be in [0, 1], got {probability}")
+        unflipped = set()
+        for pattern in skip:
+            matched = {i for i, name in enumerate(self.classes)
+                       if fnmatch.fnmatchcase(name, f"*{pattern}*")}
+            if not matched:
+                raise ValueError(f"hflip_skip pattern {pattern!r} matches no class "
+                                 f"(classes: {', '.join(self.classes[:6])}, ...)")
+            unflipped |= matched
+        self.flip_probability = float(probability)
+        self.unflipped_classes = frozenset(unflipped)
 
     def class_counts(self) -> list[int]:
         """Number of samples per class id, ``len(classes)`` entries."""
@@ -114,7 +138,14 @@ class _CroppedImageDataset(Dataset, abc.ABC):
                 image, self.resolution, train=self.train, rng=rng,
                 already_sized=self.already_sized,
             )
-            return tensor, self.targets[current]
+            target = self.targets[current]
+            # drawn after the crop and only when flips are on: without them the crops are the
+            # official ones, draw for draw
+            if (rng is not None and self.flip_probability > 0
+                    and target not in self.unflipped_classes
+                    and rng.random() < self.flip_probability):
+                tensor = tensor.flip(-1)
+            return tensor, target
         raise RuntimeError(f"{min(_MAX_FALLBACKS, length)} consecutive samples from {index} "
                            "could not be read")
 
