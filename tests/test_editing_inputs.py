@@ -130,6 +130,25 @@ def test_feather_weights_exact_support():
     assert (mixed[:5] == original[:5]).all()
 
 
+def test_composite_blends_only_where_the_weights_are_and_equals_the_dense_formula():
+    original = RNG.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    generated = RNG.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    weights = np.zeros((30, 40), np.float32)
+    weights[7:19, 22:35] = RNG.random((12, 13)).astype(np.float32)
+    weights[10, 25] = 0.0  # a zero inside the box keeps its original bytes too
+    dense = np.rint(weights[..., None] * generated + (1 - weights[..., None]) * original.astype(
+        np.float32))
+    expected = np.where(weights[..., None] > 0, np.clip(dense, 0, 255).astype(np.uint8), original)
+
+    mixed = composite(original, generated, weights)
+
+    np.testing.assert_array_equal(mixed, expected)
+    assert mixed is not original
+    none = composite(original, generated, np.zeros((30, 40), np.float32))
+    np.testing.assert_array_equal(none, original)
+    assert none is not original
+
+
 # ------------------------------------------------------------------------------- schedules
 def test_edit_schedule_rules():
     patch_nums = (1, 2, 3, 4)

@@ -107,8 +107,18 @@ def feather_weights(mask: np.ndarray, feather: int) -> np.ndarray:
 
 
 def composite(original: np.ndarray, generated: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``w·generated + (1 - w)·original`` as uint8 (H, W, 3); where w = 0 the original bytes."""
-    w = weights[..., None]
-    blended = np.rint(w * generated.astype(np.float32) + (1 - w) * original.astype(np.float32))
-    blended = np.clip(blended, 0, 255).astype(np.uint8)
-    return np.where(w > 0, blended, original)
+    """``w·generated + (1 - w)·original`` as uint8 (H, W, 3); where w = 0 the original bytes.
+
+    Only the bounding box of ``w > 0`` is blended (an edit's feathered mask is usually a small
+    part of the picture); the rest is a copy of ``original``.
+    """
+    out = original.copy()
+    rows = np.flatnonzero(weights.any(axis=1))
+    if rows.size == 0:
+        return out
+    cols = np.flatnonzero(weights.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    w, kept = weights[box][..., None], original[box]
+    blended = np.rint(w * generated[box].astype(np.float32) + (1 - w) * kept.astype(np.float32))
+    out[box] = np.where(w > 0, np.clip(blended, 0, 255).astype(np.uint8), kept)
+    return out
