@@ -23,20 +23,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.paths import shown
 from hmar_core import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 #: ``/inpaint`` after the editor value: class (none), strength, quality, cfg, top-k, top-p,
 #: seed, variants, heatmap, area, grow, feather, only-masked, padding (docs/APP.md's example).
 INPAINT_ARGS = (-1, 0, 2, 1.5, 900, 0.96, "42", 1, False, "Painted area", 1, 8, False, 32)
-
-
-def _shown(path: Path) -> str:
-    """``path`` relative to the repository when it is inside it (reports name no machine)."""
-    try:
-        return Path(path).resolve().relative_to(ROOT).as_posix()
-    except ValueError:
-        return Path(path).name
 
 
 def _free_port() -> int:
@@ -106,7 +99,7 @@ def run(args: argparse.Namespace) -> dict:
     report = {
         "device": torch.cuda.get_device_name() if pipe.device.type == "cuda" else "cpu",
         "engine": pipe.engine,
-        "model": f"random d{args.random_depth}" if args.random_depth else _shown(args.checkpoint),
+        "model": f"random d{args.random_depth}" if args.random_depth else shown(args.checkpoint),
         "served_ms": statistics.median(served), "direct_ms": statistics.median(direct),
         "served": served, "direct": direct,
     }

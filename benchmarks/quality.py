@@ -85,6 +85,7 @@ from benchmarks.classifier import (
     predict_logits,
     to_float,
 )
+from benchmarks.paths import shown
 from hmar_core import Pipeline
 from hmar_core.schedules import Schedule, default_schedule
 
@@ -507,7 +508,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     val_x, val_y, _ = load_npz_split(args.data, "val")
     settings = resolve_settings(pipe, args.refine) + curve_settings(pipe, args.curve or [])
     report: dict[str, Any] = {
-        "model": str(args.model), "classifier": str(args.classifier), "data": str(args.data),
+        "model": str(args.model), "classifier": shown(args.classifier), "data": str(args.data),
         "device": str(device), "seed": args.seed, "samples": args.samples, "quick": args.quick,
         "torch": torch.__version__, "machine": f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs", "threads": torch.get_num_threads(),
