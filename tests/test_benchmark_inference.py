@@ -56,4 +56,3 @@ def test_the_markdown_lists_the_phases_of_the_rows_that_have_them() -> None:
 
     assert "- `inpaint d16 B=1 steps 2`: encode 1.3 · rest 3.0" in text
     assert "`generate d16 B=64`:" not in text
-
