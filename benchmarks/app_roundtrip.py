@@ -23,10 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.paths import shown
+from benchmarks.paths import ROOT, shown
 from hmar_core import Pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
 #: ``/inpaint`` after the editor value: class (none), strength, quality, cfg, top-k, top-p,
 #: seed, variants, heatmap, area, grow, feather, only-masked, padding (docs/APP.md's example).
 INPAINT_ARGS = (-1, 0, 2, 1.5, 900, 0.96, "42", 1, False, "Painted area", 1, 8, False, 32)

@@ -85,11 +85,10 @@ from benchmarks.classifier import (
     predict_logits,
     to_float,
 )
-from benchmarks.paths import shown
+from benchmarks.paths import ROOT, shown
 from hmar_core import Pipeline
 from hmar_core.schedules import Schedule, default_schedule
 
-ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("quality")
 
 DEFAULT_DATA = ROOT / "data" / "emoji64" / "emoji64.npz"
