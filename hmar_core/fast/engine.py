@@ -30,6 +30,7 @@ from ..engine import Engine, EngineName
 from ..sampler import ScaleModel
 from ..tokenizer import MultiScaleVQTokenizer
 from ..transformer import HMARTransformer
+from .graphs import GraphCache
 from .runner import FastRunner, default_dtype
 from .sampling import GUMBEL
 
@@ -92,6 +93,11 @@ class FastEngine(Engine):
         fused: the runner's fused Triton kernels (``None``: on CUDA when Triton works).
         own_weights: cast the modules' blocks and VAE convolutions in place instead of
             copying them (no float32 copies stay alive; the modules serve this engine only).
+        vae_graph_batch: on CUDA with ``cuda_graphs``, encodings and decode chunks of at most
+            this many images run as one CUDA graph each (the encoder with the residual
+            quantiser; the decoder): at the editor's batch sizes both are a few hundred small
+            launches, each costing more host time than its GPU work. Larger batches keep the
+            per-launch path (their graphs' memory pools would stay allocated). 0 turns it off.
     """
 
     name: EngineName = "fast"
@@ -110,7 +116,11 @@ class FastEngine(Engine):
         compile_vae: bool | None = None,
         fused: bool | None = None,
         own_weights: bool = False,
+        vae_graph_batch: int = 4,
     ) -> None:
+        if isinstance(vae_graph_batch, bool) or not isinstance(vae_graph_batch, int) \
+                or vae_graph_batch < 0:
+            raise ValueError(f"vae_graph_batch must be an int >= 0, got {vae_graph_batch!r}")
         if isinstance(decode_batch, bool) or not isinstance(decode_batch, int) \
                 or decode_batch < 1:
             raise ValueError(f"decode_batch must be an int >= 1, got {decode_batch!r}")
@@ -130,6 +140,9 @@ class FastEngine(Engine):
         self.decode_batch = decode_batch
         self.vae_channels_last = vae_channels_last
         compile_vae = device.type == "cuda" if compile_vae is None else compile_vae
+        # the VAE's graphs have their own pool: a failed capture there leaves the runner's on
+        self.vae_graphs = GraphCache(enabled=cuda_graphs and vae_graph_batch > 0)
+        self.vae_graph_batch = vae_graph_batch
         self._upsample = pyramid.MatrixBicubicUp()  # the sampler's bicubic, as matmuls
         decoder = self._in_vae_dtype(nn.Sequential(tokenizer.post_quant_conv, tokenizer.decoder),
                                      own_weights, vae_channels_last)
@@ -160,23 +173,44 @@ class FastEngine(Engine):
         return self.runner.device
 
     # ----------------------------------------------------------------------------- images
+    def _graphed(self, batch: int) -> bool:
+        return (self.vae_graphs.enabled and self.device.type == "cuda"
+                and batch <= self.vae_graph_batch)
+
+    def _decode_chunk(self, f_hat: torch.Tensor) -> torch.Tensor:
+        layout = torch.channels_last if self.vae_channels_last else torch.contiguous_format
+        return self._decoder(f_hat.to(self.vae_dtype).contiguous(memory_format=layout)
+                             ).float().clamp_(-1, 1)
+
     @torch.no_grad()
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         """f_hat (B, Cvae, h, w) float32 → images (B, 3, H, W) float32 in [-1, 1], chunked."""
-        layout = torch.channels_last if self.vae_channels_last else torch.contiguous_format
-        images = [self._decoder(chunk.to(self.vae_dtype).contiguous(memory_format=layout))
-                  .float().clamp_(-1, 1) for chunk in f_hat.split(self.decode_batch)]
-        return torch.cat(images).contiguous()
+        images = []
+        for chunk in f_hat.split(self.decode_batch):
+            if self._graphed(chunk.shape[0]):  # the graph's output is reused by its next replay
+                images.append(self.vae_graphs.run(("decode", tuple(chunk.shape)),
+                                                  self._decode_chunk, (chunk,), self.device
+                                                  ).clone())
+            else:
+                images.append(self._decode_chunk(chunk))
+        return torch.cat(images).contiguous() if len(images) > 1 else images[0].contiguous()
+
+    def _encode_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        latent = self._encoder(images.to(self.vae_dtype)).float()
+        quantize = self.tokenizer.quantize
+        tokens, _ = pyramid.quantize_residual(latent, quantize.codebook, quantize.phis(),
+                                              self.patch_nums)
+        return tuple(tokens)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Images (B, 3, H, W) in [-1, 1] → token pyramid (quantised in float32)."""
         self.tokenizer.check_images(images)
-        latent = self._encoder(images.to(self.vae_dtype)).float()
-        quantize = self.tokenizer.quantize
-        tokens, _ = pyramid.quantize_residual(latent, quantize.codebook, quantize.phis(),
-                                              self.patch_nums)
-        return tokens
+        if self._graphed(images.shape[0]):  # clones: the next replay reuses the outputs
+            tokens = self.vae_graphs.run(("encode", tuple(images.shape), images.dtype),
+                                         self._encode_tokens, (images,), self.device)
+            return [t.clone() for t in tokens]
+        return list(self._encode_tokens(images))
 
     # ---------------------------------------------------------------------------- sampling
     def scale_model(self, labels: torch.Tensor) -> tuple[ScaleModel, dict[str, Any]]:
