@@ -411,3 +411,36 @@ def test_fast_pipeline_on_cuda(tiny_pipe):
     assert _same_tokens(first.tokens, again.tokens)
     assert first.images.shape == (2, 3, pipe.image_size, pipe.image_size)
     assert len(fast.backend.runner.graphs) > 0
+
+
+@pytest.mark.gpu
+def test_vae_graphs_match_the_launch_path(tiny_pipe):
+    """Graphed encode/decode (small batches) give the per-launch path's tokens and pixels, and
+    a replay's outputs are copies: an earlier result survives the next call."""
+    pipe = tiny_pipe.to("cuda")
+    graphed = pipe.with_engine("fast", compile_vae=False)
+    plain = pipe.with_engine("fast", compile_vae=False, vae_graph_batch=0)
+    gen = torch.Generator("cuda").manual_seed(0)
+    side = pipe.image_size
+    images = [torch.rand(2, 3, side, side, generator=gen, device="cuda") * 2 - 1 for _ in range(2)]
+    with torch.no_grad():
+        first = graphed.backend.encode(images[0])  # captures
+        second = graphed.backend.encode(images[1])  # replays into the same buffers
+        for got, x in ((first, images[0]), (second, images[1])):
+            assert _same_tokens(got, plain.backend.encode(x))
+        assert not _same_tokens(first, second)
+        f_hats = [torch.randn(2, pipe.tokenizer.cfg.latent_channels, pipe.patch_nums[-1],
+                              pipe.patch_nums[-1], generator=gen, device="cuda") for _ in range(2)]
+        out = [graphed.backend.decode(f) for f in f_hats]
+        for got, f in zip(out, f_hats):
+            assert torch.equal(got, plain.backend.decode(f))
+        big = torch.cat(f_hats * 3)  # 12 images: above vae_graph_batch, the per-launch path
+        assert torch.equal(graphed.backend.decode(big), plain.backend.decode(big))
+    assert len(graphed.backend.vae_graphs) == 2 and graphed.backend.vae_graphs.error is None
+    assert len(plain.backend.vae_graphs) == 0
+
+
+def test_vae_graph_batch_is_checked(tiny_pipe):
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="vae_graph_batch"):
+            tiny_pipe.with_engine("fast", vae_graph_batch=bad).backend

@@ -201,7 +201,8 @@ def edit_window(
     crops = [im.resize_image(im.crop_window(canvas, window), side) for canvas in canvases]
     mask_SS = im.mask_coverage(im.crop_window(mask, window), side)
     images = im.to_model_images(crops, pipe.device, pipe.dtype)  # (B, 3, S, S)
-    masks_BSS = torch.from_numpy(mask_SS).to(pipe.device)[None].expand(len(canvases), -1, -1)
+    # on the host: the spec's per-scale masks are made here and reach the device in one copy
+    masks_BSS = torch.from_numpy(mask_SS)[None].expand(len(canvases), -1, -1)
     with torch.no_grad():
         source = (job.session.encode(pipe, images) if job.session is not None
                   else pipe.backend.encode(images))

@@ -40,6 +40,7 @@ import torch
 from typing_extensions import TypedDict
 
 from ..schedules import Schedule
+from .host import to_device
 from .masks import token_masks
 
 __all__ = ["DEFAULT_EDIT_STEPS", "FIT_MODES", "EditFields", "EditOptions", "EditSpec",
@@ -222,7 +223,17 @@ class EditSpec:
         """
         regenerate = token_masks(pixel_mask_BSS, patch_nums, grow=grow,
                                  coarse_threshold=coarse_threshold)
-        return cls(tuple(source_tokens), tuple(regenerate), labels, strength)
+        device = source_tokens[0].device
+        if pixel_mask_BSS.device == device:
+            return cls(tuple(source_tokens), tuple(regenerate), labels, strength)
+        # a host mask (what the editor passes): the masks, their complements and the summary
+        # are made here and reach the device in one copy, not as ~60 small launches and a read
+        count = len(regenerate)
+        moved = to_device([*regenerate, *(~regen for regen in regenerate)], device)
+        spec = cls(tuple(source_tokens), tuple(moved[:count]), labels, strength)
+        spec.__dict__["_summary"] = _summarize(regenerate)  # fills the cached properties
+        spec.__dict__["_kept"] = tuple(moved[count:])
+        return spec
 
     @property
     def num_scales(self) -> int:
@@ -232,10 +243,12 @@ class EditSpec:
     def _summary(self) -> tuple[tuple[bool, bool, int], ...]:
         """Per scale ``(nothing regenerated, all regenerated, most free positions of a sample)``
         before the strength applies, read from the device once."""
-        stats = torch.stack([torch.stack([(~regen.any()).long(), regen.all().long(),
-                                          regen.sum(-1).amax()]) for regen in self.regenerate])
-        return tuple((bool(none), bool(every), int(free))
-                     for none, every, free in stats.tolist())
+        return _summarize(self.regenerate)
+
+    @cached_property
+    def _kept(self) -> tuple[torch.Tensor, ...]:
+        """Per scale ``~regenerate`` (made once; callers never write to it)."""
+        return tuple(~regen for regen in self.regenerate)
 
     def keeps_all(self, scale: int) -> bool:
         """Is every token of ``scale`` kept (by the mask or the strength)?"""
@@ -249,7 +262,7 @@ class EditSpec:
         """(B, n) bool, True = force the source token; ``None`` when nothing is kept."""
         if scale < self.strength:
             return torch.ones_like(self.regenerate[scale])
-        return None if self._summary[scale][1] else ~self.regenerate[scale]
+        return None if self._summary[scale][1] else self._kept[scale]
 
     def source(self, scale: int) -> torch.Tensor:
         """(B, n) int64 source tokens of ``scale``."""
@@ -257,8 +270,16 @@ class EditSpec:
 
     def keep_masks(self) -> list[torch.Tensor]:
         """Per scale (B, n) bool keep masks with the strength applied (never ``None``)."""
-        return [k if (k := self.keep(si)) is not None else ~self.regenerate[si]
+        return [k if (k := self.keep(si)) is not None else self._kept[si]
                 for si in range(self.num_scales)]
+
+
+def _summarize(regenerate: Sequence[torch.Tensor]) -> tuple[tuple[bool, bool, int], ...]:
+    """Per scale ``(nothing regenerated, all regenerated, most free positions of a sample)``,
+    read from the masks' device in one copy."""
+    stats = torch.stack([torch.stack([(~regen.any()).long(), regen.all().long(),
+                                      regen.sum(-1).amax()]) for regen in regenerate])
+    return tuple((bool(none), bool(every), int(free)) for none, every, free in stats.tolist())
 
 
 def _cosine_entry(n: int, steps: int) -> tuple[int, ...]:
