@@ -226,13 +226,39 @@ def test_var_kept_scales_still_fill_the_kv_cache():
     torch.testing.assert_close(seen[2], teacher[:, 5:14], rtol=1e-4, atol=1e-4)
 
 
-def test_to_host_keeps_dtypes_shapes_values_and_order():
-    from hmar_core.editing.host import to_host
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_to_host_and_device_keep_dtypes_shapes_values_and_order(device):
+    from hmar_core.editing.host import to_device, to_host
 
     tensors = [torch.arange(6).view(2, 3), torch.tensor([[True, False]]), torch.rand(2, 2, 2),
                torch.zeros(0, 4, dtype=torch.int64), torch.tensor(7), torch.arange(3) * 2]
-    out = to_host(tensors)
-    assert len(out) == len(tensors)
-    for a, b in zip(out, tensors):
-        assert a.device.type == "cpu" and a.dtype == b.dtype and a.shape == b.shape
+    there = to_device(tensors, torch.device(device))
+    out = to_host(there)
+    assert len(there) == len(out) == len(tensors)
+    for moved, a, b in zip(there, out, tensors):
+        assert moved.device.type == device and a.device.type == "cpu"
+        assert a.dtype == b.dtype == moved.dtype and a.shape == b.shape == moved.shape
         assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+def test_spec_from_a_host_mask_equals_the_device_made_one():
+    """The editor's path (mask on the host, masks copied once) makes the device path's spec."""
+    patch_nums = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    gen = torch.Generator().manual_seed(3)
+    source = [torch.randint(0, 64, (2, pn * pn), generator=gen).cuda() for pn in patch_nums]
+    mask = torch.zeros(2, 64, 64, dtype=torch.bool)
+    mask[0, 10:30, 5:50] = True
+    mask[1] = True
+    labels = torch.tensor([1, 2], device="cuda")
+    for strength in (0, 3):
+        host = EditSpec.from_pixel_mask(source, mask, labels, patch_nums, strength=strength)
+        made = EditSpec.from_pixel_mask(source, mask.cuda(), labels, patch_nums,
+                                        strength=strength)
+        assert host._summary == made._summary
+        for si in range(len(patch_nums)):
+            assert host.regenerate[si].device.type == "cuda"
+            assert torch.equal(host.regenerate[si], made.regenerate[si])
+            a, b = host.keep(si), made.keep(si)
+            assert (a is None) == (b is None) and (a is None or torch.equal(a, b))

@@ -443,4 +443,4 @@ def test_vae_graphs_match_the_launch_path(tiny_pipe):
 def test_vae_graph_batch_is_checked(tiny_pipe):
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="vae_graph_batch"):
-            tiny_pipe.with_engine("fast", vae_graph_batch=bad).backend
+            _ = tiny_pipe.with_engine("fast", vae_graph_batch=bad).backend
