@@ -444,3 +444,50 @@ def test_vae_graph_batch_is_checked(tiny_pipe):
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="vae_graph_batch"):
             _ = tiny_pipe.with_engine("fast", vae_graph_batch=bad).backend
+
+
+def test_adaln_buffers_are_reused_across_runs_only_for_equal_labels_and_weights():
+    """A new run with equal labels (a new tensor each call, as every edit makes) does no
+    device work for the AdaLN buffers; other labels or weights changed in place recompute them,
+    and the logits always equal a fresh runner's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Linears(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Linears.count += func.__name__.startswith(("addmm", "mm", "linear"))
+            return func(*args, **(kwargs or {}))
+
+    cfg = TransformerConfig(depth=2, width=64, heads=2, n_layers_train=1, num_classes=5,
+                            patch_nums=PATCH_NUMS["256"][:3])
+    model = _filled(cfg)
+    runner = FastRunner(model, torch.float32)
+
+    def logits(labels: list[int]) -> torch.Tensor:
+        t = torch.tensor(labels)
+        runner.begin(t, cfg.null_class)
+        with torch.no_grad():
+            return runner.guided(t, cfg.null_class, 1.5, ScaleInput(0, None)).clone()
+
+    def fresh(labels: list[int]) -> torch.Tensor:
+        other = FastRunner(model, torch.float32)
+        t = torch.tensor(labels)
+        other.begin(t, cfg.null_class)
+        with torch.no_grad():
+            return other.guided(t, cfg.null_class, 1.5, ScaleInput(0, None))
+
+    logits([1, 2])
+    for labels, recompute in (([1, 2], False), ([1, 3], True), ([1, 3], False)):
+        Linears.count = 0
+        with Linears():
+            runner.begin(torch.tensor(labels), cfg.null_class)
+        assert (Linears.count > 0) == recompute, labels
+        torch.testing.assert_close(logits(labels), fresh(labels))
+    with torch.no_grad():
+        model.class_embed.weight[1] += 1.0  # in place: the runner shares these float32 weights
+    Linears.count = 0
+    with Linears():
+        runner.begin(torch.tensor([1, 3]), cfg.null_class)
+    assert Linears.count > 0
+    torch.testing.assert_close(logits([1, 3]), fresh([1, 3]))
