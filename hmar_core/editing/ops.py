@@ -212,13 +212,18 @@ def edit_window(
     schedule = _schedule(pipe, options, spec)
     settings = pipe.sampler_settings(cfg=options.cfg, top_k=options.top_k, top_p=options.top_p,
                                      mask_cfg_ratio=options.mask_cfg_ratio)
-    weights = feather_weights(mask, options.feather) * window.inside(height, width)
+    blend: list[np.ndarray] = []  # the feathered weights, made once when first needed
+
+    def weights() -> np.ndarray:
+        if not blend:
+            blend.append(feather_weights(mask, options.feather) * window.inside(height, width))
+        return blend[0]
 
     def place(decoded_BSS3: np.ndarray) -> list[np.ndarray]:
         out = []
         for canvas, generated in zip(canvases, decoded_BSS3):
             pasted = im.paste_window(canvas, im.resize_image(generated, window.side), window)
-            out.append(composite(canvas, pasted, weights))
+            out.append(composite(canvas, pasted, weights()))
         return out
 
     def decode(f_hat: torch.Tensor) -> np.ndarray:
@@ -244,6 +249,7 @@ def edit_window(
     run = run_spec(pipe, spec, settings, schedule, job.seed if seed is None else seed,
                    fine=fine, session=job.session,
                    on_scale=on_scale if job.on_preview is not None else None)
+    weights()  # host work while the device samples (run_spec returns before it is done)
     decoded = decode(run.output.f_hat)
     return place(decoded), run, spec, decoded
 
