@@ -31,7 +31,9 @@ import argparse
 import gc
 import json
 import re
+import shlex
 import statistics
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -41,13 +43,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.paths import ROOT
 from hmar_core import Pipeline, SamplerConfig, TokenizerConfig, TransformerConfig
 from hmar_core.fast import cast_blocks_
 from hmar_core.fast.runner import default_dtype
 from hmar_core.tokenizer import MultiScaleVQTokenizer
 from hmar_core.transformer import HMARTransformer
 
-ROOT = Path(__file__).resolve().parents[1]
 MARK_START = "<!-- inference-benchmark:start -->"
 MARK_END = "<!-- inference-benchmark:end -->"
 
@@ -301,13 +303,13 @@ def markdown(report: dict) -> str:
     gpu = any("peak_gib" in row or "official_ms" in row for row in rows)
     lines = [f"Device: **{report['device']}**, torch {report['torch']}. Command: "
              f"`{report.get('command', 'python -m benchmarks.inference')}`.", ""]
-    lines += (["| call (public API) | median ms | peak GiB | official code, fp16, H200 (ms) |",
-               "| --- | --- | --- | --- |"] if gpu else
+    lines += (["| call (public API) | median ms | peak GiB | official code, fp16, H200 (ms) "
+               "| target (issue 15) |", "| --- | --- | --- | --- | --- |"] if gpu else
               ["| call (public API) | median ms |", "| --- | --- |"])
     for name, row in report["rows"].items():
         value = row.get("error") or _fmt(row.get("ms"))
-        extra = (f" {_fmt(row.get('peak_gib'), 2)} | {_fmt(row.get('official_ms'), 0)} |"
-                 if gpu else "")
+        extra = (f" {_fmt(row.get('peak_gib'), 2)} | {_fmt(row.get('official_ms'), 0)} | "
+                 f"{_target(row)} |" if gpu else "")
         lines.append(f"| `{name}` | {value} |{extra}")
     phased = [(name, row["phases"]) for name, row in report["rows"].items() if "phases" in row]
     if phased:
@@ -317,6 +319,31 @@ def markdown(report: dict) -> str:
                                                 for phase, value in phases.items())
                   for name, phases in phased]
     return "\n".join(lines)
+
+
+def _target(row: dict) -> str:
+    """``≤ 30 ms ✓`` (and ``≤ 12 GiB``) where the row has a target, met or not (✗)."""
+    if "target_ms" not in row:
+        return ""
+    parts = [(row.get("ms"), row["target_ms"], "ms")]
+    if "target_gib" in row:
+        parts.append((row.get("peak_gib"), row["target_gib"], "GiB"))
+    return ", ".join(f"≤ {_fmt(limit, 0)} {unit} "
+                     f"{'✓' if isinstance(value, (int, float)) and value <= limit else '✗'}"
+                     for value, limit, unit in parts)
+
+
+def command_line(argv: list[str]) -> str:
+    """The command that made a report, without where it was written."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--out", "--markdown"):
+            skip = True
+        elif not arg.startswith(("--out=", "--markdown=")):
+            kept.append(shlex.quote(arg))
+    return " ".join(["python -m benchmarks.inference", *kept])
 
 
 def write_markdown(path: Path, report: dict) -> None:
@@ -350,8 +377,7 @@ def main() -> None:
         if args.engines is None:
             args.engines = ["reference", "fast"] if args.cpu else ["fast"]
         report = run_cpu(args) if args.cpu else run_gpu(args)
-        report["command"] = "python -m benchmarks.inference " + (
-            "--cpu" if args.cpu else "--dry-run" if args.dry_run else "")
+        report["command"] = command_line(sys.argv[1:])
         args.out.mkdir(parents=True, exist_ok=True)
         name = "inference_cpu.json" if args.cpu else "inference.json"
         (args.out / name).write_text(json.dumps(report, indent=1) + "\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from benchmarks.inference import ENGINE_PHASES, engine_phases, markdown
+from benchmarks.inference import ENGINE_PHASES, command_line, engine_phases, markdown
 
 
 def _picture(side: int) -> tuple[Image.Image, Image.Image]:
@@ -56,3 +56,19 @@ def test_the_markdown_lists_the_phases_of_the_rows_that_have_them() -> None:
 
     assert "- `inpaint d16 B=1 steps 2`: encode 1.3 · rest 3.0" in text
     assert "`generate d16 B=64`:" not in text
+
+
+def test_the_markdown_marks_each_target_met_or_not_and_the_command_is_the_real_one() -> None:
+    report = {"device": "NVIDIA H100", "torch": "2.11", "rows": {
+        "inpaint d16 B=1 steps 2": {"ms": 31.5, "target_ms": 30},
+        "generate d30 B=64": {"ms": 500.0, "peak_gib": 12.5, "official_ms": 1042,
+                              "target_ms": 520, "target_gib": 12.0},
+        "inpaint d16 B=1 steps 0": {"ms": 16.5}}}
+
+    lines = markdown(report).splitlines()
+
+    assert "| `inpaint d16 B=1 steps 2` | 31.5 | – | – | ≤ 30 ms ✗ |" in lines
+    assert "| `generate d30 B=64` | 500.0 | 12.50 | 1042 | ≤ 520 ms ✓, ≤ 12 GiB ✗ |" in lines
+    assert "| `inpaint d16 B=1 steps 0` | 16.5 | – | – |  |" in lines
+    assert command_line(["--depths", "16", "30", "--out", "x", "--markdown=B.md", "--reps", "5"]
+                        ) == "python -m benchmarks.inference --depths 16 30 --reps 5"
