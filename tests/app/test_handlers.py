@@ -593,3 +593,24 @@ def test_in_fresh_thread_returns_raises_and_ends_its_thread():
     assert seen[0] is not threading.current_thread() and not seen[0].is_alive()
     with pytest.raises(ValueError, match="bad"):
         in_fresh_thread(lambda: (_ for _ in ()).throw(ValueError("bad")))
+
+
+def test_status_only_updates_are_throttled_but_previews_and_the_result_go_out(app_pipe):
+    """One Gradio event per scale cost a fast GPU edit most of its served time: status-only
+    updates closer than ``status_seconds`` to the last one are dropped; the first update,
+    every preview and the result are not."""
+    params = SamplingParams(steps=1, cfg=1.5, top_k=0, top_p=0.0, seed=3, variants=1)
+    updates = list(run_generate(app_pipe, 4, params, preview_seconds=1e9))  # one preview
+    with_preview = sum(u.preview is not None for u in updates)
+    assert with_preview < len(updates) - 2  # the stream has status-only updates to drop
+
+    def statuses(seconds: float) -> list[str]:
+        return [status for _, _, _, status, _, _ in
+                stream_outputs(iter(updates), heatmap=False, status_seconds=seconds)]
+
+    every, throttled = statuses(0.0), statuses(1e9)
+    assert every == [u.message for u in updates]
+    kept = [u.message for i, u in enumerate(updates)
+            if i == 0 or u.preview is not None or u.result is not None]
+    assert throttled == kept and len(throttled) < len(every)
+    assert throttled[-1] == every[-1] and "Done in" in throttled[-1]
