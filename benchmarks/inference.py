@@ -257,9 +257,30 @@ def run_gpu(args: argparse.Namespace) -> dict:
                     return out
 
                 _row(f"inpaint d{depth} B=1 steps {steps}{tag}", measure_inpaint, report)
+                if args.compare and engine == "fast":  # the same call on other engine options
+                    other = pipe.with_engine("fast", **args.compare)
+                    _row(f"inpaint d{depth} B=1 steps {steps}{tag} [{_options_text(args.compare)}]",
+                         lambda other=other, steps=steps: measure_inpaint(
+                             other, lambda i: inpaint(i, other, steps)), report)
+                    del other
             del pipe
             free()
     return report
+
+
+def engine_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--compare``: the value as JSON (numbers, true/false), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _options_text(options: dict[str, object]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in options.items())
 
 
 # --------------------------------------------------------------------------------- CPU
@@ -368,9 +389,14 @@ def main() -> None:
     parser.add_argument("--edit-reps", type=int, default=20, help="timed inpaints per row")
     parser.add_argument("--cpu-reps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compare", type=engine_option, nargs="+", default=[],
+                        metavar="KEY=VALUE",
+                        help="GPU rows: also time each inpaint on the fast engine with these "
+                             "options (e.g. vae_graph_batch=0), in the same run")
     parser.add_argument("--render", type=Path, default=None, help="only render this JSON")
     parser.add_argument("--markdown", type=Path, default=None, help="file to update")
     args = parser.parse_args()
+    args.compare = dict(args.compare)
     if args.render is not None:
         report = json.loads(args.render.read_text())
     else:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
+import pytest
 from PIL import Image
 
-from benchmarks.inference import ENGINE_PHASES, command_line, engine_phases, markdown
+from benchmarks.inference import (
+    ENGINE_PHASES,
+    command_line,
+    engine_option,
+    engine_phases,
+    markdown,
+)
 
 
 def _picture(side: int) -> tuple[Image.Image, Image.Image]:
@@ -72,3 +81,13 @@ def test_the_markdown_marks_each_target_met_or_not_and_the_command_is_the_real_o
     assert "| `inpaint d16 B=1 steps 0` | 16.5 | – | – |  |" in lines
     assert command_line(["--depths", "16", "30", "--out", "x", "--markdown=B.md", "--reps", "5"]
                         ) == "python -m benchmarks.inference --depths 16 30 --reps 5"
+
+
+def test_compare_options_parse_as_json_values_or_strings() -> None:
+    assert engine_option("vae_graph_batch=0") == ("vae_graph_batch", 0)
+    assert engine_option("cuda_graphs=false") == ("cuda_graphs", False)
+    assert engine_option("decode_batch=8") == ("decode_batch", 8)
+    assert engine_option("name=abc") == ("name", "abc")
+    for bad in ("=3", "vae_graph_batch", "a b=1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            engine_option(bad)
