@@ -238,14 +238,21 @@ def run_gpu(args: argparse.Namespace) -> dict:
             def generate(i: int, pipe: Pipeline = pipe) -> None:
                 pipe.generate(None, seed=i, batch_size=batch)
 
-            def measure_generate(pipe: Pipeline = pipe, generate: Callable = generate) -> dict:
+            def measure_generate(generate: Callable = generate, peak: bool = True) -> dict:
                 out = time_calls(generate, reps, 2, cuda)
-                if cuda:
+                if cuda and peak:
                     out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 out["images_per_s"] = batch / out["ms"] * 1000  # type: ignore[operator]
                 return out
 
             _row(f"generate d{depth} B={batch}{tag}", measure_generate, report)
+            if args.compare and engine == "fast":  # other engine options (no peak: 2 engines)
+                other = pipe.with_engine("fast", **args.compare)
+                _row(f"generate d{depth} B={batch}{tag} [{_options_text(args.compare)}]",
+                     lambda other=other: measure_generate(
+                         lambda i: other.generate(None, seed=i, batch_size=batch), False),
+                     report)
+                del other
             for steps in (EDITOR_STEPS, 0):
                 def inpaint(i: int, pipe: Pipeline = pipe, steps: int = steps) -> None:
                     result = pipe.inpaint(image, mask, seed=i, steps=steps)
@@ -391,8 +398,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compare", type=engine_option, nargs="+", default=[],
                         metavar="KEY=VALUE",
-                        help="GPU rows: also time each inpaint on the fast engine with these "
-                             "options (e.g. vae_graph_batch=0), in the same run")
+                        help="GPU rows: also time each generation and inpaint on the fast "
+                             "engine with these options (e.g. vae_pad_channels=0), in the "
+                             "same run")
     parser.add_argument("--render", type=Path, default=None, help="only render this JSON")
     parser.add_argument("--markdown", type=Path, default=None, help="file to update")
     args = parser.parse_args()

@@ -165,6 +165,10 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(width, cfg.image_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(self.features(z))
+
+    def features(self, z: torch.Tensor) -> torch.Tensor:
+        """Everything before ``conv_out``: the activated (B, C, H, W) features it reads."""
         h = self.mid(self.conv_in(z))
         for stage in reversed(self.up):
             for i, block in enumerate(stage.block):
@@ -173,7 +177,7 @@ class Decoder(nn.Module):
                     h = stage.attn[i](h)
             if hasattr(stage, "upsample"):
                 h = stage.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return F.silu(self.norm_out(h))
 
 
 class Phi(nn.Conv2d):

@@ -91,3 +91,20 @@ def test_compare_options_parse_as_json_values_or_strings() -> None:
     for bad in ("=3", "vae_graph_batch", "a b=1"):
         with pytest.raises(argparse.ArgumentTypeError):
             engine_option(bad)
+
+
+def test_dry_run_compare_times_generation_and_inpaint_again_on_the_other_options() -> None:
+    """``--compare`` (toy sizes on the CPU): every fast row has its twin on the other engine
+    options, timed through the public API (and without a peak: two engines are alive)."""
+    from benchmarks.inference import run_gpu
+
+    args = argparse.Namespace(dry_run=True, depths=[2], engines=["fast"], reps=1, edit_reps=1,
+                              compare={"vae_pad_channels": 16})
+    rows = run_gpu(args)["rows"]
+
+    plain = ["generate d2 B=2", "inpaint d2 B=1 steps 2", "inpaint d2 B=1 steps 0"]
+    for name in plain:
+        twin = rows[f"{name} [vae_pad_channels=16]"]
+        assert "error" not in rows[name] and "error" not in twin, (rows[name], twin)
+        assert twin["ms"] > 0
+    assert "peak_gib" not in rows["generate d2 B=2 [vae_pad_channels=16]"]

@@ -33,6 +33,7 @@ from ..transformer import HMARTransformer
 from .graphs import GraphCache
 from .runner import FastRunner, default_dtype
 from .sampling import GUMBEL
+from .vae import fast_decoder
 
 __all__ = ["CompiledOrEager", "FastEngine", "cast_blocks_"]
 
@@ -98,6 +99,9 @@ class FastEngine(Engine):
             quantiser; the decoder): at the editor's batch sizes both are a few hundred small
             launches, each costing more host time than its GPU work. Larger batches keep the
             per-launch path (their graphs' memory pools would stay allocated). 0 turns it off.
+        vae_pad_channels: the decoder's 3-channel output convolution runs with this many
+            output channels (zero filters, sliced off; see :mod:`hmar_core.fast.vae`); default
+            16 on CUDA, 0 (as it is) elsewhere.
     """
 
     name: EngineName = "fast"
@@ -117,10 +121,15 @@ class FastEngine(Engine):
         fused: bool | None = None,
         own_weights: bool = False,
         vae_graph_batch: int = 4,
+        vae_pad_channels: int | None = None,
     ) -> None:
         if isinstance(vae_graph_batch, bool) or not isinstance(vae_graph_batch, int) \
                 or vae_graph_batch < 0:
             raise ValueError(f"vae_graph_batch must be an int >= 0, got {vae_graph_batch!r}")
+        if vae_pad_channels is not None and (isinstance(vae_pad_channels, bool) or not
+                                             isinstance(vae_pad_channels, int)
+                                             or vae_pad_channels < 0):
+            raise ValueError(f"vae_pad_channels must be an int >= 0, got {vae_pad_channels!r}")
         if isinstance(decode_batch, bool) or not isinstance(decode_batch, int) \
                 or decode_batch < 1:
             raise ValueError(f"decode_batch must be an int >= 1, got {decode_batch!r}")
@@ -144,8 +153,12 @@ class FastEngine(Engine):
         self.vae_graphs = GraphCache(enabled=cuda_graphs and vae_graph_batch > 0)
         self.vae_graph_batch = vae_graph_batch
         self._upsample = pyramid.MatrixBicubicUp()  # the sampler's bicubic, as matmuls
-        decoder = self._in_vae_dtype(nn.Sequential(tokenizer.post_quant_conv, tokenizer.decoder),
-                                     own_weights, vae_channels_last)
+        if vae_pad_channels is None:
+            vae_pad_channels = 16 if device.type == "cuda" else 0
+        self.vae_pad_channels = vae_pad_channels
+        decoder = self._in_vae_dtype(
+            fast_decoder(tokenizer.post_quant_conv, tokenizer.decoder, vae_pad_channels),
+            own_weights, vae_channels_last)
         encoder = self._in_vae_dtype(nn.Sequential(tokenizer.encoder, tokenizer.quant_conv),
                                      own_weights)
         self._decoder: Callable[[torch.Tensor], torch.Tensor] = (
