@@ -73,3 +73,22 @@ def test_engine_rejects_bad_padding(value):
     pipe = Pipeline.random(seed=1, engine="fast", vae_pad_channels=value)
     with pytest.raises(ValueError, match="vae_pad_channels"):
         _ = pipe.backend  # the engine is built on first use
+
+
+@pytest.mark.gpu
+def test_padded_decoder_on_cuda_is_the_default_and_matches_the_plain_one(tiny_pipe):
+    """On CUDA (bf16, compiled, graphed for small batches) the padded output conv is on by
+    default and decodes what the plain one decodes, to bf16 rounding."""
+    pipe = tiny_pipe.to("cuda")
+    padded = pipe.with_engine("fast")
+    plain = pipe.with_engine("fast", vae_pad_channels=0)
+    assert padded.backend.vae_pad_channels == 16 and plain.backend.vae_pad_channels == 0
+    gen = torch.Generator("cuda").manual_seed(0)
+    side = pipe.patch_nums[-1]
+    for batch in (2, 20):  # graphed, and above vae_graph_batch
+        f_hat = torch.randn(batch, pipe.tokenizer.cfg.latent_channels, side, side,
+                            generator=gen, device="cuda")
+        with torch.no_grad():
+            a, b = padded.backend.decode(f_hat), plain.backend.decode(f_hat)
+        assert a.shape == b.shape == (batch, 3, pipe.image_size, pipe.image_size)
+        assert float((a - b).abs().max()) < 2e-2
