@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> dict:
         logger.warning("only %d images available (asked for %d)", len(images), args.num)
     report: dict = {"model": args.model or "random-tiny", "images": len(images),
                     "device": str(device), "steps": args.steps, "feather": args.feather,
-                    "cfg": args.cfg}
+                    "cfg": args.cfg, "revise": args.revise}
     if "outpaint" in args.modes:
         report.update(outpaint_seams(pipe, images, args))
     if "inpaint" in args.modes:
@@ -220,7 +220,8 @@ def class_edits_by_strength(pipe: Pipeline, images: Sequence[np.ndarray],
     default = default_class_strength(len(pipe.patch_nums))
     strengths = args.class_strength or [default]
     by_strength = {strength: class_edits(pipe, classifier, list(images), list(labels), strength,
-                                         args.seed, args.steps, device, cfg=args.cfg)
+                                         args.seed, args.steps, device, cfg=args.cfg,
+                                         revise=args.revise)
                    for strength in strengths}
     first = by_strength[default if default in by_strength else strengths[0]]
     return {"class_edit_success": first["success"], "class_edits": first["edits"],
@@ -250,18 +251,20 @@ def inpaint_seams(pipe: Pipeline, images: Sequence[np.ndarray], args: argparse.N
 
 def class_edits(pipe: Pipeline, classifier: Classifier, images: list[np.ndarray],
                 labels: list[int | None], strength: int, seed: int, steps: int | None,
-                device: torch.device, cfg: float | None = None) -> dict:
+                device: torch.device, cfg: float | None = None,
+                revise: float | None = None) -> dict:
     """Whole-image class edits to a random other class at one strength: the fraction that the
     classifier assigns to the target class (targets and seeds fixed by ``seed``), and the
     class it assigned to each edit. ``cfg``: the guidance of the edits (``None``: the
-    model's)."""
+    model's); ``revise``: :attr:`EditOptions.revise` (``None``: coarse scales kept whole)."""
     rng = np.random.default_rng(seed + 1)
     hits, seconds, predicted = 0, [], []
     for index, (rgb, label) in enumerate(zip(images, labels)):
         target = int(rng.choice([c for c in range(pipe.num_classes) if c != label]))
         start = time.perf_counter()
         result = pipe.edit(rgb, None, EditOptions(class_id=target, seed=seed + index,
-                                                  steps=steps, strength=strength, cfg=cfg))
+                                                  steps=steps, strength=strength, cfg=cfg,
+                                                  revise=revise))
         seconds.append(time.perf_counter() - start)
         predicted.append(predict(classifier, [result.image], device)[0])
         hits += predicted[-1] == target
@@ -284,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--feather", type=int, default=8)
     parser.add_argument("--cfg", type=float, default=None,
                         help="class guidance of every edit (default: the model's)")
+    parser.add_argument("--revise", type=float, default=None,
+                        help="class edits: regenerate the kept coarse tokens the target class "
+                             "disfavours by more than this many nats (EditOptions.revise)")
     parser.add_argument("--class-strength", type=int, nargs="+", default=None,
                         help="strength(s) of the class edits (default: the editor's default)")
     parser.add_argument("--modes", nargs="+", choices=("inpaint", "outpaint"),

@@ -164,7 +164,7 @@ def _edit(args: argparse.Namespace) -> int:
     strength = (default_class_strength(len(pipe.patch_nums)) if args.strength is None
                 else args.strength)
     options = _options(args, _class(pipe, args.class_id), strength, fit=args.fit,
-                       padding=args.padding)
+                       padding=args.padding, revise=args.revise)
     results = edit_variants(pipe, image, mask, options,
                             on_preview=_preview_writer(args.previews))
     return _save(results, args)
@@ -210,6 +210,10 @@ def add_edit_subcommands(subparsers: Any) -> list[argparse.ArgumentParser]:
     change.add_argument("--mask", help="region to change (default: the whole image)")
     change.add_argument("--strength", type=int, default=None,
                         help="coarse scales kept from the source (default: ~30%% of them)")
+    change.add_argument("--revise", type=float, default=None, metavar="NATS",
+                        help="of the kept coarse scales, regenerate the tokens the target "
+                             "class disfavours by more than this (e.g. -2; default: keep them "
+                             "whole)")
     add_model_args(change)
     add_sampling_args(change)
     _add_edit_args(change)

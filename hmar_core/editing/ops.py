@@ -31,6 +31,7 @@ from ..schedules import Schedule
 from .host import to_host
 from .masks import composite, feather_weights
 from .modes import like_input
+from .revise import revise_coarse
 from .session import EditSession, SpecRun, run_spec
 from .spec import DEFAULT_EDIT_STEPS, EditOptions, EditSpec, edit_schedule
 
@@ -209,6 +210,8 @@ def edit_window(
     spec = EditSpec.from_pixel_mask(source, masks_BSS, job.labels, pipe.patch_nums,
                                     strength=options.strength, grow=options.grow,
                                     coarse_threshold=options.coarse_threshold)
+    if options.revise is not None and options.class_id is not None:
+        spec = revise_coarse(pipe, spec, options.revise)
     schedule = _schedule(pipe, options, spec)
     settings = pipe.sampler_settings(cfg=options.cfg, top_k=options.top_k, top_p=options.top_p,
                                      mask_cfg_ratio=options.mask_cfg_ratio)

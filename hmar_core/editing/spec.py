@@ -75,6 +75,11 @@ class EditOptions:
             :data:`DEFAULT_EDIT_STEPS` when it has none; 0: no refinement).
         cfg, top_k, top_p, mask_cfg_ratio: sampler overrides (``None``: pipeline defaults).
         strength: number of coarse scales kept entirely from the source (0 … num_scales).
+        revise: class edits only (``class_id`` set, ``strength`` > 0): of the ``strength``
+            coarse scales, keep only the source tokens the target class does not disfavour and
+            regenerate the rest, inside the edit region: a token is regenerated where
+            ``log p(token | class) - log p(token | null)`` (teacher-forced next-scale logits of
+            the source) is below this many nats (:mod:`.revise`). ``None``: kept whole.
         grow: dilation of the final token mask, in tokens.
         coarse_threshold: covered fraction above which a coarse cell regenerates.
         feather: width in pixels of the soft blend outside the mask.
@@ -96,6 +101,7 @@ class EditOptions:
     top_p: float | None = None
     mask_cfg_ratio: float | None = None
     strength: int = 0
+    revise: float | None = None
     grow: int = 1
     coarse_threshold: float = 0.5
     feather: int = 8
@@ -119,6 +125,11 @@ class EditOptions:
                              f"got {self.num_variants}")
         if self.fit not in FIT_MODES:
             raise ValueError(f"fit must be one of {FIT_MODES}, got {self.fit!r}")
+        if self.revise is not None and (isinstance(self.revise, bool)
+                                        or not isinstance(self.revise, (int, float))
+                                        or not math.isfinite(self.revise)):
+            raise ValueError(f"revise must be a finite number of nats or None, "
+                             f"got {self.revise!r}")
         if not 0.0 <= self.coarse_threshold < 1.0:
             raise ValueError(f"coarse_threshold must be in [0, 1), got {self.coarse_threshold}")
         if self.fine_from is None and (self.fine_seed is not None or self.fine_steps is not None):
@@ -149,6 +160,7 @@ class EditFields(TypedDict, total=False):
     top_p: float | None
     mask_cfg_ratio: float | None
     strength: int
+    revise: float | None
     grow: int
     coarse_threshold: float
     feather: int
