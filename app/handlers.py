@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from hmar_core import Pipeline
-from hmar_core.editing import EditOptions
+from hmar_core.editing import DEFAULT_CLASS_REVISE, EditOptions
 from hmar_core.variants import Sessions
 
 from .components import RefusedPicture
@@ -499,7 +499,9 @@ def masked_edit_events(
         if (mode == "class edit"
                 and class_id_from_choice(class_choice, pipeline.num_classes) is None):
             raise InputError("Pick the target class.")
-        return image, mask, _options(pipeline, controls, class_choice, strength, notes), None
+        revise = DEFAULT_CLASS_REVISE if mode == "class edit" else None
+        return image, mask, _options(pipeline, controls, class_choice, strength, notes,
+                                     revise), None
 
     yield from _edit_events(pipeline, mode, prepare, controls, session, progress, stop, timing)
 
@@ -538,12 +540,12 @@ def outpaint_events(
 
 
 def _options(pipeline: Pipeline, controls: EditControls, class_choice: Any,
-             strength: float, notes: list[str]) -> EditOptions:
+             strength: float, notes: list[str], revise: float | None = None) -> EditOptions:
     """The engine options of an edit from the shared controls and the mode's own ones."""
     return edit_options(
         controls.sampling(pipeline, notes),
         class_id=class_id_from_choice(class_choice, pipeline.num_classes),
         strength=strength, num_scales=len(pipeline.patch_nums), grow=controls.grow,
         feather=controls.feather, only_masked=bool(controls.only_masked),
-        padding=controls.padding, notes=notes,
+        padding=controls.padding, revise=revise, notes=notes,
     )

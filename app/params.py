@@ -141,11 +141,17 @@ def refinement_passes(patch_nums: Sequence[int], steps: int, max_side: int | Non
 
 
 def class_strength_info(
-    patch_nums: Sequence[int], has_mask_branch: bool = True, max_side: int | None = None
+    patch_nums: Sequence[int], has_mask_branch: bool = True, max_side: int | None = None,
+    revise: bool = False,
 ) -> str:
-    """The help under the class edit's strength slider. It says from which strength a
-    whole-picture class edit keeps every scale that the quality slider refines (those scales
-    are copied from the original, so the slider has nothing to change there)."""
+    """The help under the class edit's strength slider. Without ``revise`` it says from which
+    strength a whole-picture class edit keeps every scale that the quality slider refines
+    (those scales are copied from the original, so the slider has nothing to change there);
+    with it (the app's class edits), that the kept scales lose the tokens the class disfavours
+    (which the quality slider then refines)."""
+    if revise:
+        return ("Coarse scales kept from the original, except the parts the new class "
+                "disagrees with: more = closer to it")
     text = "Coarse scales copied from the original: more = closer to it"
     if not has_mask_branch:
         return text
@@ -366,6 +372,7 @@ def edit_options(
     feather: float | int = 8,
     only_masked: bool = False,
     padding: float | int = 32,
+    revise: float | None = None,
     notes: list[str] | None = None,
 ) -> EditOptions:
     """The engine's :class:`~hmar_core.editing.EditOptions` from the UI controls.
@@ -378,6 +385,7 @@ def edit_options(
         grow: mask dilation in tokens; feather: blend width in pixels.
         only_masked: "Only masked area" (``fit="masked"``: a crop around the mask).
         padding: pixels around the mask's box in that mode.
+        revise: :attr:`~hmar_core.editing.EditOptions.revise` (class edits).
         notes: receives one note per clamped value (see :func:`clamp`).
 
     Raises:
@@ -391,7 +399,7 @@ def edit_options(
         feather=int(clamp("Feather", feather, *FEATHER_RANGE, notes, whole=True)),
         fit="masked" if only_masked else "whole",
         padding=int(clamp("Crop padding", padding, *PADDING_RANGE, notes, whole=True)),
-        num_variants=params.variants,
+        num_variants=params.variants, revise=revise,
     )
 
 

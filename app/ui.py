@@ -295,7 +295,7 @@ def build_demo(
                     generate = _generate_tab(names)
                     edit = _edit_tab(names, scales, pipeline.image_size, class_strength_info(
                         pipeline.patch_nums, pipeline.has_mask_branch,
-                        pipeline.sampler_config.refine_max_side))
+                        pipeline.sampler_config.refine_max_side, revise=True))
                 sampling = _sampling_panel(pipeline, timing)
             with gr.Column(scale=5):
                 outputs = _output_column(pipeline.image_size)

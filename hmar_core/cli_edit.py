@@ -31,6 +31,7 @@ from PIL import Image
 from .cli_common import add_model_args, add_sampling_args, class_index, load_pipeline
 from .cli_outputs import check_image_outputs, check_preview_folder, variant_paths
 from .editing import (
+    DEFAULT_CLASS_REVISE,
     FILL_MODES,
     FIT_MODES,
     EditOptions,
@@ -80,6 +81,17 @@ def _options(args: argparse.Namespace, class_id: int | None, strength: int,
     return EditOptions(class_id=class_id, seed=args.seed, steps=args.steps, cfg=args.cfg,
                        top_k=args.top_k, top_p=args.top_p, strength=strength, grow=args.grow,
                        feather=args.feather, num_variants=args.variants, **extra)
+
+
+def _revise(text: str) -> float | str:
+    """``--revise``: a number of nats, or ``off``."""
+    if text.strip().lower() == "off":
+        return "off"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of nats or 'off', got {text!r}") from None
 
 
 def _check_outputs(args: argparse.Namespace, inputs: list[str | None]) -> None:
@@ -164,7 +176,9 @@ def _edit(args: argparse.Namespace) -> int:
     strength = (default_class_strength(len(pipe.patch_nums)) if args.strength is None
                 else args.strength)
     options = _options(args, _class(pipe, args.class_id), strength, fit=args.fit,
-                       padding=args.padding, revise=args.revise)
+                       padding=args.padding,
+                       revise=(DEFAULT_CLASS_REVISE if args.revise is None
+                               else None if args.revise == "off" else args.revise))
     results = edit_variants(pipe, image, mask, options,
                             on_preview=_preview_writer(args.previews))
     return _save(results, args)
@@ -210,10 +224,10 @@ def add_edit_subcommands(subparsers: Any) -> list[argparse.ArgumentParser]:
     change.add_argument("--mask", help="region to change (default: the whole image)")
     change.add_argument("--strength", type=int, default=None,
                         help="coarse scales kept from the source (default: ~30%% of them)")
-    change.add_argument("--revise", type=float, default=None, metavar="NATS",
+    change.add_argument("--revise", type=_revise, default=None, metavar="NATS|off",
                         help="of the kept coarse scales, regenerate the tokens the target "
-                             "class disfavours by more than this (e.g. -2; default: keep them "
-                             "whole)")
+                             "class disfavours by more than this many nats (default "
+                             f"{DEFAULT_CLASS_REVISE:g}; off: keep them whole)")
     add_model_args(change)
     add_sampling_args(change)
     _add_edit_args(change)

@@ -26,6 +26,7 @@ from . import checkpoint as ckpt
 from . import editing
 from .config import SamplerConfig, TokenizerConfig, TransformerConfig
 from .editing import (
+    DEFAULT_CLASS_REVISE,
     EditFields,
     EditOptions,
     EditResult,
@@ -414,7 +415,10 @@ class Pipeline(nn.Module):
         """Regenerate the masked region (``None``: the whole image) as class ``class_id``.
 
         ``strength`` (coarse scales kept from the source) defaults to
-        :func:`default_class_strength` (~30 % of the scales: colours and layout stay).
+        :func:`default_class_strength` (~30 % of the scales: colours and layout stay), and
+        ``revise`` to :data:`~hmar_core.editing.DEFAULT_CLASS_REVISE`: of those scales, the
+        tokens the target class disfavours are regenerated too (``revise=None`` keeps them
+        whole).
 
         Returns:
             A PIL image of the input's size, or a list of ``num_variants`` images.
@@ -423,6 +427,8 @@ class Pipeline(nn.Module):
             raise ValueError(f"class_id must be an int class id, got {class_id!r}")
         if fields.get("strength") is None and (options is None or "strength" in fields):
             fields["strength"] = default_class_strength(len(self.patch_nums))
+        if options is None and "revise" not in fields:
+            fields["revise"] = DEFAULT_CLASS_REVISE
         fields["class_id"] = class_id
         result = self.edit(image, mask, options, session=session, on_preview=on_preview,
                            **fields)

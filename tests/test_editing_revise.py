@@ -134,3 +134,31 @@ def test_cli_edit_revise(tmp_path: Path):
                  "--checkpoint", str(tmp_path / "model"), "--steps", "0",
                  "--out", str(out)]) == 0
     assert Image.open(out).size == (24, 24)
+
+
+def test_edit_class_revises_by_default(pipe):
+    from hmar_core.editing import DEFAULT_CLASS_REVISE, default_class_strength
+
+    image = _image()
+    strength = default_class_strength(len(pipe.patch_nums))
+
+    def pixels(**fields: object) -> np.ndarray:
+        return np.asarray(pipe.edit(image, None, EditOptions(class_id=4, seed=3, **fields)).image)
+
+    assert np.array_equal(np.asarray(pipe.edit_class(image, 4, seed=3)),
+                          pixels(strength=strength, revise=DEFAULT_CLASS_REVISE))
+    assert np.array_equal(np.asarray(pipe.edit_class(image, 4, seed=3, revise=None)),
+                          pixels(strength=strength))
+
+
+def test_cli_revise_off_and_bad_values(tmp_path: Path):
+    Pipeline.random(seed=0).save_pretrained(tmp_path / "model")
+    Image.fromarray(_image(24)).save(tmp_path / "img.png")
+    common = [str(tmp_path / "img.png"), "--class", "3", "--checkpoint", str(tmp_path / "model"),
+              "--steps", "0", "--seed", "1"]
+    assert main(["edit", *common, "--revise", "off", "--out", str(tmp_path / "off.png")]) == 0
+    assert main(["edit", *common, "--revise", "-1000000", "--out", str(tmp_path / "low.png")]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "off.png")),
+                          np.asarray(Image.open(tmp_path / "low.png")))
+    with pytest.raises(SystemExit):
+        main(["edit", *common, "--revise", "lots"])

@@ -8,16 +8,19 @@ Editing is the sampler with a constraint (:class:`EditSpec`), run by whichever
 * :mod:`.spec` — :class:`EditOptions` (every knob of an edit), :class:`EditSpec` (the
   constraint) and the edit schedule;
 * :mod:`.session` — running a spec, with the :class:`EditSession` cache for re-edits;
+* :mod:`.revise` — class edits that regenerate the kept coarse tokens the class disfavours;
 * :mod:`.ops` — image-level edits (:func:`edit`): windows, encode, sample, decode, paste;
 * :mod:`.outpaint` — extending the canvas window by window (:func:`outpaint`).
 """
 
 from .ops import EditPreview, EditResult, PreviewCallback, default_class_strength, edit
 from .outpaint import FILL_MODES, outpaint
+from .revise import DEFAULT_CLASS_REVISE
 from .session import EditSession
 from .spec import DEFAULT_EDIT_STEPS, FIT_MODES, EditFields, EditOptions, EditSpec, edit_schedule
 
 __all__ = [
+    "DEFAULT_CLASS_REVISE",
     "DEFAULT_EDIT_STEPS",
     "FILL_MODES",
     "FIT_MODES",

@@ -21,7 +21,11 @@ from ..engine import EditModel
 from ..sampler import ScaleInput
 from .spec import EditSpec
 
-__all__ = ["coarse_support", "revise_coarse"]
+__all__ = ["DEFAULT_CLASS_REVISE", "coarse_support", "revise_coarse"]
+
+#: ``EditOptions.revise`` of a class edit when the caller gives none (``Pipeline.edit_class``,
+#: the CLI's ``edit``, the app's class edit): the measured trade-off above.
+DEFAULT_CLASS_REVISE = -2.0
 
 
 @torch.no_grad()

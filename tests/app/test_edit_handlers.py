@@ -215,3 +215,21 @@ def test_run_edit_progress_session_and_windows(app_pipe):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ValueError, match="edit mode"):
         list(run_edit(app_pipe, "erase", source, mask, options))
+
+
+def test_class_edits_revise_the_kept_scales_and_inpaints_do_not(app_pipe, monkeypatch):
+    """The app's class edit asks for ``revise`` (``DEFAULT_CLASS_REVISE``), inpainting not."""
+    from hmar_core.editing import DEFAULT_CLASS_REVISE
+
+    seen = []
+
+    def spy(*args: object, **kwargs: object):
+        options = edit_options(*args, **kwargs)
+        seen.append(options.revise)
+        return options
+
+    monkeypatch.setattr(h, "edit_options", spy)
+    final(list(h.class_edit_events(app_pipe, None, editor(picture(16, 16)), 5, 1, controls())))
+    final(list(h.inpaint_events(app_pipe, None, editor(picture(), (slice(4, 12), slice(6, 18))),
+                                -1, 0, controls())))
+    assert seen == [DEFAULT_CLASS_REVISE, None]

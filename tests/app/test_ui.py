@@ -36,11 +36,14 @@ def test_warning_banner_and_class_names(app_pipe):
     assert f"{app_pipe.class_names[3]} (3)" in labels
 
 
-def test_the_class_edit_strength_help_follows_the_model():
+def test_the_class_edit_strength_help_says_what_the_app_s_class_edit_does():
+    """The app's class edits revise the kept scales (``EditOptions.revise``), so the help
+    says so, and does not claim that the quality slider has nothing to refine there."""
     from hmar_core import Pipeline, SamplerConfig
 
     narrow = Pipeline.random(sampler_cfg=SamplerConfig(steps=1, refine_max_side=3))
     demo = app.build_demo(narrow)
     strength = next(b for b in demo.blocks.values()
                     if getattr(b, "elem_id", None) == "edit-strength")
-    assert "From 3 on" in strength.info and "up to 3×3" in strength.info
+    assert "except the parts the new class disagrees with" in strength.info
+    assert "changes nothing" not in strength.info
