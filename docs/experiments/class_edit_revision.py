@@ -1,5 +1,6 @@
-"""Experiment (session 9, not a product feature yet): class edits that revise the kept coarse
-tokens the target class disfavours.
+"""Experiment (session 9; since then the default of class edits, ``EditOptions.revise``): class
+edits that revise the kept coarse tokens the target class disfavours, with the layout change
+that ``benchmarks/editing_quality.py`` does not measure.
 
 A whole-image class edit at strength s keeps the source's tokens of scales < s whole. Here
 those scales keep only the tokens the target class does not disfavour: with the
