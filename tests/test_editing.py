@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from nudged import nudged
 from PIL import Image
 
 from hmar_core import EditOptions, EditSpec, Pipeline
@@ -14,18 +15,9 @@ from hmar_core.images import from_model_images
 RNG = np.random.default_rng(1)
 
 
-def _nudged(pipe: Pipeline) -> Pipeline:
-    """Official init zeroes AdaLN, so a random model ignores class and context: nudge it."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in pipe.transformer.parameters():
-            param.add_(0.05 * torch.randn(param.shape, generator=generator))
-    return pipe
-
-
 @pytest.fixture(scope="module")
 def pipe() -> Pipeline:
-    return _nudged(Pipeline.random(seed=0))
+    return nudged(Pipeline.random(seed=0))
 
 
 def _image(height: int, width: int) -> np.ndarray:
@@ -202,7 +194,7 @@ def test_var_kept_scales_still_fill_the_kv_cache():
     from hmar_core.model import ScaleRunner
     from hmar_core.schedules import schedule_from_steps
 
-    var = _nudged(Pipeline.random(transformer_cfg=TransformerConfig.from_name(
+    var = nudged(Pipeline.random(transformer_cfg=TransformerConfig.from_name(
         "tiny", kind="var", n_layers_train=0)))
     images = torch.from_numpy(_image(16, 16)).permute(2, 0, 1)[None].float() / 127.5 - 1
     source = var.tokenizer.encode(images)

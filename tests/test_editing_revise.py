@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from nudged import nudged
 from PIL import Image
 
 from hmar_core import EditOptions, EditSpec, Pipeline, pyramid
@@ -16,18 +17,9 @@ from hmar_core.editing.revise import coarse_support, revise_coarse
 from hmar_core.images import to_model_images
 
 
-def _nudged(pipe: Pipeline) -> Pipeline:
-    """Official init zeroes AdaLN, so a random model ignores its class: nudge it."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in pipe.transformer.parameters():
-            param.add_(0.05 * torch.randn(param.shape, generator=generator))
-    return pipe
-
-
 @pytest.fixture(scope="module")
 def pipe() -> Pipeline:
-    return _nudged(Pipeline.random(seed=0))
+    return nudged(Pipeline.random(seed=0))
 
 
 def _image(side: int = 16) -> np.ndarray:

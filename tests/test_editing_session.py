@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from nudged import nudged
 
 from hmar_core import EditOptions, EditSession, Pipeline
 
@@ -14,12 +15,7 @@ from hmar_core import EditOptions, EditSession, Pipeline
 @pytest.fixture(scope="module")
 def pipe() -> Pipeline:
     """The tiny random pipeline, nudged so that the class matters (AdaLN starts at zero)."""
-    pipe = Pipeline.random(seed=0)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in pipe.transformer.parameters():
-            param.add_(0.05 * torch.randn(param.shape, generator=generator))
-    return pipe
+    return nudged(Pipeline.random(seed=0))
 
 
 @pytest.fixture(scope="module")
