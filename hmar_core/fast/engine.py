@@ -54,6 +54,12 @@ def cast_blocks_(transformer: HMARTransformer, dtype: torch.dtype) -> HMARTransf
     return transformer
 
 
+def _check_count(name: str, value: object, minimum: int) -> None:
+    """``value`` must be an int (not a bool) ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
 class CompiledOrEager:
     """``torch.compile(module)`` that falls back to the eager module for good if compiling or
     running the compiled code raises (a missing compiler, an unsupported op)."""
@@ -123,16 +129,10 @@ class FastEngine(Engine):
         vae_graph_batch: int = 4,
         vae_pad_channels: int | None = None,
     ) -> None:
-        if isinstance(vae_graph_batch, bool) or not isinstance(vae_graph_batch, int) \
-                or vae_graph_batch < 0:
-            raise ValueError(f"vae_graph_batch must be an int >= 0, got {vae_graph_batch!r}")
-        if vae_pad_channels is not None and (isinstance(vae_pad_channels, bool) or not
-                                             isinstance(vae_pad_channels, int)
-                                             or vae_pad_channels < 0):
-            raise ValueError(f"vae_pad_channels must be an int >= 0, got {vae_pad_channels!r}")
-        if isinstance(decode_batch, bool) or not isinstance(decode_batch, int) \
-                or decode_batch < 1:
-            raise ValueError(f"decode_batch must be an int >= 1, got {decode_batch!r}")
+        _check_count("vae_graph_batch", vae_graph_batch, 0)
+        if vae_pad_channels is not None:
+            _check_count("vae_pad_channels", vae_pad_channels, 0)
+        _check_count("decode_batch", decode_batch, 1)
         device = transformer.pos_start.device
         dtype = dtype if dtype is not None else default_dtype(device)
         if own_weights:
