@@ -83,10 +83,10 @@ def _options(args: argparse.Namespace, class_id: int | None, strength: int,
                        feather=args.feather, num_variants=args.variants, **extra)
 
 
-def _revise(text: str) -> float | str:
-    """``--revise``: a number of nats, or ``off``."""
+def _revise(text: str) -> float | None:
+    """``--revise``: a number of nats, or ``off`` (``None``: kept whole)."""
     if text.strip().lower() == "off":
-        return "off"
+        return None
     try:
         return float(text)
     except ValueError:
@@ -177,8 +177,7 @@ def _edit(args: argparse.Namespace) -> int:
                 else args.strength)
     options = _options(args, _class(pipe, args.class_id), strength, fit=args.fit,
                        padding=args.padding,
-                       revise=(DEFAULT_CLASS_REVISE if args.revise is None
-                               else None if args.revise == "off" else args.revise))
+                       revise=args.revise)
     results = edit_variants(pipe, image, mask, options,
                             on_preview=_preview_writer(args.previews))
     return _save(results, args)
@@ -224,7 +223,8 @@ def add_edit_subcommands(subparsers: Any) -> list[argparse.ArgumentParser]:
     change.add_argument("--mask", help="region to change (default: the whole image)")
     change.add_argument("--strength", type=int, default=None,
                         help="coarse scales kept from the source (default: ~30%% of them)")
-    change.add_argument("--revise", type=_revise, default=None, metavar="NATS|off",
+    change.add_argument("--revise", type=_revise, default=DEFAULT_CLASS_REVISE,
+                        metavar="NATS|off",
                         help="of the kept coarse scales, regenerate the tokens the target "
                              "class disfavours by more than this many nats (default "
                              f"{DEFAULT_CLASS_REVISE:g}; off: keep them whole)")

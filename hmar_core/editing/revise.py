@@ -40,13 +40,16 @@ def coarse_support(pipe: EditModel, spec: EditSpec, scales: int) -> list[torch.T
     model_fn, _ = engine.scale_model(both)
     tokens = list(spec.source_tokens)
     quantize = engine.quantizer
-    f_hats = (pyramid.fhat_from_tokens(tokens[:scales - 1], quantize.codebook, quantize.phis(),
-                                       engine.patch_nums) if scales > 1 else [])
+    # next-scale inputs of scales 1 .. scales-1, (B, sum of their n, C)
+    x_all = (pyramid.teacher_forcing_input(tokens[:scales], quantize.codebook,
+                                           quantize.phis(), engine.patch_nums)
+             if scales > 1 else None)
+    slices = pyramid.scale_slices(engine.patch_nums)
     support = []
     for si in range(scales):
         x_ns = None
-        if si > 0:  # the source's scales before si, at this scale's side
-            x_ns = pyramid.next_scale_input(f_hats[si - 1], engine.patch_nums[si])  # (B, n, C)
+        if x_all is not None and si > 0:  # scale si's input: one position before its tokens
+            x_ns = x_all[:, slices[si].start - 1: slices[si].stop - 1]
             x_ns = torch.cat([x_ns, x_ns])
         logp = model_fn(both, ScaleInput(si, x_ns)).float().log_softmax(-1)  # (2B, n, V)
         picked = logp.gather(-1, tokens[si].repeat(2, 1)[..., None])[..., 0]  # (2B, n)
