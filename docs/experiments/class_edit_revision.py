@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.editing_quality import load_classifier, load_images, predict
-from hmar_core import Pipeline, pyramid
+from hmar_core import Pipeline
 from hmar_core import images as im
 from hmar_core.editing import ops
+from hmar_core.editing.revise import coarse_support
 from hmar_core.editing.session import run_spec
 from hmar_core.editing.spec import EditOptions, EditSpec
 
@@ -43,18 +44,6 @@ def layout_change(a: np.ndarray, b: np.ndarray) -> float:
     return float((pooled[0] - pooled[1]).abs().mean())
 
 
-def support(pipe: Pipeline, source: list[torch.Tensor], target: int) -> torch.Tensor:
-    """(L,) log p(token | target) - log p(token | null) of the source pyramid's tokens."""
-    quantize = pipe.tokenizer.quantize
-    x_ns = pyramid.teacher_forcing_input(source, quantize.codebook, quantize.phis(),
-                                         pipe.patch_nums)
-    labels = torch.tensor([target, pipe.null_class], device=pipe.device)
-    logp = pipe.transformer(labels, x_ns.expand(2, -1, -1)).log_softmax(-1)  # (2, L, V)
-    ids = torch.cat(source, dim=1)[0]
-    picked = logp[:, torch.arange(ids.numel(), device=ids.device), ids]  # (2, L)
-    return picked[0] - picked[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,21 +58,23 @@ def main() -> None:
     images, labels = load_images(args.images, pipe, args.num, args.seed)
     classifier = load_classifier("benchmarks.classifier:editing_classifier", pipe.device)
     rng = np.random.default_rng(args.seed + 1)  # the targets of benchmarks/editing_quality.py
-    slices = pyramid.scale_slices(pipe.patch_nums)
     settings = pipe.sampler_settings()
     stats = {name: {"hits": 0, "layout": [], "revised": []} for name in VARIANTS}
     for index, (rgb, label) in enumerate(zip(images, labels)):
         target = int(rng.choice([c for c in range(pipe.num_classes) if c != label]))
         with torch.no_grad():
             source = pipe.backend.encode(im.to_model_images([rgb], pipe.device, pipe.dtype))
-            ratio = support(pipe, source, target)
+        whole = EditSpec(tuple(source), tuple(torch.ones_like(t, dtype=torch.bool)
+                                              for t in source),
+                         torch.tensor([target], device=pipe.device), 3)
+        support = coarse_support(pipe, whole, 3)  # the library's own scoring
         for name, (kept, tau) in VARIANTS.items():
             regenerate = [torch.ones_like(t, dtype=torch.bool) for t in source]
             strength = kept
             if tau is not None:
                 strength = 0
                 for si in range(kept):
-                    regenerate[si] = (ratio[slices[si]] < tau)[None]
+                    regenerate[si] = support[si] < tau
                 coarse = sum(int(r.sum()) for r in regenerate[:kept])
                 stats[name]["revised"].append(coarse / sum(p * p for p in pipe.patch_nums[:kept]))
             spec = EditSpec(tuple(source), tuple(regenerate),
