@@ -246,9 +246,9 @@ def run_gpu(args: argparse.Namespace) -> dict:
                 return out
 
             _row(f"generate d{depth} B={batch}{tag}", measure_generate, report)
-            if args.compare and engine == "fast":  # other engine options (no peak: 2 engines)
-                other = pipe.with_engine("fast", **args.compare)
-                _row(f"generate d{depth} B={batch}{tag} [{_options_text(args.compare)}]",
+            for options in args.compare if engine == "fast" else []:  # no peak: 2 engines
+                other = pipe.with_engine("fast", **options)
+                _row(f"generate d{depth} B={batch}{tag} [{_options_text(options)}]",
                      lambda other=other: measure_generate(
                          lambda i: other.generate(None, seed=i, batch_size=batch), False),
                      report)
@@ -264,9 +264,9 @@ def run_gpu(args: argparse.Namespace) -> dict:
                     return out
 
                 _row(f"inpaint d{depth} B=1 steps {steps}{tag}", measure_inpaint, report)
-                if args.compare and engine == "fast":  # the same call on other engine options
-                    other = pipe.with_engine("fast", **args.compare)
-                    _row(f"inpaint d{depth} B=1 steps {steps}{tag} [{_options_text(args.compare)}]",
+                for options in args.compare if engine == "fast" else []:  # on other options
+                    other = pipe.with_engine("fast", **options)
+                    _row(f"inpaint d{depth} B=1 steps {steps}{tag} [{_options_text(options)}]",
                          lambda other=other, steps=steps: measure_inpaint(
                              other, lambda i: inpaint(i, other, steps)), report)
                     del other
@@ -396,15 +396,15 @@ def main() -> None:
     parser.add_argument("--edit-reps", type=int, default=20, help="timed inpaints per row")
     parser.add_argument("--cpu-reps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--compare", type=engine_option, nargs="+", default=[],
-                        metavar="KEY=VALUE",
+    parser.add_argument("--compare", type=engine_option, nargs="+", action="append",
+                        default=[], metavar="KEY=VALUE",
                         help="GPU rows: also time each generation and inpaint on the fast "
                              "engine with these options (e.g. vae_pad_channels=0), in the "
-                             "same run")
+                             "same run; repeat the flag for more option sets")
     parser.add_argument("--render", type=Path, default=None, help="only render this JSON")
     parser.add_argument("--markdown", type=Path, default=None, help="file to update")
     args = parser.parse_args()
-    args.compare = dict(args.compare)
+    args.compare = [dict(options) for options in args.compare]
     if args.render is not None:
         report = json.loads(args.render.read_text())
     else:

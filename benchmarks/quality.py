@@ -85,6 +85,7 @@ from benchmarks.classifier import (
     predict_logits,
     to_float,
 )
+from benchmarks.inference import engine_option
 from benchmarks.paths import ROOT, shown
 from hmar_core import Pipeline
 from hmar_core.schedules import Schedule, default_schedule
@@ -484,10 +485,14 @@ def print_table(report: dict[str, Any]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
 
 
-def load_pipe(model: Path, device: torch.device | None, mask_cfg_ratio: float | None
-              ) -> Pipeline:
-    """The model's pipeline, with its mask-step guidance ratio replaced when one is given."""
-    pipe = Pipeline.from_pretrained(model, device=device)
+def load_pipe(model: Path, device: torch.device | None, mask_cfg_ratio: float | None,
+              engine_options: dict[str, object] | None = None) -> Pipeline:
+    """The model's pipeline, with its mask-step guidance ratio replaced when one is given
+    (on the fast engine with these options when any are given, else on the default engine)."""
+    if engine_options:
+        pipe = Pipeline.from_pretrained(model, device=device, engine="fast", **engine_options)
+    else:
+        pipe = Pipeline.from_pretrained(model, device=device)
     if mask_cfg_ratio is not None:
         pipe.sampler_config = dataclasses.replace(pipe.sampler_config,
                                                   mask_cfg_ratio=mask_cfg_ratio)
@@ -498,7 +503,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run every metric and return the JSON report."""
     start = time.perf_counter()
     device = torch.device(args.device)
-    pipe = load_pipe(args.model, device, args.mask_cfg_ratio)
+    pipe = load_pipe(args.model, device, args.mask_cfg_ratio, dict(args.engine_option))
     classifier, _ = load_classifier(args.classifier, device)
     if classifier.cfg.num_classes != pipe.num_classes:
         raise ValueError(f"classifier has {classifier.cfg.num_classes} classes, the model "
@@ -508,7 +513,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     settings = resolve_settings(pipe, args.refine) + curve_settings(pipe, args.curve or [])
     report: dict[str, Any] = {
         "model": str(args.model), "classifier": shown(args.classifier), "data": str(args.data),
-        "device": str(device), "seed": args.seed, "samples": args.samples, "quick": args.quick,
+        "device": str(device), "engine": repr(pipe.backend), "seed": args.seed,
+        "samples": args.samples, "quick": args.quick,
         "torch": torch.__version__, "machine": f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs", "threads": torch.get_num_threads(),
         "sampler": pipe.sampler_config.to_dict(),
@@ -659,6 +665,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "--curve 0 1 2 4 8")
     parser.add_argument("--mask-cfg-ratio", type=float, default=None,
                         help="guidance ratio of the mask steps (default: the model's)")
+    parser.add_argument("--engine-option", type=engine_option, nargs="+", default=[],
+                        metavar="KEY=VALUE", help="sample on the fast engine with these "
+                        "options (e.g. fp8=true); timing rows keep the default engine")
     parser.add_argument("--grid", type=Path, help="folder for per-setting sample grids and "
                         "closest-to-training pairs")
     args = parser.parse_args(argv)

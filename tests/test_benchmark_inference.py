@@ -94,17 +94,18 @@ def test_compare_options_parse_as_json_values_or_strings() -> None:
 
 
 def test_dry_run_compare_times_generation_and_inpaint_again_on_the_other_options() -> None:
-    """``--compare`` (toy sizes on the CPU): every fast row has its twin on the other engine
-    options, timed through the public API (and without a peak: two engines are alive)."""
+    """``--compare`` (toy sizes on the CPU): every fast row has its twin on each set of other
+    engine options, timed through the public API (and without a peak: two engines are alive)."""
     from benchmarks.inference import run_gpu
 
     args = argparse.Namespace(dry_run=True, depths=[2], engines=["fast"], reps=1, edit_reps=1,
-                              compare={"vae_pad_channels": 16})
+                              compare=[{"vae_pad_channels": 16}, {"fp8": True}])
     rows = run_gpu(args)["rows"]
 
     plain = ["generate d2 B=2", "inpaint d2 B=1 steps 2", "inpaint d2 B=1 steps 0"]
     for name in plain:
-        twin = rows[f"{name} [vae_pad_channels=16]"]
-        assert "error" not in rows[name] and "error" not in twin, (rows[name], twin)
-        assert twin["ms"] > 0
+        for options in ("vae_pad_channels=16", "fp8=True"):
+            twin = rows[f"{name} [{options}]"]
+            assert "error" not in rows[name] and "error" not in twin, (rows[name], twin)
+            assert twin["ms"] > 0
     assert "peak_gib" not in rows["generate d2 B=2 [vae_pad_channels=16]"]

@@ -31,10 +31,16 @@ from hmar_core.editing.session import run_spec
 from hmar_core.editing.spec import EditOptions, EditSpec
 
 logger = logging.getLogger("class_edit_revision")
-# name → (scales kept from the source, tau of the revision or None: kept whole)
-VARIANTS = {"strength 1": (1, None), "strength 2": (2, None), "strength 3": (3, None),
-            "strength 3, tau 0": (3, 0.0), "strength 3, tau -1": (3, -1.0),
-            "strength 3, tau -2": (3, -2.0)}
+# the default table: "strength[:tau]" (scales kept from the source, tau of the revision;
+# without it they are kept whole)
+VARIANTS = ("1", "2", "3", "3:0", "3:-1", "3:-2")
+
+
+def parse_variant(text: str) -> tuple[str, int, float | None]:
+    """``"3:-2"`` → (its table name, 3, -2.0); ``"2"`` → (name, 2, None)."""
+    kept, _, tau = text.partition(":")
+    name = f"strength {kept}" + (f", tau {tau}" if tau else "")
+    return name, int(kept), float(tau) if tau else None
 
 
 def layout_change(a: np.ndarray, b: np.ndarray) -> float:
@@ -51,6 +57,8 @@ def main() -> None:
     parser.add_argument("--images", default="data/emoji64/emoji64.npz")
     parser.add_argument("--num", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                        help='"strength[:tau]" each, e.g. 1 3:-2 (default: the table above)')
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(2)
@@ -59,7 +67,8 @@ def main() -> None:
     classifier = load_classifier("benchmarks.classifier:editing_classifier", pipe.device)
     rng = np.random.default_rng(args.seed + 1)  # the targets of benchmarks/editing_quality.py
     settings = pipe.sampler_settings()
-    stats = {name: {"hits": 0, "layout": [], "revised": []} for name in VARIANTS}
+    variants = {name: (kept, tau) for name, kept, tau in map(parse_variant, args.variants)}
+    stats = {name: {"hits": 0, "layout": [], "revised": []} for name in variants}
     for index, (rgb, label) in enumerate(zip(images, labels)):
         target = int(rng.choice([c for c in range(pipe.num_classes) if c != label]))
         with torch.no_grad():
@@ -67,8 +76,9 @@ def main() -> None:
         whole = EditSpec(tuple(source), tuple(torch.ones_like(t, dtype=torch.bool)
                                               for t in source),
                          torch.tensor([target], device=pipe.device), 3)
-        support = coarse_support(pipe, whole, 3)  # the library's own scoring
-        for name, (kept, tau) in VARIANTS.items():
+        scored = max(1, max(kept for kept, _ in variants.values()))
+        support = coarse_support(pipe, whole, scored)  # the library's own scoring
+        for name, (kept, tau) in variants.items():
             regenerate = [torch.ones_like(t, dtype=torch.bool) for t in source]
             strength = kept
             if tau is not None:
@@ -76,7 +86,8 @@ def main() -> None:
                 for si in range(kept):
                     regenerate[si] = support[si] < tau
                 coarse = sum(int(r.sum()) for r in regenerate[:kept])
-                stats[name]["revised"].append(coarse / sum(p * p for p in pipe.patch_nums[:kept]))
+                stats[name]["revised"].append(
+                    coarse / max(1, sum(p * p for p in pipe.patch_nums[:kept])))
             spec = EditSpec(tuple(source), tuple(regenerate),
                             torch.tensor([target], device=pipe.device), strength)
             options = EditOptions(class_id=target, seed=args.seed + index, strength=strength)

@@ -108,6 +108,9 @@ class FastEngine(Engine):
         vae_pad_channels: the decoder's 3-channel output convolution runs with this many
             output channels (zero filters, sliced off; see :mod:`hmar_core.fast.vae`); default
             16 on CUDA, 0 (as it is) elsewhere.
+        fp8: the blocks' four GEMMs in FP8 e4m3 with per-token and per-channel scales
+            (:mod:`hmar_core.fast.fp8`; opt-in and lossy: Hopper/Ada GPUs, or CPU for tests).
+            Raises ``RuntimeError`` where they cannot run.
     """
 
     name: EngineName = "fast"
@@ -128,6 +131,7 @@ class FastEngine(Engine):
         own_weights: bool = False,
         vae_graph_batch: int = 4,
         vae_pad_channels: int | None = None,
+        fp8: bool = False,
     ) -> None:
         _check_count("vae_graph_batch", vae_graph_batch, 0)
         if vae_pad_channels is not None:
@@ -141,7 +145,7 @@ class FastEngine(Engine):
         self.quantizer = tokenizer.quantize
         self.patch_nums = transformer.cfg.patch_nums
         self.null_class = transformer.cfg.null_class
-        self.runner = FastRunner(transformer, dtype, cuda_graphs, residual_dtype, fused)
+        self.runner = FastRunner(transformer, dtype, cuda_graphs, residual_dtype, fused, fp8)
         self.stateful = self.runner.stateful
         accelerator = device.type != "cpu"
         self.vae_dtype = vae_dtype if vae_dtype is not None else (
@@ -167,8 +171,9 @@ class FastEngine(Engine):
             CompiledOrEager(encoder, "encoder") if compile_vae else encoder)
 
     def __repr__(self) -> str:
-        return (f"FastEngine({self.device}, blocks {self.runner.dtype}, vae {self.vae_dtype}, "
-                f"fused {self.runner.fused})")
+        fp8 = f", FP8 GEMMs into {self.runner.fp8_dtype}" if self.runner.fp8_dtype else ""
+        return (f"FastEngine({self.device}, blocks {self.runner.dtype}{fp8}, vae "
+                f"{self.vae_dtype}, fused {self.runner.fused})")
 
     def _in_vae_dtype(self, module: nn.Module, in_place: bool,
                       channels_last: bool = False) -> nn.Module:

@@ -31,7 +31,8 @@ import torch
 import triton  # type: ignore[import-untyped]
 import triton.language as tl  # type: ignore[import-untyped]
 
-__all__ = ["INTERPRETED", "ln_modulate", "qk_normalize", "residual_ln_modulate"]
+__all__ = ["INTERPRETED", "ln_modulate", "ln_modulate_fp8", "qk_normalize", "quantize_rows",
+           "residual_ln_modulate", "residual_ln_modulate_fp8"]
 
 # Whether the kernels were decorated for Triton's CPU interpreter (read once, at import).
 INTERPRETED = bool(triton.knobs.runtime.interpret)
@@ -44,9 +45,11 @@ _NORM_EPS = 1e-12  # F.normalize's eps
 def _residual_ln_modulate_kernel(
     # tensors: residual x (in/out), block output, modulation rows, normalised output
     x_ptr, delta_ptr, gamma_ptr, scale_ptr, shift_ptr, h_ptr,
+    # per-token scales of h when QUANT (h is then e4m3, see hmar_core.fast.fp8)
+    h_scale_ptr,
     # sizes and row strides (in elements) of the (R, C) modulation tensors
     total_rows, tokens, width, gamma_stride, scale_stride, shift_stride, eps,
-    HAS_RESIDUAL: tl.constexpr, WRITE_X: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, WRITE_X: tl.constexpr, QUANT: tl.constexpr,
     ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # ROWS tokens per program (1 on GPUs; more under the interpreter, where it is faster)
@@ -72,7 +75,54 @@ def _residual_ln_modulate_kernel(
     scale = tl.load(scale_ptr + batch * scale_stride + cols, mask=valid, other=0.0)
     shift = tl.load(shift_ptr + batch * shift_stride + cols, mask=valid, other=0.0)
     h = centred * rstd * scale + shift
-    tl.store(h_ptr + row * width + cols, h.to(h_ptr.dtype.element_ty), mask=valid)
+    if QUANT:
+        _store_e4m3_rows(h_ptr, h_scale_ptr, h, row, cols, valid, row < total_rows, width)
+    else:
+        tl.store(h_ptr + row * width + cols, h.to(h_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _e4m3_grid(y):
+    """``y`` (float32, |y| <= 448) rounded to nearest even on the e4m3fn grid, still float32:
+    the cast to fp8 is then exact (Triton's CPU interpreter rounds some casts wrongly, the
+    hardware does not; this makes both agree with torch's cast)."""
+    bits = y.to(tl.int32, bitcast=True)
+    # normal range: keep 3 of float32's 23 mantissa bits, ties to even
+    lsb = (bits >> 20) & 1
+    normal = ((bits + 0x7FFFF + lsb) & -1048576).to(tl.float32, bitcast=True)  # -2^20: ~0xFFFFF
+    # subnormal range (|y| < 2^-6): multiples of 2^-9, by the float32 add-and-subtract trick
+    magic = 24576.0  # 1.5 * 2^14: its float32 ulp is 2^-9 (on |y|, keeping the sign of -0)
+    magnitude = ((tl.abs(y) + magic) - magic).to(tl.int32, bitcast=True)
+    sub = (magnitude | (bits & -2147483648)).to(tl.float32, bitcast=True)  # y's sign bit
+    return tl.where(tl.abs(y) < 0.015625, sub, normal)
+
+
+@triton.jit
+def _store_e4m3_rows(q_ptr, scale_ptr, values, row, cols, valid, row_valid, width):
+    """Row-wise e4m3 quantisation of (ROWS, BLOCK) float32 ``values`` (as
+    ``hmar_core.fast.fp8.quantize_rows``): ``q = values·448/a`` and ``scale = a/448`` with
+    ``a = max(max|row|, 1e-12)``."""
+    amax = tl.max(tl.where(valid, tl.abs(values), 0.0), axis=1)[:, None]  # (ROWS, 1)
+    amax = tl.maximum(amax, 1e-12)
+    inverse = tl.div_rn(tl.zeros_like(amax) + 448.0, amax)
+    q = _e4m3_grid(values * inverse)
+    tl.store(q_ptr + row * width + cols, q.to(q_ptr.dtype.element_ty), mask=valid)
+    tl.store(scale_ptr + row, tl.div_rn(amax, tl.zeros_like(amax) + 448.0), mask=row_valid)
+
+
+@triton.jit
+def _quantize_rows_kernel(
+    x_ptr, q_ptr, scale_ptr, total_rows, width,
+    GELU: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]  # (ROWS, 1)
+    cols = tl.arange(0, BLOCK_C)[None, :]
+    valid = (row < total_rows) & (cols < width)
+    x = tl.load(x_ptr + row * width + cols, mask=valid, other=0.0).to(tl.float32)
+    if GELU:  # tanh-GELU, tanh(u) = 1 - 2 / (exp(2u) + 1)
+        inner = tl.minimum(0.7978845608028654 * (x + 0.044715 * x * x * x), 40.0)  # tanh(40) = 1
+        x = 0.5 * x * (2.0 - tl.div_rn(tl.zeros_like(x) + 2.0, tl.exp(2.0 * inner) + 1.0))
+    _store_e4m3_rows(q_ptr, scale_ptr, x, row, cols, valid, row < total_rows, width)
 
 
 @triton.jit
@@ -163,6 +213,46 @@ def residual_ln_modulate(
     Returns:
         h: (R, n, C) in ``out_dtype``.
     """
+    h, _ = _residual_ln(x, delta, gamma, scale, shift, eps, out_dtype, write_x,
+                        rows_per_program)
+    return h
+
+
+def residual_ln_modulate_fp8(
+    x: torch.Tensor,
+    delta: torch.Tensor | None,
+    gamma: torch.Tensor | None,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    *,
+    eps: float,
+    rows_per_program: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`residual_ln_modulate` whose ``h`` is written row-wise quantised to e4m3 (the
+    input of an FP8 GEMM, :mod:`hmar_core.fast.fp8`), in the same kernel.
+
+    Returns:
+        q: (R·n, C) float8 e4m3fn; scales: (R·n, 1) float32 (``h ≈ q·scales``).
+    """
+    q, scales = _residual_ln(x, delta, gamma, scale, shift, eps, torch.float8_e4m3fn, True,
+                             rows_per_program, quantize=True)
+    assert scales is not None
+    return q.view(-1, q.shape[-1]), scales
+
+
+def _residual_ln(
+    x: torch.Tensor,
+    delta: torch.Tensor | None,
+    gamma: torch.Tensor | None,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    eps: float,
+    out_dtype: torch.dtype,
+    write_x: bool,
+    rows_per_program: int | None,
+    quantize: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The checks and launch of both ``residual_ln_modulate`` variants."""
     _check_device(x)
     if x.dim() != 3 or not x.is_contiguous():
         raise ValueError(f"x must be a contiguous (R, n, C) tensor, got {tuple(x.shape)}")
@@ -179,8 +269,10 @@ def residual_ln_modulate(
     _check_modulation("scale", scale, rows, width)
     _check_modulation("shift", shift, rows, width)
     h = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    h_scale = (torch.empty((rows * tokens, 1), dtype=torch.float32, device=x.device)
+               if quantize else None)
     if h.numel() == 0:
-        return h
+        return h, h_scale
     block = triton.next_power_of_2(width)
     has_residual = delta is not None and gamma is not None
     gamma_stride = gamma.stride(0) if gamma is not None else 0
@@ -188,12 +280,14 @@ def residual_ln_modulate(
     total = rows * tokens
     _residual_ln_modulate_kernel[(triton.cdiv(total, per_program),)](
         x, delta if has_residual else x, gamma if has_residual else scale, scale, shift, h,
+        h_scale if h_scale is not None else scale,
         total, tokens, width, gamma_stride, scale.stride(0),
         shift.stride(0), eps,
-        HAS_RESIDUAL=has_residual, WRITE_X=write_x, ROWS=per_program, BLOCK_C=block,
+        HAS_RESIDUAL=has_residual, WRITE_X=write_x, QUANT=quantize, ROWS=per_program,
+        BLOCK_C=block,
         num_warps=_warps(block * per_program),
     )
-    return h
+    return h, h_scale
 
 
 def ln_modulate(
@@ -203,6 +297,44 @@ def ln_modulate(
     """``LN(x)·scale + shift`` in one kernel: :func:`residual_ln_modulate` without the add."""
     return residual_ln_modulate(x, None, None, scale, shift, eps=eps, out_dtype=out_dtype,
                                 rows_per_program=rows_per_program)
+
+
+def ln_modulate_fp8(
+    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, *, eps: float,
+    rows_per_program: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`ln_modulate` quantised row-wise to e4m3 (see :func:`residual_ln_modulate_fp8`)."""
+    return residual_ln_modulate_fp8(x, None, None, scale, shift, eps=eps,
+                                    rows_per_program=rows_per_program)
+
+
+def quantize_rows(
+    x: torch.Tensor, *, gelu: bool = False, rows_per_program: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise e4m3 quantisation of a contiguous (..., K) tensor in one kernel, optionally of
+    its tanh-GELU: :func:`hmar_core.fast.fp8.quantize_rows` (of ``gelu_tanh(x)``).
+
+    Returns:
+        q: (M, K) float8 e4m3fn; scales: (M, 1) float32.
+    """
+    _check_device(x)
+    if not x.is_contiguous() or x.dim() < 1:
+        raise ValueError(f"x must be contiguous with a last dim, got {tuple(x.shape)}")
+    width = x.shape[-1]
+    if width > _MAX_WIDTH:
+        raise ValueError(f"width {width} exceeds the fused kernel's limit {_MAX_WIDTH}")
+    total = x.numel() // max(width, 1)
+    q = torch.empty((total, width), dtype=torch.float8_e4m3fn, device=x.device)
+    scales = torch.empty((total, 1), dtype=torch.float32, device=x.device)
+    if q.numel() == 0:
+        return q, scales
+    block = triton.next_power_of_2(width)
+    per_program = _rows_per_program(block, rows_per_program)
+    _quantize_rows_kernel[(triton.cdiv(total, per_program),)](
+        x, q, scales, total, width, GELU=gelu, ROWS=per_program, BLOCK_C=block,
+        num_warps=_warps(block * per_program),
+    )
+    return q, scales
 
 
 def qk_normalize(

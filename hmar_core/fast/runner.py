@@ -42,9 +42,15 @@ import torch.nn.functional as F
 from ..pyramid import scale_slices
 from ..sampler import ScaleInput, Weight
 from ..transformer import AdaLNBlock, AdaLNHead, Branch, HMARTransformer
+from .fp8 import Fp8Weight, fp8_linear, fp8_out_dtype, quantize_rows
 from .graphs import GraphCache
 
 __all__ = ["FastRunner", "default_dtype"]
+
+# A block GEMM's input: a tensor, or (with FP8 GEMMs) its row-wise e4m3 values (M, K) and their
+# (M, 1) float32 scales, as the fused kernels write them.
+Activation = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+_FP8_LINEARS = ("qkv", "proj", "fc1", "fc2")
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +84,14 @@ class _Block:
     ada_b: torch.Tensor
     qk_mult: torch.Tensor  # (1, 1, 2, H, 1) float32: q's temperature exp(clamped log), k's 1
     q_mult: torch.Tensor  # (H,) float32: q's temperature (the fused kernel's input)
+    fp8: dict[str, Fp8Weight] | None = None  # qkv, proj, fc1, fc2 in e4m3 (FP8 GEMMs only)
+
+    def with_fp8(self, out_dtype: torch.dtype) -> _Block:
+        """This block with e4m3 copies of its four GEMM weights (:mod:`hmar_core.fast.fp8`)."""
+        self.fp8 = {name: Fp8Weight.from_linear(getattr(self, f"{name}_w"),
+                                                getattr(self, f"{name}_b"), out_dtype)
+                    for name in _FP8_LINEARS}
+        return self
 
     @classmethod
     def from_module(cls, block: AdaLNBlock, dtype: torch.dtype) -> _Block:
@@ -155,6 +169,10 @@ class FastRunner:
             ``None`` (auto): on CUDA when Triton imports and the kernels agree with the torch
             ops on a first check, else the torch ops (logged). ``True`` forces them and raises
             if they cannot run (on CPU they need ``TRITON_INTERPRET=1``, for tests).
+        fp8: run the blocks' four GEMMs in FP8 e4m3 with per-token and per-channel scales
+            (:mod:`hmar_core.fast.fp8`; Hopper/Ada GPUs, or CPU for tests). The fused kernels
+            then write their LayerNorm outputs as fp8. Lossy: about 3 significant digits per
+            operand. Raises ``RuntimeError`` where FP8 GEMMs cannot run.
     """
 
     def __init__(
@@ -164,6 +182,7 @@ class FastRunner:
         cuda_graphs: bool = True,
         residual_dtype: torch.dtype | None = None,
         fused: bool | None = None,
+        fp8: bool = False,
     ) -> None:
         cfg = transformer.cfg
         self.cfg = cfg
@@ -191,6 +210,11 @@ class FastRunner:
         self._blocks: list[_Block] = list(base)
         for name in ("ns", "mask"):
             self._blocks += self._branches.get(name, [])[len(base):]
+        # FP8 GEMMs: their output dtype (the run dtype where supported) and e4m3 weights
+        self.fp8_dtype = fp8_out_dtype(self.device, self.dtype) if fp8 else None
+        if self.fp8_dtype is not None:
+            for block in self._blocks:
+                block.with_fp8(self.fp8_dtype)
         self._block_index = {id(b): i for i, b in enumerate(self._blocks)}
         self._slices = scale_slices(cfg.patch_nums)
         self._rows: dict[int, _Rows] = {}
@@ -201,12 +225,13 @@ class FastRunner:
         self._both_cache: tuple | None = None  # (weakref to labels, version, null, (2B,) labels)
         self.fused_gelu = self.device.type == "cuda" and _fused_gelu_works(self._blocks[0])
         self._fused = _fused_kernels(fused, self.device, self.dtype, self.residual_dtype,
-                                     cfg.norm_eps, self._blocks[0])
+                                     cfg.norm_eps, self._blocks[0], self.fp8_dtype is not None)
         self.fused = self._fused is not None
         self._cfg_a = torch.ones((), device=self.device)  # 1 + weight (float32)
         self._cfg_b = torch.zeros((), device=self.device)  # weight
-        logger.info("FastRunner: %s blocks in %s, CUDA graphs %s, fused kernels %s",
+        logger.info("FastRunner: %s blocks in %s%s, CUDA graphs %s, fused kernels %s",
                     len(self._blocks), self.dtype,
+                    f" (FP8 GEMMs into {self.fp8_dtype})" if self.fp8_dtype else "",
                     "on" if cuda_graphs and self.device.type == "cuda" else "off",
                     "on" if self.fused else "off")
 
@@ -413,11 +438,11 @@ class FastRunner:
         gamma1, gamma2, scale1, scale2, shift1, shift2 = state.ada[index][:, None].unbind(2)
         width = x.shape[-1]
         eps, run, residual = self.cfg.norm_eps, self.dtype, x.dtype
+        rows, n = x.shape[:2]
         h = _addcmul(shift1, F.layer_norm(x, (width,), eps=eps), scale1, run)
-        x = _addcmul(x, self._attention(h, block, state, index, pos), gamma1, residual)
+        x = _addcmul(x, self._attention(h, block, state, index, pos, rows, n), gamma1, residual)
         h = _addcmul(shift2, F.layer_norm(x, (width,), eps=eps), scale2, run)
-        hidden = self._fc1_gelu(h, block)
-        return _addcmul(x, F.linear(hidden, block.fc2_w, block.fc2_b), gamma2, residual)
+        return _addcmul(x, self._mlp(h, block, rows, n), gamma2, residual)
 
     def _blocks_fused(
         self, kernels: ModuleType, x: torch.Tensor, branch: str, state: _Rows, pos: slice
@@ -429,20 +454,28 @@ class FastRunner:
         first, or the head's after the last block), so a block launches three of them.
         """
         eps, run = self.cfg.norm_eps, self.dtype
+        rows, n = x.shape[:2]
         blocks = self._branches[branch]
         first = state.ada[self._block_index[id(blocks[0])]]  # (R, 6, C)
-        h = kernels.ln_modulate(x, first[:, 2], first[:, 4], eps=eps, out_dtype=run)
+
+        def modulated(delta: torch.Tensor | None, gamma: torch.Tensor | None,
+                      scale: torch.Tensor, shift: torch.Tensor) -> Activation:
+            """The next GEMM's input: x (+ delta·gamma, in place), LN, modulation."""
+            if self.fp8_dtype is not None:  # written as e4m3 rows by the same kernel
+                return kernels.residual_ln_modulate_fp8(x, delta, gamma, scale, shift, eps=eps)
+            return kernels.residual_ln_modulate(x, delta, gamma, scale, shift, eps=eps,
+                                                out_dtype=run)
+
+        h = modulated(None, None, first[:, 2], first[:, 4])
         for position, block in enumerate(blocks):
             index = self._block_index[id(block)]
             ada = state.ada[index]  # gamma1, gamma2, scale1+1, scale2+1, shift1, shift2
-            out = self._attention(h, block, state, index, pos)
-            h = kernels.residual_ln_modulate(x, out, ada[:, 0], ada[:, 3], ada[:, 5], eps=eps,
-                                             out_dtype=run)
-            out = F.linear(self._fc1_gelu(h, block), block.fc2_w, block.fc2_b)
+            out = self._attention(h, block, state, index, pos, rows, n)
+            h = modulated(out, ada[:, 0], ada[:, 3], ada[:, 5])
+            out = self._mlp(h, block, rows, n)
             if position + 1 < len(blocks):
                 after = state.ada[self._block_index[id(blocks[position + 1])]]
-                h = kernels.residual_ln_modulate(x, out, ada[:, 1], after[:, 2], after[:, 4],
-                                                 eps=eps, out_dtype=run)
+                h = modulated(out, ada[:, 1], after[:, 2], after[:, 4])
             else:  # the head: float32, and nothing reads the residual afterwards
                 head_ada = state.head_ada[branch]  # (R, 2, C): scale+1, shift
                 h = kernels.residual_ln_modulate(x, out, ada[:, 1], head_ada[:, 0],
@@ -451,14 +484,15 @@ class FastRunner:
         return h
 
     def _attention(
-        self, h: torch.Tensor, block: _Block, state: _Rows, index: int, pos: slice
+        self, h: Activation, block: _Block, state: _Rows, index: int, pos: slice, rows: int,
+        n: int,
     ) -> torch.Tensor:
-        rows, n, width = h.shape
-        heads = self.cfg.heads
-        qkv = F.linear(h, block.qkv_w, block.qkv_b).view(rows, n, 3, heads, -1)
+        """Attention of one block for (R, n) tokens: (R, n, C) projected output."""
+        width, heads = self.cfg.width, self.cfg.heads
+        qkv = self._linear(h, block, "qkv").view(rows, n, 3, heads, -1)
         # q and k L2-normalised (norms in float32), q times its temperature: one pass for both
         if self._fused is not None:
-            q, k = self._fused.qk_normalize(qkv, block.q_mult)  # (R, n, H, D) each
+            q, k = self._fused.qk_normalize(qkv, block.q_mult, out_dtype=self.dtype)
         else:
             qk = qkv[:, :, :2]  # (R, n, 2, H, D)
             factor = block.qk_mult / torch.linalg.vector_norm(
@@ -466,7 +500,8 @@ class FastRunner:
             qk = torch.mul(qk, factor, out=torch.empty(qk.shape, dtype=qk.dtype,
                                                        device=qk.device))
             q, k = qk.unbind(2)  # (R, n, H, D) each
-        v = qkv[:, :, 2]
+            q, k = q.to(self.dtype), k.to(self.dtype)  # (FP8 GEMMs may output bf16)
+        v = qkv[:, :, 2].to(self.dtype)
         if self.stateful:  # VAR: this scale's slice of the static cache, attend to all so far
             keys, values = state.keys[index], state.values[index]
             keys[:, pos].copy_(k)
@@ -475,7 +510,33 @@ class FastRunner:
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (R, H, ·, D) views
         out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
         out = out.transpose(1, 2).reshape(rows, n, width)  # (R, n, C)
-        return F.linear(out, block.proj_w, block.proj_b)
+        return self._linear(out, block, "proj").view(rows, n, width)
+
+    def _linear(self, h: Activation, block: _Block, name: str) -> torch.Tensor:
+        """``h·Wᵀ + b`` of one of the block's GEMMs, (..., N): in the run dtype, or with FP8
+        GEMMs from ``h``'s e4m3 rows (quantising a plain tensor first), as ``(M, N)``."""
+        if block.fp8 is None or self.fp8_dtype is None:
+            assert isinstance(h, torch.Tensor)
+            return F.linear(h, getattr(block, f"{name}_w"), getattr(block, f"{name}_b"))
+        q, scales = self._quantize(h) if isinstance(h, torch.Tensor) else h
+        return fp8_linear(q, scales, block.fp8[name], self.fp8_dtype)
+
+    def _quantize(self, x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row-wise e4m3 of ``x`` (of ``gelu_tanh(x)``): one fused kernel, or the torch ops."""
+        if self._fused is not None:
+            return self._fused.quantize_rows(x.contiguous(), gelu=gelu)
+        if gelu:
+            x = F.gelu(x.float(), approximate="tanh")
+        return quantize_rows(x)
+
+    def _mlp(self, h: Activation, block: _Block, rows: int, n: int) -> torch.Tensor:
+        """``fc2(gelu_tanh(fc1(h)))`` for (R, n) tokens: (R, n, C)."""
+        if block.fp8 is not None and self.fp8_dtype is not None:
+            hidden = self._quantize(self._linear(h, block, "fc1"), gelu=True)
+        else:
+            assert isinstance(h, torch.Tensor)
+            hidden = self._fc1_gelu(h, block)
+        return self._linear(hidden, block, "fc2").view(rows, n, -1)
 
     def _fc1_gelu(self, h: torch.Tensor, block: _Block) -> torch.Tensor:
         """``gelu_tanh(h·W1ᵀ + b1)``: on CUDA in the GEMM epilogue (cuBLASLt), else two ops."""
@@ -524,13 +585,15 @@ def _fused_kernels(
     residual_dtype: torch.dtype,
     eps: float,
     block: _Block,
+    fp8: bool = False,
 ) -> ModuleType | None:
     """The :mod:`hmar_core.fast.fused` module if the fused path is to run, else ``None``.
 
     Auto (``requested is None``): CUDA devices with Triton importable, after one check of both
     kernels against the torch ops at this width and these dtypes (it also compiles them before
     any graph capture); any failure or disagreement is logged and the torch ops are used.
-    ``True`` raises instead.
+    ``True`` raises instead. With ``fp8`` the quantising kernels are checked too, against
+    :func:`~hmar_core.fast.fp8.quantize_rows` of the torch ops' values.
     """
     if requested is False or (requested is None and device.type != "cuda"):
         return None
@@ -542,7 +605,7 @@ def _fused_kernels(
         if device.type != "cuda" and not (device.type == "cpu" and fused.INTERPRETED):
             raise ValueError(f"fused kernels need a CUDA device (or CPU under TRITON_INTERPRET=1),"
                              f" got {device}")
-        error = _fused_error(fused, device, dtype, residual_dtype, eps, block)
+        error, fp8_error = _fused_error(fused, device, dtype, residual_dtype, eps, block, fp8)
     except Exception as err:  # noqa: BLE001 (auto mode falls back on any failure, logged)
         if requested:
             raise
@@ -550,8 +613,10 @@ def _fused_kernels(
                        type(err).__name__, err)
         return None
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
-    if not error < tolerance:
-        message = f"fused kernels disagree with the torch ops (rel. error {error:.2e})"
+    # FP8: a float32 rounding difference can move a value to the next e4m3 step (1/16)
+    if not (error < tolerance and fp8_error < 2e-2):
+        message = (f"fused kernels disagree with the torch ops (rel. error {error:.2e}, "
+                   f"FP8 {fp8_error:.2e})")
         if requested:
             raise RuntimeError(message)
         logger.warning("%s; using torch ops", message)
@@ -566,10 +631,12 @@ def _fused_error(
     residual_dtype: torch.dtype,
     eps: float,
     block: _Block,
+    fp8: bool = False,
     rows: int = 2,
     tokens: int = 5,
-) -> float:
-    """Largest relative error of the fused kernels vs the torch ops on random inputs."""
+) -> tuple[float, float]:
+    """Largest relative errors of the fused kernels vs the torch ops on random inputs: of
+    the plain kernels, and of the quantising ones (with ``fp8``; else 0)."""
     width = block.proj_w.shape[0]
     heads = block.q_mult.shape[0]
     gen = torch.Generator(device=device).manual_seed(0)
@@ -603,7 +670,20 @@ def _fused_error(
     q, k = fused.qk_normalize(qkv, block.q_mult)
     compare(q, F.normalize(qkv[:, :, 0].float(), dim=-1) * block.q_mult[:, None])
     compare(k, F.normalize(qkv[:, :, 1].float(), dim=-1))
-    return max(errors)
+    plain = max(errors)
+    if not fp8:
+        return plain, 0.0
+    errors.clear()
+
+    def dequantized(pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return pair[0].float() * pair[1]
+
+    compare(dequantized(fused.residual_ln_modulate_fp8(x.clone(), delta, gamma, scale, shift,
+                                                       eps=eps)),
+            dequantized(quantize_rows(modulate(new_x))))
+    compare(dequantized(fused.quantize_rows(delta, gelu=True)),
+            dequantized(quantize_rows(F.gelu(delta.float(), approximate="tanh"))))
+    return plain, max(errors)
 
 
 def _addcmul(
