@@ -84,14 +84,17 @@ def test_fp8_weight_checks_and_dequantizes():
 
 
 def test_fp8_linear_is_the_product_of_the_dequantized_operands():
-    x, weight, bias = _rows(2, (20, 64)), torch.randn(48, 64), torch.randn(48)
-    packed = Fp8Weight.from_linear(weight, bias, torch.float32)
+    """On a GPU: ``torch._scaled_mm``; on the CPU: its float32 emulation."""
+    x, weight, bias = (t.to(DEVICE) for t in (_rows(2, (20, 64)), torch.randn(48, 64),
+                                               torch.randn(48)))
+    out_dtype = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
+    packed = Fp8Weight.from_linear(weight, bias, out_dtype)
     q, scale = quantize_rows(x)
-    got = fp8_linear(q, scale, packed, torch.float32)
+    got = fp8_linear(q, scale, packed, out_dtype)
     want = (q.double() * scale.double()) @ packed.dequantized().double().T + bias.double()
-    assert got.shape == (20, 48)
+    assert got.shape == (20, 48) and got.dtype == out_dtype
     rel = float((got.double() - want).norm() / want.norm())
-    assert rel < 1e-5, rel
+    assert rel < (1e-5 if out_dtype == torch.float32 else 4e-3), rel  # (bf16's rounding)
     # and within FP8's error of the unquantised product
     exact = x.double() @ weight.double().T + bias.double()
     assert float((got.double() - exact).norm() / exact.norm()) < 0.05
@@ -170,7 +173,8 @@ def test_runner_fp8_logits_within_fp8_error_of_float32(fused_kernels):
     model = _model()
     want = _teacher_forced(FastRunner(model, torch.float32, cuda_graphs=False, fused=False),
                            model)
-    runner = FastRunner(model, torch.float32, cuda_graphs=False, fused=fused_kernels, fp8=True)
+    runner = FastRunner(model, torch.float32, cuda_graphs=False, fused=fused_kernels, fp8=True,
+                        fp8_min_rows=0)
     # (float32 out on the CPU; CUDA builds may support only bf16 out for row-wise scales)
     assert runner.fp8_dtype in (torch.float32, torch.bfloat16) and runner.fused == fused_kernels
     got = _teacher_forced(runner, model)
@@ -179,13 +183,28 @@ def test_runner_fp8_logits_within_fp8_error_of_float32(fused_kernels):
     assert 1e-4 < rel < 0.05 and top1 >= 0.9, (rel, top1)  # really FP8, and close
 
 
+def test_fp8_min_rows_keeps_small_passes_in_the_run_dtype():
+    """Passes over fewer token rows than ``fp8_min_rows`` are exactly the plain runner's;
+    larger ones run FP8 (here: the 2 rows × 25 tokens of the last scale, not the others)."""
+    model = _model()
+    plain = _teacher_forced(FastRunner(model, torch.float32, cuda_graphs=False, fused=False),
+                            model)
+    split = _teacher_forced(FastRunner(model, torch.float32, cuda_graphs=False, fused=False,
+                                       fp8=True, fp8_min_rows=2 * 25), model)
+    last = model.cfg.patch_nums[-1] ** 2
+    assert torch.equal(split[:, :-last], plain[:, :-last])
+    assert not torch.allclose(split[:, -last:], plain[:, -last:], rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="fp8_min_rows"):
+        FastRunner(model, torch.float32, fp8=True, fp8_min_rows=-1)
+
+
 @needs_kernels
 def test_runner_fp8_fused_equals_unfused():
     model = _model()
     plain = _teacher_forced(FastRunner(model, torch.float32, cuda_graphs=False, fused=False,
-                                       fp8=True), model)
+                                       fp8=True, fp8_min_rows=0), model)
     fast = _teacher_forced(FastRunner(model, torch.float32, cuda_graphs=False, fused=True,
-                                      fp8=True), model)
+                                      fp8=True, fp8_min_rows=0), model)
     rel = float((fast - plain).norm() / plain.norm())
     assert rel < 1e-2, rel  # the same quantisation; LayerNorm's rounding may move a step
 
@@ -196,7 +215,8 @@ def test_runner_fp8_half_precision_with_cuda_graphs():
     model = _model()
     want = _teacher_forced(FastRunner(model, torch.float32, cuda_graphs=False, fused=False),
                            model)
-    runner = FastRunner(model, torch.float16, residual_dtype=torch.float32, fp8=True)
+    runner = FastRunner(model, torch.float16, residual_dtype=torch.float32, fp8=True,
+                        fp8_min_rows=0)
     assert runner.fused and runner.fp8_dtype in (torch.float16, torch.bfloat16)
     for _ in range(2):  # capture, then replay
         got = _teacher_forced(runner, model)
@@ -206,7 +226,7 @@ def test_runner_fp8_half_precision_with_cuda_graphs():
 
 
 def test_pipeline_fp8_option_runs_every_method_on_the_fp8_engine():
-    pipe = Pipeline.random(engine="fast", seed=0, fp8=True)
+    pipe = Pipeline.random(engine="fast", seed=0, fp8=True, fp8_min_rows=0)
     plain = Pipeline.random(engine="fast", seed=0)
     assert "FP8" in repr(pipe.backend) and pipe.engine == "fast"
     out = pipe.generate(class_ids=[1, 2], seed=3)

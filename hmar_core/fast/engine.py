@@ -111,6 +111,8 @@ class FastEngine(Engine):
         fp8: the blocks' four GEMMs in FP8 e4m3 with per-token and per-channel scales
             (:mod:`hmar_core.fast.fp8`; opt-in and lossy: Hopper/Ada GPUs, or CPU for tests).
             Raises ``RuntimeError`` where they cannot run.
+        fp8_min_rows: with ``fp8``, passes over fewer token rows than this keep the
+            half-precision GEMMs (see :class:`~hmar_core.fast.runner.FastRunner`).
     """
 
     name: EngineName = "fast"
@@ -132,6 +134,7 @@ class FastEngine(Engine):
         vae_graph_batch: int = 4,
         vae_pad_channels: int | None = None,
         fp8: bool = False,
+        fp8_min_rows: int = 2048,
     ) -> None:
         _check_count("vae_graph_batch", vae_graph_batch, 0)
         if vae_pad_channels is not None:
@@ -145,7 +148,8 @@ class FastEngine(Engine):
         self.quantizer = tokenizer.quantize
         self.patch_nums = transformer.cfg.patch_nums
         self.null_class = transformer.cfg.null_class
-        self.runner = FastRunner(transformer, dtype, cuda_graphs, residual_dtype, fused, fp8)
+        self.runner = FastRunner(transformer, dtype, cuda_graphs, residual_dtype, fused, fp8,
+                                 fp8_min_rows)
         self.stateful = self.runner.stateful
         accelerator = device.type != "cpu"
         self.vae_dtype = vae_dtype if vae_dtype is not None else (

@@ -82,20 +82,33 @@ class Fp8Weight:
 
 def fp8_linear(q: torch.Tensor, scale: torch.Tensor, weight: Fp8Weight,
                out_dtype: torch.dtype) -> torch.Tensor:
-    """``(q·scale) · (weight)ᵀ + bias`` for (M, K) e4m3 rows and their (M, 1) scales → (M, N)."""
-    return torch._scaled_mm(q, weight.q.t(), scale_a=scale, scale_b=weight.scale,
-                            bias=weight.bias, out_dtype=out_dtype)
+    """``(q·scale) · (weight)ᵀ + bias`` for (M, K) e4m3 rows and their (M, 1) scales → (M, N).
+
+    On CUDA one ``torch._scaled_mm`` (FP8 tensor cores, float32 accumulation). Elsewhere the
+    same product of the dequantised operands in float32 (CPUs have no FP8 units, and CPU
+    builds of ``torch._scaled_mm`` differ in which scalings they accept): for tests.
+    """
+    if q.device.type == "cuda":
+        return torch._scaled_mm(q, weight.q.t(), scale_a=scale, scale_b=weight.scale,
+                                bias=weight.bias, out_dtype=out_dtype)
+    out = (q.float() * scale) @ weight.dequantized().t()
+    if weight.bias is not None:
+        out += weight.bias.float()
+    return out.to(out_dtype)
 
 
 def fp8_out_dtype(device: torch.device, preferred: torch.dtype) -> torch.dtype:
     """The output dtype the FP8 GEMMs use on ``device``: ``preferred`` if row-wise scaled
     ``torch._scaled_mm`` with a bias supports it there, else bfloat16 (older CUDA builds
-    support only bfloat16 with row-wise scales).
+    support only bfloat16 with row-wise scales); on other devices (the float32 emulation of
+    :func:`fp8_linear`) ``preferred``.
 
     Raises:
         RuntimeError: FP8 GEMMs do not run on this device at all (e.g. before Ada/Hopper).
     """
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+    if device.type != "cuda":
+        return preferred
+    if torch.cuda.get_device_capability(device) < (8, 9):
         raise RuntimeError(f"FP8 GEMMs need compute capability >= 8.9 (Ada, Hopper), "
                            f"{torch.cuda.get_device_name(device)} has "
                            f"{torch.cuda.get_device_capability(device)}")

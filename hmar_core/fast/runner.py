@@ -173,6 +173,9 @@ class FastRunner:
             (:mod:`hmar_core.fast.fp8`; Hopper/Ada GPUs, or CPU for tests). The fused kernels
             then write their LayerNorm outputs as fp8. Lossy: about 3 significant digits per
             operand. Raises ``RuntimeError`` where FP8 GEMMs cannot run.
+        fp8_min_rows: with ``fp8``, a scale's pass uses the FP8 GEMMs only from this many
+            token rows (R·n) on; smaller passes, where the GEMMs are too small for FP8 to pay
+            for its quantisation kernels (batch-1 editing), keep the ``dtype`` weights.
     """
 
     def __init__(
@@ -183,6 +186,7 @@ class FastRunner:
         residual_dtype: torch.dtype | None = None,
         fused: bool | None = None,
         fp8: bool = False,
+        fp8_min_rows: int = 2048,
     ) -> None:
         cfg = transformer.cfg
         self.cfg = cfg
@@ -212,6 +216,10 @@ class FastRunner:
             self._blocks += self._branches.get(name, [])[len(base):]
         # FP8 GEMMs: their output dtype (the run dtype where supported) and e4m3 weights
         self.fp8_dtype = fp8_out_dtype(self.device, self.dtype) if fp8 else None
+        if isinstance(fp8_min_rows, bool) or not isinstance(fp8_min_rows, int) \
+                or fp8_min_rows < 0:
+            raise ValueError(f"fp8_min_rows must be an int >= 0, got {fp8_min_rows!r}")
+        self.fp8_min_rows = fp8_min_rows
         if self.fp8_dtype is not None:
             for block in self._blocks:
                 block.with_fp8(self.fp8_dtype)
@@ -439,10 +447,16 @@ class FastRunner:
         width = x.shape[-1]
         eps, run, residual = self.cfg.norm_eps, self.dtype, x.dtype
         rows, n = x.shape[:2]
+        fp8 = self._fp8_for(rows * n)
         h = _addcmul(shift1, F.layer_norm(x, (width,), eps=eps), scale1, run)
-        x = _addcmul(x, self._attention(h, block, state, index, pos, rows, n), gamma1, residual)
+        x = _addcmul(x, self._attention(h, block, state, index, pos, rows, n, fp8), gamma1,
+                     residual)
         h = _addcmul(shift2, F.layer_norm(x, (width,), eps=eps), scale2, run)
-        return _addcmul(x, self._mlp(h, block, rows, n), gamma2, residual)
+        return _addcmul(x, self._mlp(h, block, rows, n, fp8), gamma2, residual)
+
+    def _fp8_for(self, tokens: int) -> bool:
+        """Does a pass over this many token rows run the FP8 GEMMs?"""
+        return self.fp8_dtype is not None and tokens >= self.fp8_min_rows
 
     def _blocks_fused(
         self, kernels: ModuleType, x: torch.Tensor, branch: str, state: _Rows, pos: slice
@@ -455,13 +469,14 @@ class FastRunner:
         """
         eps, run = self.cfg.norm_eps, self.dtype
         rows, n = x.shape[:2]
+        fp8 = self._fp8_for(rows * n)
         blocks = self._branches[branch]
         first = state.ada[self._block_index[id(blocks[0])]]  # (R, 6, C)
 
         def modulated(delta: torch.Tensor | None, gamma: torch.Tensor | None,
                       scale: torch.Tensor, shift: torch.Tensor) -> Activation:
             """The next GEMM's input: x (+ delta·gamma, in place), LN, modulation."""
-            if self.fp8_dtype is not None:  # written as e4m3 rows by the same kernel
+            if fp8:  # written as e4m3 rows by the same kernel
                 return kernels.residual_ln_modulate_fp8(x, delta, gamma, scale, shift, eps=eps)
             return kernels.residual_ln_modulate(x, delta, gamma, scale, shift, eps=eps,
                                                 out_dtype=run)
@@ -470,9 +485,9 @@ class FastRunner:
         for position, block in enumerate(blocks):
             index = self._block_index[id(block)]
             ada = state.ada[index]  # gamma1, gamma2, scale1+1, scale2+1, shift1, shift2
-            out = self._attention(h, block, state, index, pos, rows, n)
+            out = self._attention(h, block, state, index, pos, rows, n, fp8)
             h = modulated(out, ada[:, 0], ada[:, 3], ada[:, 5])
-            out = self._mlp(h, block, rows, n)
+            out = self._mlp(h, block, rows, n, fp8)
             if position + 1 < len(blocks):
                 after = state.ada[self._block_index[id(blocks[position + 1])]]
                 h = modulated(out, ada[:, 1], after[:, 2], after[:, 4])
@@ -485,11 +500,11 @@ class FastRunner:
 
     def _attention(
         self, h: Activation, block: _Block, state: _Rows, index: int, pos: slice, rows: int,
-        n: int,
+        n: int, fp8: bool = False,
     ) -> torch.Tensor:
         """Attention of one block for (R, n) tokens: (R, n, C) projected output."""
         width, heads = self.cfg.width, self.cfg.heads
-        qkv = self._linear(h, block, "qkv").view(rows, n, 3, heads, -1)
+        qkv = self._linear(h, block, "qkv", fp8).view(rows, n, 3, heads, -1)
         # q and k L2-normalised (norms in float32), q times its temperature: one pass for both
         if self._fused is not None:
             q, k = self._fused.qk_normalize(qkv, block.q_mult, out_dtype=self.dtype)
@@ -510,12 +525,12 @@ class FastRunner:
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (R, H, ·, D) views
         out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
         out = out.transpose(1, 2).reshape(rows, n, width)  # (R, n, C)
-        return self._linear(out, block, "proj").view(rows, n, width)
+        return self._linear(out, block, "proj", fp8).view(rows, n, width)
 
-    def _linear(self, h: Activation, block: _Block, name: str) -> torch.Tensor:
-        """``h·Wᵀ + b`` of one of the block's GEMMs, (..., N): in the run dtype, or with FP8
-        GEMMs from ``h``'s e4m3 rows (quantising a plain tensor first), as ``(M, N)``."""
-        if block.fp8 is None or self.fp8_dtype is None:
+    def _linear(self, h: Activation, block: _Block, name: str, fp8: bool) -> torch.Tensor:
+        """``h·Wᵀ + b`` of one of the block's GEMMs, (..., N): in the run dtype, or with
+        ``fp8`` from ``h``'s e4m3 rows (quantising a plain tensor first), as ``(M, N)``."""
+        if not fp8 or block.fp8 is None or self.fp8_dtype is None:
             assert isinstance(h, torch.Tensor)
             return F.linear(h, getattr(block, f"{name}_w"), getattr(block, f"{name}_b"))
         q, scales = self._quantize(h) if isinstance(h, torch.Tensor) else h
@@ -529,14 +544,15 @@ class FastRunner:
             x = F.gelu(x.float(), approximate="tanh")
         return quantize_rows(x)
 
-    def _mlp(self, h: Activation, block: _Block, rows: int, n: int) -> torch.Tensor:
+    def _mlp(self, h: Activation, block: _Block, rows: int, n: int, fp8: bool) -> torch.Tensor:
         """``fc2(gelu_tanh(fc1(h)))`` for (R, n) tokens: (R, n, C)."""
-        if block.fp8 is not None and self.fp8_dtype is not None:
-            hidden = self._quantize(self._linear(h, block, "fc1"), gelu=True)
+        hidden: Activation
+        if fp8:
+            hidden = self._quantize(self._linear(h, block, "fc1", fp8), gelu=True)
         else:
             assert isinstance(h, torch.Tensor)
             hidden = self._fc1_gelu(h, block)
-        return self._linear(hidden, block, "fc2").view(rows, n, -1)
+        return self._linear(hidden, block, "fc2", fp8).view(rows, n, -1)
 
     def _fc1_gelu(self, h: torch.Tensor, block: _Block) -> torch.Tensor:
         """``gelu_tanh(h·W1ᵀ + b1)``: on CUDA in the GEMM epilogue (cuBLASLt), else two ops."""
