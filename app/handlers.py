@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from hmar_core import Pipeline
-from hmar_core.editing import DEFAULT_CLASS_REVISE, EditOptions
+from hmar_core.editing import EditOptions
 from hmar_core.variants import Sessions
 
 from .components import RefusedPicture
@@ -499,7 +499,7 @@ def masked_edit_events(
         if (mode == "class edit"
                 and class_id_from_choice(class_choice, pipeline.num_classes) is None):
             raise InputError("Pick the target class.")
-        revise = DEFAULT_CLASS_REVISE if mode == "class edit" else None
+        revise = pipeline.class_edit_defaults().revise if mode == "class edit" else None
         return image, mask, _options(pipeline, controls, class_choice, strength, notes,
                                      revise), None
 

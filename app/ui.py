@@ -18,7 +18,6 @@ import gradio as gr
 from gradio.utils import _parse_file_size
 
 from hmar_core import Pipeline
-from hmar_core.editing import default_class_strength
 from hmar_core.variants import VariantSessions
 
 from . import handlers
@@ -128,7 +127,8 @@ def _generate_tab(names: list[str]) -> dict[str, Any]:
     return {"gen_class": gen_class, "generate_btn": generate_btn}
 
 
-def _edit_mode_tabs(names: list[str], scales: int, strength_info: str) -> dict[str, Any]:
+def _edit_mode_tabs(names: list[str], scales: int, strength_info: str,
+                    class_strength: int) -> dict[str, Any]:
     """Inpaint / Outpaint / Class edit, each with its own controls and button."""
     with gr.Tabs(elem_id="edit-modes") as edit_modes:
         with gr.Tab("Inpaint", id="inpaint"):
@@ -151,7 +151,7 @@ def _edit_mode_tabs(names: list[str], scales: int, strength_info: str) -> dict[s
             gr.Markdown("Restyle the picture (or only the painted area) as another class.")
             edit_class = _dropdown(class_choices(names), 0, "Target class", "edit-class")
             edit_strength = RangeSlider(
-                0, scales - 1, value=min(default_class_strength(scales), scales - 1), step=1,
+                0, scales - 1, value=min(class_strength, scales - 1), step=1,
                 label="Strength: scales kept", info=strength_info, elem_id="edit-strength")
             class_edit_btn = gr.Button("Restyle", variant="primary",
                                        elem_id="class-edit-button")
@@ -179,7 +179,8 @@ def _mask_options() -> dict[str, Any]:
             "padding": padding}
 
 
-def _edit_tab(names: list[str], scales: int, size: int, strength_info: str) -> dict[str, Any]:
+def _edit_tab(names: list[str], scales: int, size: int, strength_info: str,
+              class_strength: int) -> dict[str, Any]:
     with gr.Tab("Edit", id="edit"):
         gr.HTML(f'<div id="{ALERT_ID}" role="alert"></div>', padding=False)
         editor = PictureEditor(
@@ -195,7 +196,7 @@ def _edit_tab(names: list[str], scales: int, size: int, strength_info: str) -> d
         brush_size = RangeSlider(*BRUSH_SIZE_RANGE, value=DEFAULT_BRUSH_SIZE, step=2,
                                  label="Brush size (px of the picture)", elem_id="brush-size",
                                  info="Width of the next strokes")
-        tabs = _edit_mode_tabs(names, scales, strength_info)
+        tabs = _edit_mode_tabs(names, scales, strength_info, class_strength)
         masks = _mask_options()
     return {"editor": editor, "brush_size": brush_size, **tabs, **masks}
 
@@ -295,7 +296,8 @@ def build_demo(
                     generate = _generate_tab(names)
                     edit = _edit_tab(names, scales, pipeline.image_size, class_strength_info(
                         pipeline.patch_nums, pipeline.has_mask_branch,
-                        pipeline.sampler_config.refine_max_side, revise=True))
+                        pipeline.sampler_config.refine_max_side, revise=True),
+                        pipeline.class_edit_defaults().strength)
                 sampling = _sampling_panel(pipeline, timing)
             with gr.Column(scale=5):
                 outputs = _output_column(pipeline.image_size)

@@ -37,7 +37,6 @@ from .editing import (
     EditOptions,
     EditPreview,
     EditResult,
-    default_class_strength,
 )
 from .editing.spec import MAX_VARIANTS
 from .images import open_image
@@ -173,11 +172,11 @@ def _edit(args: argparse.Namespace) -> int:
     image = open_image(args.image)
     mask = open_image(args.mask, "mask") if args.mask else None
     pipe = _pipeline(args)
-    strength = (default_class_strength(len(pipe.patch_nums)) if args.strength is None
-                else args.strength)
+    defaults = pipe.class_edit_defaults()  # the model's, where flags leave them open
+    strength = defaults.strength if args.strength is None else args.strength
+    revise = defaults.revise if "revise" not in vars(args) else args.revise
     options = _options(args, _class(pipe, args.class_id), strength, fit=args.fit,
-                       padding=args.padding,
-                       revise=args.revise)
+                       padding=args.padding, revise=revise)
     results = edit_variants(pipe, image, mask, options,
                             on_preview=_preview_writer(args.previews))
     return _save(results, args)
@@ -222,12 +221,13 @@ def add_edit_subcommands(subparsers: Any) -> list[argparse.ArgumentParser]:
     change.add_argument("--class", dest="class_id", required=True, help="target class id or name")
     change.add_argument("--mask", help="region to change (default: the whole image)")
     change.add_argument("--strength", type=int, default=None,
-                        help="coarse scales kept from the source (default: ~30%% of them)")
-    change.add_argument("--revise", type=_revise, default=DEFAULT_CLASS_REVISE,
+                        help="coarse scales kept from the source (default: the model's; "
+                             "without one, ~30%% of them)")
+    change.add_argument("--revise", type=_revise, default=argparse.SUPPRESS,
                         metavar="NATS|off",
                         help="of the kept coarse scales, regenerate the tokens the target "
-                             "class disfavours by more than this many nats (default "
-                             f"{DEFAULT_CLASS_REVISE:g}; off: keep them whole)")
+                             "class disfavours by more than this many nats (default: the "
+                             f"model's, else {DEFAULT_CLASS_REVISE:g}; off: keep them whole)")
     add_model_args(change)
     add_sampling_args(change)
     _add_edit_args(change)

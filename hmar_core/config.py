@@ -240,6 +240,11 @@ class SamplerConfig(_Serializable):
     ``refine_max_side``: the largest scale side that the ``steps`` knob refines (``None``:
     max(2, last side / 2)); a model sets it where its measured curve says refinement of finer
     scales stops helping (the bundled demo model: 3).
+    ``class_strength`` / ``class_revise``: a model's defaults for class edits, the coarse
+    scales kept from the source and the revision threshold in nats (``None``: the library's,
+    :func:`hmar_core.editing.default_class_strength` and
+    :data:`hmar_core.editing.DEFAULT_CLASS_REVISE`); a model sets them from its measured
+    class-edit success (the bundled demo model: 1 and -1).
     """
 
     cfg: float = 1.5
@@ -249,6 +254,8 @@ class SamplerConfig(_Serializable):
     mask_schedule: tuple[tuple[int, ...], ...] | None = None
     steps: int | None = None
     refine_max_side: int | None = None
+    class_strength: int | None = None
+    class_revise: float | None = None
 
     def __post_init__(self) -> None:
         if not _is_real(self.cfg) or not math.isfinite(self.cfg) or not 0 <= self.cfg <= MAX_CFG:
@@ -263,6 +270,14 @@ class SamplerConfig(_Serializable):
             _check_positive(self, ("steps",), minimum=0)
         if self.refine_max_side is not None:
             _check_positive(self, ("refine_max_side",), minimum=2)
+        if self.class_strength is not None:
+            _check_positive(self, ("class_strength",), minimum=0)
+        if self.class_revise is not None and (not _is_real(self.class_revise)
+                                              or not math.isfinite(self.class_revise)):
+            raise ValueError(f"class_revise must be a finite number (nats) or None, got "
+                             f"{self.class_revise!r}")
+        if self.class_revise is not None:
+            object.__setattr__(self, "class_revise", float(self.class_revise))
         if self.mask_schedule is not None:
             object.__setattr__(self, "mask_schedule", _schedule_shape(self.mask_schedule))
 

@@ -26,13 +26,13 @@ from . import checkpoint as ckpt
 from . import editing
 from .config import SamplerConfig, TokenizerConfig, TransformerConfig
 from .editing import (
-    DEFAULT_CLASS_REVISE,
+    ClassEditDefaults,
     EditFields,
     EditOptions,
     EditResult,
     EditSession,
     PreviewCallback,
-    default_class_strength,
+    class_edit_defaults,
 )
 from .engine import Engine, EngineName, resolve_engine
 from .folder_config import FORMAT_VERSION, read_folder_config
@@ -414,25 +414,31 @@ class Pipeline(nn.Module):
     ) -> Image.Image | list[Image.Image]:
         """Regenerate the masked region (``None``: the whole image) as class ``class_id``.
 
-        ``strength`` (coarse scales kept from the source) defaults to
-        :func:`default_class_strength` (~30 % of the scales: colours and layout stay), and
-        ``revise`` to :data:`~hmar_core.editing.DEFAULT_CLASS_REVISE`: of those scales, the
-        tokens the target class disfavours are regenerated too (``revise=None`` keeps them
-        whole).
+        ``strength`` (coarse scales kept from the source) and ``revise`` default to the
+        model's :meth:`class_edit_defaults` (without its own: ~30 % of the scales, and
+        :data:`~hmar_core.editing.DEFAULT_CLASS_REVISE`): of the kept scales, the tokens the
+        target class disfavours by more than ``-revise`` nats are regenerated too
+        (``revise=None`` keeps them whole).
 
         Returns:
             A PIL image of the input's size, or a list of ``num_variants`` images.
         """
         if isinstance(class_id, bool) or not isinstance(class_id, int):
             raise ValueError(f"class_id must be an int class id, got {class_id!r}")
+        defaults = self.class_edit_defaults()
         if fields.get("strength") is None and (options is None or "strength" in fields):
-            fields["strength"] = default_class_strength(len(self.patch_nums))
+            fields["strength"] = defaults.strength
         if options is None and "revise" not in fields:
-            fields["revise"] = DEFAULT_CLASS_REVISE
+            fields["revise"] = defaults.revise
         fields["class_id"] = class_id
         result = self.edit(image, mask, options, session=session, on_preview=on_preview,
                            **fields)
         return _images(result)
+
+    def class_edit_defaults(self) -> ClassEditDefaults:
+        """This model's class-edit defaults (strength, revision threshold): its sampler
+        config's ``class_strength`` / ``class_revise`` where set, else the library's."""
+        return class_edit_defaults(self.sampler_config, len(self.patch_nums))
 
     # ------------------------------------------------------------------------ checkpoints
     def save_pretrained(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,7 @@ def test_edit_class_revises_by_default(pipe):
 
     image = _image()
     strength = default_class_strength(len(pipe.patch_nums))
+    assert pipe.class_edit_defaults() == (strength, DEFAULT_CLASS_REVISE)  # none of its own
 
     def pixels(**fields: object) -> np.ndarray:
         return np.asarray(pipe.edit(image, None, EditOptions(class_id=4, seed=3, **fields)).image)
@@ -141,6 +143,57 @@ def test_edit_class_revises_by_default(pipe):
                           pixels(strength=strength, revise=DEFAULT_CLASS_REVISE))
     assert np.array_equal(np.asarray(pipe.edit_class(image, 4, seed=3, revise=None)),
                           pixels(strength=strength))
+
+
+def _with_class_defaults(pipe: Pipeline, strength: int, revise: float) -> Pipeline:
+    """The same modules with a sampler config carrying its own class-edit defaults."""
+    sampler = dataclasses.replace(pipe.sampler_config, class_strength=strength,
+                                  class_revise=revise)
+    return Pipeline(pipe.tokenizer, pipe.transformer, sampler, pipe.class_names)
+
+
+def test_a_model_sets_its_own_class_edit_defaults(pipe, tmp_path: Path):
+    """``class_strength`` / ``class_revise`` of the sampler config (the bundled model sets
+    them from its measured class-edit success) replace the library's in ``edit_class``, the
+    CLI and a saved folder; explicit arguments still win."""
+    own = _with_class_defaults(pipe, 1, -1.0)
+    assert own.class_edit_defaults() == (1, -1.0)
+    image = _image()
+
+    def pixels(model: Pipeline, **fields: object) -> np.ndarray:
+        return np.asarray(model.edit(image, None, EditOptions(class_id=4, seed=3,
+                                                              **fields)).image)
+
+    assert np.array_equal(np.asarray(own.edit_class(image, 4, seed=3)),
+                          pixels(own, strength=1, revise=-1.0))
+    assert not np.array_equal(np.asarray(own.edit_class(image, 4, seed=3)),
+                              np.asarray(pipe.edit_class(image, 4, seed=3)))
+    assert np.array_equal(np.asarray(own.edit_class(image, 4, seed=3, strength=2, revise=None)),
+                          pixels(own, strength=2))
+    # capped: at least one scale is generated
+    assert _with_class_defaults(pipe, 99, -1.0).class_edit_defaults().strength == len(
+        pipe.patch_nums) - 1
+    # saved with the model, read by the CLI (flags left open → the model's)
+    own.save_pretrained(tmp_path / "model")
+    assert Pipeline.from_pretrained(tmp_path / "model").class_edit_defaults() == (1, -1.0)
+    Image.fromarray(image).save(tmp_path / "img.png")
+    common = [str(tmp_path / "img.png"), "--class", "4", "--checkpoint", str(tmp_path / "model"),
+              "--seed", "3"]
+    assert main(["edit", *common, "--out", str(tmp_path / "cli.png")]) == 0
+    assert main(["edit", *common, "--strength", "1", "--revise", "-1",
+                 "--out", str(tmp_path / "flags.png")]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "cli.png")),
+                          np.asarray(Image.open(tmp_path / "flags.png")))
+
+
+@pytest.mark.parametrize("field, value", [("class_strength", -1), ("class_strength", 1.5),
+                                          ("class_revise", float("inf")),
+                                          ("class_revise", "-1")])
+def test_class_edit_defaults_are_checked(field, value):
+    from hmar_core import SamplerConfig
+
+    with pytest.raises(ValueError, match=field):
+        SamplerConfig(**{field: value})
 
 
 def test_cli_revise_off_and_bad_values(tmp_path: Path):

@@ -13,13 +13,22 @@ Editing is the sampler with a constraint (:class:`EditSpec`), run by whichever
 * :mod:`.outpaint` — extending the canvas window by window (:func:`outpaint`).
 """
 
-from .ops import EditPreview, EditResult, PreviewCallback, default_class_strength, edit
+from .ops import (
+    ClassEditDefaults,
+    EditPreview,
+    EditResult,
+    PreviewCallback,
+    class_edit_defaults,
+    default_class_strength,
+    edit,
+)
 from .outpaint import FILL_MODES, outpaint
 from .revise import DEFAULT_CLASS_REVISE
 from .session import EditSession
 from .spec import DEFAULT_EDIT_STEPS, FIT_MODES, EditFields, EditOptions, EditSpec, edit_schedule
 
 __all__ = [
+    "ClassEditDefaults",
     "DEFAULT_CLASS_REVISE",
     "DEFAULT_EDIT_STEPS",
     "FILL_MODES",
@@ -31,6 +40,7 @@ __all__ = [
     "EditSession",
     "EditSpec",
     "PreviewCallback",
+    "class_edit_defaults",
     "default_class_strength",
     "edit",
     "edit_schedule",

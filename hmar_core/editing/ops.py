@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -31,14 +31,16 @@ from ..schedules import Schedule
 from .host import to_host
 from .masks import composite, feather_weights
 from .modes import like_input
-from .revise import revise_coarse
+from .revise import DEFAULT_CLASS_REVISE, revise_coarse
 from .session import EditSession, SpecRun, run_spec
 from .spec import DEFAULT_EDIT_STEPS, EditOptions, EditSpec, edit_schedule
 
 if TYPE_CHECKING:
+    from ..config import SamplerConfig
     from ..engine import EditModel
 
-__all__ = ["EditJob", "EditPreview", "EditResult", "PreviewCallback", "default_class_strength",
+__all__ = ["ClassEditDefaults", "EditJob", "EditPreview", "EditResult", "PreviewCallback",
+           "class_edit_defaults", "default_class_strength",
            "edit", "edit_window", "make_job", "result_of"]
 
 logger = logging.getLogger(__name__)
@@ -114,9 +116,28 @@ def default_class_strength(num_scales: int) -> int:
     """Default strength of a class edit: keep the coarsest ~30 % of the scales.
 
     The colours and rough layout survive (3 of 10 scales at 256 px) while the class can still
-    change the shapes; users trade this with the strength knob.
+    change the shapes; users trade this with the strength knob. A model may set its own
+    (:attr:`~hmar_core.config.SamplerConfig.class_strength`; see :func:`class_edit_defaults`).
     """
     return max(1, math.ceil(0.3 * num_scales))
+
+
+class ClassEditDefaults(NamedTuple):
+    """A model's class-edit defaults: coarse scales kept, revision threshold (nats)."""
+
+    strength: int
+    revise: float
+
+
+def class_edit_defaults(sampler: SamplerConfig, num_scales: int) -> ClassEditDefaults:
+    """The class-edit defaults of a model with this sampler config and pyramid: its own
+    ``class_strength`` / ``class_revise`` where set (strength capped at ``num_scales - 1``:
+    one scale is always generated), else :func:`default_class_strength` and
+    :data:`~hmar_core.editing.revise.DEFAULT_CLASS_REVISE`."""
+    strength = (default_class_strength(num_scales) if sampler.class_strength is None
+                else min(sampler.class_strength, max(0, num_scales - 1)))
+    revise = DEFAULT_CLASS_REVISE if sampler.class_revise is None else sampler.class_revise
+    return ClassEditDefaults(strength, revise)
 
 
 @dataclass

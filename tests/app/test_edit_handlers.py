@@ -218,9 +218,7 @@ def test_run_edit_progress_session_and_windows(app_pipe):
 
 
 def test_class_edits_revise_the_kept_scales_and_inpaints_do_not(app_pipe, monkeypatch):
-    """The app's class edit asks for ``revise`` (``DEFAULT_CLASS_REVISE``), inpainting not."""
-    from hmar_core.editing import DEFAULT_CLASS_REVISE
-
+    """The app's class edit asks for the model's ``revise`` default, inpainting for none."""
     seen = []
 
     def spy(*args: object, **kwargs: object):
@@ -232,4 +230,4 @@ def test_class_edits_revise_the_kept_scales_and_inpaints_do_not(app_pipe, monkey
     final(list(h.class_edit_events(app_pipe, None, editor(picture(16, 16)), 5, 1, controls())))
     final(list(h.inpaint_events(app_pipe, None, editor(picture(), (slice(4, 12), slice(6, 18))),
                                 -1, 0, controls())))
-    assert seen == [DEFAULT_CLASS_REVISE, None]
+    assert seen == [app_pipe.class_edit_defaults().revise, None]
