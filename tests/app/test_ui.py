@@ -47,3 +47,20 @@ def test_the_class_edit_strength_help_says_what_the_app_s_class_edit_does():
                     if getattr(b, "elem_id", None) == "edit-strength")
     assert "except the parts the new class disagrees with" in strength.info
     assert "changes nothing" not in strength.info
+
+
+def test_the_class_edit_strength_slider_starts_at_the_model_s_default():
+    """A model's own ``class_strength`` (the bundled one: 1) is where the slider starts;
+    without one, the library's default."""
+    from hmar_core import Pipeline, SamplerConfig
+    from hmar_core.editing import default_class_strength
+
+    def start(pipe: Pipeline) -> int:
+        demo = app.build_demo(pipe)
+        return next(b for b in demo.blocks.values()
+                    if getattr(b, "elem_id", None) == "edit-strength").value
+
+    plain = Pipeline.random()
+    assert start(plain) == default_class_strength(len(plain.patch_nums))
+    own = Pipeline.random(sampler_cfg=SamplerConfig(class_strength=1, class_revise=-1.0))
+    assert start(own) == 1 != default_class_strength(len(own.patch_nums))
