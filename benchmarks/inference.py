@@ -399,7 +399,7 @@ def main() -> None:
     parser.add_argument("--compare", type=engine_option, nargs="+", action="append",
                         default=[], metavar="KEY=VALUE",
                         help="GPU rows: also time each generation and inpaint on the fast "
-                             "engine with these options (e.g. vae_pad_channels=0), in the "
+                             "engine with these options (e.g. fp8=true), in the "
                              "same run; repeat the flag for more option sets")
     parser.add_argument("--render", type=Path, default=None, help="only render this JSON")
     parser.add_argument("--markdown", type=Path, default=None, help="file to update")

@@ -33,7 +33,6 @@ from ..transformer import HMARTransformer
 from .graphs import GraphCache
 from .runner import FastRunner, default_dtype
 from .sampling import GUMBEL
-from .vae import fast_decoder
 
 __all__ = ["CompiledOrEager", "FastEngine", "cast_blocks_"]
 
@@ -105,9 +104,6 @@ class FastEngine(Engine):
             quantiser; the decoder): at the editor's batch sizes both are a few hundred small
             launches, each costing more host time than its GPU work. Larger batches keep the
             per-launch path (their graphs' memory pools would stay allocated). 0 turns it off.
-        vae_pad_channels: the decoder's 3-channel output convolution runs with this many
-            output channels (zero filters, sliced off; see :mod:`hmar_core.fast.vae`); default
-            16 on CUDA, 0 (as it is) elsewhere.
         fp8: the blocks' four GEMMs in FP8 e4m3 with per-token and per-channel scales
             (:mod:`hmar_core.fast.fp8`; opt-in and lossy: Hopper/Ada GPUs, or CPU for tests).
             Raises ``RuntimeError`` where they cannot run.
@@ -132,13 +128,10 @@ class FastEngine(Engine):
         fused: bool | None = None,
         own_weights: bool = False,
         vae_graph_batch: int = 4,
-        vae_pad_channels: int | None = None,
         fp8: bool = False,
         fp8_min_rows: int = 2048,
     ) -> None:
         _check_count("vae_graph_batch", vae_graph_batch, 0)
-        if vae_pad_channels is not None:
-            _check_count("vae_pad_channels", vae_pad_channels, 0)
         _check_count("decode_batch", decode_batch, 1)
         device = transformer.pos_start.device
         dtype = dtype if dtype is not None else default_dtype(device)
@@ -161,12 +154,8 @@ class FastEngine(Engine):
         self.vae_graphs = GraphCache(enabled=cuda_graphs and vae_graph_batch > 0)
         self.vae_graph_batch = vae_graph_batch
         self._upsample = pyramid.MatrixBicubicUp()  # the sampler's bicubic, as matmuls
-        if vae_pad_channels is None:
-            vae_pad_channels = 16 if device.type == "cuda" else 0
-        self.vae_pad_channels = vae_pad_channels
-        decoder = self._in_vae_dtype(
-            fast_decoder(tokenizer.post_quant_conv, tokenizer.decoder, vae_pad_channels),
-            own_weights, vae_channels_last)
+        decoder = self._in_vae_dtype(nn.Sequential(tokenizer.post_quant_conv, tokenizer.decoder),
+                                     own_weights, vae_channels_last)
         encoder = self._in_vae_dtype(nn.Sequential(tokenizer.encoder, tokenizer.quant_conv),
                                      own_weights)
         self._decoder: Callable[[torch.Tensor], torch.Tensor] = (
