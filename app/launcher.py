@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--engine", choices=("auto", "fast", "reference"), default="auto",
                         help="fast: half precision, fused kernels and CUDA graphs on GPUs; "
                              "reference: the float32 modules; auto (default): fast")
+    parser.add_argument("--fp8", action="store_true",
+                        help="fast engine with FP8 GEMMs for large batches (Hopper/Ada GPUs; "
+                             "lossy; batch-1 edits keep half precision)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on (0.0.0.0 exposes the app on your network)")
     parser.add_argument("--port", type=int, default=None,
@@ -165,20 +168,22 @@ def first_line(error: BaseException) -> str:
 def load_pipeline(args: argparse.Namespace, device: torch.device) -> tuple[Pipeline, str | None]:
     """Load the model once; returns ``(pipeline, warning banner or None)``."""
     import hmar_core
+    from hmar_core.engine import engine_with_fp8
 
+    engine, options = engine_with_fp8(args.engine, args.fp8)
     if args.vae is not None:
         logger.info("loading official checkpoints %s + %s on %s", args.vae, args.hmar, device)
         return hmar_core.load_official(args.vae, args.hmar, kind=args.kind, device=device,
-                                       engine=args.engine), None
+                                       engine=engine, engine_options=options), None
     folder = args.checkpoint
     if folder is None and (DEFAULT_CHECKPOINT / "config.json").is_file():
         folder = DEFAULT_CHECKPOINT
     if folder is not None:
         logger.info("loading %s on %s", folder, device)
-        return hmar_core.Pipeline.from_pretrained(folder, device=device,
-                                                  engine=args.engine), None
+        return hmar_core.Pipeline.from_pretrained(folder, device=device, engine=engine,
+                                                  **options), None
     logger.warning("WARNING: %s", RANDOM_MODEL_WARNING)
-    return (hmar_core.Pipeline.random(device=device, engine=args.engine),
+    return (hmar_core.Pipeline.random(device=device, engine=engine, **options),
             RANDOM_MODEL_WARNING)
 
 

@@ -87,7 +87,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--columns must be at least 1, got {args.columns}")
     check_image_outputs([("--out", args.out)], _model_inputs(args), args.overwrite)
     pipe = load_pipeline(args.checkpoint, args.vae, args.hmar, args.device, args.engine,
-                         args.kind)
+                         args.kind, args.fp8)
     class_ids = None if args.class_id is None else [
         class_index(pipe, c) for c in args.class_id for _ in range(args.num)]
     count = args.num if class_ids is None else len(class_ids)

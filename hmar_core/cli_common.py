@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .engine import ENGINE_CHOICES
+from .engine import ENGINE_CHOICES, engine_with_fp8
 from .official import OFFICIAL_KINDS, load_official
 from .pipeline import Pipeline
 
@@ -28,16 +28,20 @@ def load_pipeline(
     device: str = "cpu",
     engine: str = "auto",
     kind: str | None = None,
+    fp8: bool = False,
 ) -> Pipeline:
     """Our folder (default: the bundled model), or an official ``--vae``/``--hmar`` pair,
-    on the given engine (``auto``: the fast engine; see :func:`hmar_core.engine.resolve_engine`).
+    on the given engine (``auto``: the fast engine; see :func:`hmar_core.engine.resolve_engine`),
+    with FP8 GEMMs when ``fp8`` (see :func:`hmar_core.engine.engine_with_fp8`).
     """
+    engine, options = engine_with_fp8(engine, fp8)
     if vae is not None or hmar is not None:
         if vae is None or hmar is None:
             raise ValueError("official checkpoints need both --vae and --hmar")
-        return load_official(vae, hmar, kind=kind, device=device, engine=engine)
+        return load_official(vae, hmar, kind=kind, device=device, engine=engine,
+                             engine_options=options)
     folder = Path(checkpoint) if checkpoint is not None else DEFAULT_MODEL
-    return Pipeline.from_pretrained(folder, device=device, engine=engine)
+    return Pipeline.from_pretrained(folder, device=device, engine=engine, **options)
 
 
 def class_index(pipe: Pipeline, value: str) -> int:
@@ -61,6 +65,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
                         help="fast (half precision on GPUs), reference (float32 modules) or "
                              "auto (fast; default)")
+    parser.add_argument("--fp8", action="store_true",
+                        help="fast engine with FP8 GEMMs for large batches (Hopper/Ada GPUs; "
+                             "lossy, ~15%% faster at d30 B=64 on an H100)")
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:

@@ -139,7 +139,7 @@ def _save(results: list[EditResult], args: argparse.Namespace) -> int:
 
 def _pipeline(args: argparse.Namespace) -> Pipeline:
     return load_pipeline(args.checkpoint, args.vae, args.hmar, args.device, args.engine,
-                         args.kind)
+                         args.kind, args.fp8)
 
 
 def _class(pipe: Pipeline, value: str | None) -> int | None:

@@ -38,7 +38,8 @@ from .sampler import (
 )
 from .schedules import Schedule
 
-__all__ = ["ENGINE_CHOICES", "EditModel", "Engine", "EngineName", "resolve_engine"]
+__all__ = ["ENGINE_CHOICES", "EditModel", "Engine", "EngineName", "engine_with_fp8",
+           "resolve_engine"]
 
 EngineName = Literal["fast", "reference"]
 #: What users may pass as ``engine=`` (and ``--engine``).
@@ -165,3 +166,19 @@ def resolve_engine(engine: str, device: torch.device | str) -> EngineName:
         raise ValueError(f"engine must be one of {', '.join(ENGINE_CHOICES)}; got {engine!r}")
     del device  # both device kinds resolve alike today; kept for the signature's meaning
     return "fast" if engine == "auto" else engine  # type: ignore[return-value]
+
+
+def engine_with_fp8(engine: str, fp8: bool) -> tuple[str, dict[str, Any]]:
+    """The engine name and engine options of an ``--engine`` / ``--fp8`` pair of flags (the
+    CLI's and the app's): FP8 GEMMs run on the fast engine, so ``fp8`` turns ``auto`` into
+    ``fast``; without it, the name as given and no options.
+
+    Raises:
+        ValueError: ``fp8`` with the reference engine.
+    """
+    if not fp8:
+        return engine, {}
+    if engine == "reference":
+        raise ValueError("--fp8 runs on the fast engine; it cannot be combined with "
+                         "--engine reference")
+    return "fast", {"fp8": True}

@@ -113,6 +113,7 @@ def load_official(
     dtype: torch.dtype | None = None,
     engine: str = "auto",
     sampler_config: SamplerConfig | None = None,
+    engine_options: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> Pipeline:
     """Load official checkpoints, inferring the configuration from tensor shapes.
@@ -128,6 +129,7 @@ def load_official(
         device, dtype, engine: as :meth:`Pipeline.from_pretrained` (the fast engine casts the
             blocks while loading: no float32 copy of them reaches the device).
         sampler_config: sampling defaults (default: the official ones for this model).
+        engine_options: :class:`~hmar_core.fast.FastEngine` options (e.g. ``fp8=True``).
         overrides: transformer config fields to force (e.g. ``patch_nums``).
 
     Returns:
@@ -158,4 +160,5 @@ def load_official(
     tokenizer_cfg = ckpt.infer_tokenizer_config(vae_sd, patch_nums=transformer_cfg.patch_nums)
     sampler = sampler_config or official_sampler_config(transformer_cfg)
     return Pipeline.from_state_dicts(tokenizer_cfg, vae_sd, transformer_cfg, transformer_sd,
-                                     sampler, device=device, dtype=dtype, engine=engine)
+                                     sampler, device=device, dtype=dtype, engine=engine,
+                                     **dict(engine_options or {}))

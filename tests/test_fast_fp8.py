@@ -242,3 +242,29 @@ def test_pipeline_fp8_option_runs_every_method_on_the_fp8_engine():
     assert np.array_equal(before[~mask], after[~mask]) and not np.array_equal(before, after)
     with pytest.raises(ValueError, match="fast engine"):
         Pipeline.random(engine="reference", fp8=True)
+
+
+def test_fp8_flags_of_the_cli_and_the_app(tmp_path):
+    """``--fp8`` (``python -m hmar_core …`` and ``launch.py``) loads the fast engine with FP8
+    GEMMs, turning ``--engine auto`` into fast; with ``--engine reference`` it is refused."""
+    from app import launcher
+    from hmar_core.cli import main
+    from hmar_core.cli_common import load_pipeline
+    from hmar_core.engine import engine_with_fp8
+
+    assert engine_with_fp8("auto", False) == ("auto", {})
+    assert engine_with_fp8("auto", True) == ("fast", {"fp8": True})
+    with pytest.raises(ValueError, match="--fp8"):
+        engine_with_fp8("reference", True)
+    folder = tmp_path / "model"
+    Pipeline.random(seed=0).save_pretrained(folder)
+    pipe = load_pipeline(folder, fp8=True)
+    assert pipe.engine == "fast" and "FP8" in repr(pipe.backend)
+    out = tmp_path / "grid.png"
+    assert main(["generate", "--checkpoint", str(folder), "--fp8", "--seed", "1",
+                 "--out", str(out)]) == 0 and out.is_file()
+    assert main(["generate", "--checkpoint", str(folder), "--fp8", "--engine", "reference",
+                 "--out", str(tmp_path / "refused.png")]) == 2
+    served, _ = launcher.load_pipeline(
+        launcher.parse_args(["--checkpoint", str(folder), "--fp8"]), torch.device("cpu"))
+    assert "FP8" in repr(served.backend)
