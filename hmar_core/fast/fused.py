@@ -12,6 +12,12 @@ memory and fewer launches; at batch 1 the pass is launch-bound):
 * :func:`qk_normalize`: q and k L2-normalised along the head dim (norms in float32, ``eps``
   as :func:`torch.nn.functional.normalize`'s clamp), q times its per-head temperature, read
   from the ``qkv`` GEMM output and written as two contiguous tensors (three kernels become one).
+* FP8 GEMMs (``FastEngine(fp8=True)``, :mod:`hmar_core.fast.fp8`): :func:`residual_ln_modulate_fp8`
+  and :func:`ln_modulate_fp8` write ``h`` straight as row-wise e4m3 with its per-token scales,
+  and :func:`quantize_rows` quantises the attention output (and, with ``gelu``, applies fc1's
+  tanh-GELU first): the inputs of the four block GEMMs without another pass over memory. Values
+  are rounded to the e4m3 grid in float32 before the cast (ties to even), so the kernels agree
+  bit for bit with the torch reference on GPUs and under the CPU interpreter alike.
 
 Shape legend: R = rows of modulation (batch rows), n = tokens per row, C = width,
 H = heads, D = head dim.
