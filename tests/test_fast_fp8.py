@@ -16,8 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from small_transformer import small_transformer
 
-from hmar_core import Pipeline, TransformerConfig
+from hmar_core import Pipeline
 from hmar_core.fast import FastRunner
 from hmar_core.fast.fp8 import E4M3, E4M3_MAX, Fp8Weight, fp8_linear, quantize_rows
 from hmar_core.transformer import HMARTransformer
@@ -148,14 +149,7 @@ def test_fused_residual_ln_modulate_fp8_quantizes_its_own_output():
 
 # --------------------------------------------------------------------------------- runner
 def _model() -> HMARTransformer:
-    cfg = TransformerConfig(depth=3, width=64, heads=4, n_layers_train=1, kind="hmar",
-                            num_classes=10, patch_nums=(1, 2, 3, 5))
-    model = HMARTransformer(cfg).eval()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0, 0.05, generator=gen)
-    return model.to(DEVICE)
+    return small_transformer(width=64, heads=4, std=0.05, device=DEVICE)
 
 
 def _teacher_forced(runner: FastRunner, model: HMARTransformer) -> torch.Tensor:

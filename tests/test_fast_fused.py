@@ -18,8 +18,8 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from small_transformer import small_transformer
 
-from hmar_core import TransformerConfig
 from hmar_core.fast import FastRunner
 from hmar_core.sampler import ScaleInput
 from hmar_core.transformer import HMARTransformer
@@ -144,14 +144,7 @@ def test_qk_normalize_validates():
 
 # ---------------------------------------------------------------------------------- runner
 def _model(kind: str) -> HMARTransformer:
-    cfg = TransformerConfig(depth=3, width=48, heads=3, n_layers_train=1, kind=kind,
-                            num_classes=10, patch_nums=(1, 2, 3, 5))
-    model = HMARTransformer(cfg).eval()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0, 0.02, generator=gen)
-    return model.to(DEVICE)
+    return small_transformer(kind, device=DEVICE)
 
 
 @pytest.mark.parametrize("kind", ["hmar", "var"])
