@@ -26,7 +26,9 @@ Metrics (one JSON report):
   gradient elsewhere, for the outpainted image and for the held-out image itself (resized to
   the canvas) with the same seams: ``outpaint_seam_excess`` = their ratio.
 * **class-edit success** = fraction of whole-image class edits (random target ≠ source label,
-  default strength) that the classifier assigns to the target class; with several
+  at the model's class-edit defaults, ``Pipeline.class_edit_defaults()``, unless
+  ``--class-strength`` / ``--revise`` say otherwise) that the classifier assigns to the
+  target class; with several
   ``--class-strength`` values, one row per strength in ``class_edit_by_strength`` (the same
   images, targets and seeds at every strength; ``predicted`` = the class of each edit).
   ``--cfg`` sets the guidance of every edit (default: the model's).
@@ -51,7 +53,8 @@ import torch
 from PIL import Image
 
 from hmar_core import EditOptions, Pipeline
-from hmar_core.editing import default_class_strength, outpaint
+from hmar_core.cli_edit import revise_arg
+from hmar_core.editing import outpaint
 from hmar_core.editing.outpaint import window_masks
 from hmar_core.images import to_rgb
 
@@ -197,6 +200,10 @@ def run(args: argparse.Namespace) -> dict:
     images, labels = load_images(args.images, pipe, args.num, args.seed)
     if len(images) < args.num:
         logger.warning("only %d images available (asked for %d)", len(images), args.num)
+    # class edits at the model's defaults unless the flags say otherwise
+    defaults = pipe.class_edit_defaults()
+    if "revise" not in vars(args):
+        args.revise = defaults.revise
     report: dict = {"model": args.model or "random-tiny", "images": len(images),
                     "device": str(device), "steps": args.steps, "feather": args.feather,
                     "cfg": args.cfg, "revise": args.revise}
@@ -214,10 +221,11 @@ def run(args: argparse.Namespace) -> dict:
 def class_edits_by_strength(pipe: Pipeline, images: Sequence[np.ndarray],
                             labels: Sequence[int | None], args: argparse.Namespace,
                             device: torch.device) -> dict:
-    """Class edits at every ``--class-strength`` (default: the editor's default strength);
-    the default strength's row is also reported on its own."""
+    """Class edits at every ``--class-strength`` (default: the model's default strength,
+    :meth:`Pipeline.class_edit_defaults`); the default strength's row is also reported on its
+    own."""
     classifier = load_classifier(args.classifier, device)
-    default = default_class_strength(len(pipe.patch_nums))
+    default = pipe.class_edit_defaults().strength
     strengths = args.class_strength or [default]
     by_strength = {strength: class_edits(pipe, classifier, list(images), list(labels), strength,
                                          args.seed, args.steps, device, cfg=args.cfg,
@@ -287,11 +295,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--feather", type=int, default=8)
     parser.add_argument("--cfg", type=float, default=None,
                         help="class guidance of every edit (default: the model's)")
-    parser.add_argument("--revise", type=float, default=None,
+    parser.add_argument("--revise", type=revise_arg, default=argparse.SUPPRESS, metavar="NATS|off",
                         help="class edits: regenerate the kept coarse tokens the target class "
-                             "disfavours by more than this many nats (EditOptions.revise)")
+                             "disfavours by more than this many nats (EditOptions.revise; "
+                             "default: the model's; off: keep them whole)")
     parser.add_argument("--class-strength", type=int, nargs="+", default=None,
-                        help="strength(s) of the class edits (default: the editor's default)")
+                        help="strength(s) of the class edits (default: the model's default)")
     parser.add_argument("--modes", nargs="+", choices=("inpaint", "outpaint"),
                         default=["inpaint", "outpaint"], help="seam scores to measure")
     parser.add_argument("--overlap", type=int, default=None,

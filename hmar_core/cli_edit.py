@@ -43,7 +43,7 @@ from .images import open_image
 from .pipeline import Pipeline
 from .variants import edit_variants, outpaint_variants
 
-__all__ = ["add_edit_subcommands", "confidence_heatmap"]
+__all__ = ["add_edit_subcommands", "confidence_heatmap", "revise_arg"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def _options(args: argparse.Namespace, class_id: int | None, strength: int,
                        feather=args.feather, num_variants=args.variants, **extra)
 
 
-def _revise(text: str) -> float | None:
+def revise_arg(text: str) -> float | None:
     """``--revise``: a number of nats, or ``off`` (``None``: kept whole)."""
     if text.strip().lower() == "off":
         return None
@@ -223,7 +223,7 @@ def add_edit_subcommands(subparsers: Any) -> list[argparse.ArgumentParser]:
     change.add_argument("--strength", type=int, default=None,
                         help="coarse scales kept from the source (default: the model's; "
                              "without one, ~30%% of them)")
-    change.add_argument("--revise", type=_revise, default=argparse.SUPPRESS,
+    change.add_argument("--revise", type=revise_arg, default=argparse.SUPPRESS,
                         metavar="NATS|off",
                         help="of the kept coarse scales, regenerate the tokens the target "
                              "class disfavours by more than this many nats (default: the "

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -144,3 +145,22 @@ def test_class_edits_use_the_guidance_they_are_given(tiny_pipe) -> None:
     model_cfg = tiny_pipe.sampler_config.cfg
     assert run(None) == run(model_cfg)
     assert run(0.0) != run(model_cfg + 8.0)
+
+
+def test_editing_benchmark_edits_at_the_model_s_class_edit_defaults(tiny_pipe, tmp_path) -> None:
+    """``benchmarks/editing_quality.py`` measures what a user gets: without ``--revise`` the
+    class edits use the model's own default (``off`` and numbers still override it)."""
+    import dataclasses
+
+    from benchmarks.editing_quality import main as editing_main
+    from hmar_core import Pipeline
+
+    sampler = dataclasses.replace(tiny_pipe.sampler_config, class_strength=1, class_revise=-1.5)
+    folder = tmp_path / "model"
+    Pipeline(tiny_pipe.tokenizer, tiny_pipe.transformer, sampler,
+             tiny_pipe.class_names).save_pretrained(folder)
+    common = ["--model", str(folder), "--num", "2", "--modes", "inpaint"]
+    for extra, want in (([], -1.5), (["--revise", "off"], None), (["--revise", "-3"], -3.0)):
+        out = tmp_path / "report.json"
+        assert editing_main([*common, *extra, "--out", str(out)]) == 0
+        assert json.loads(out.read_text())["revise"] == want
