@@ -20,14 +20,11 @@ Shape legend: M = rows (tokens), K = input features, N = output features.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
 
 __all__ = ["E4M3", "E4M3_MAX", "Fp8Weight", "fp8_linear", "fp8_out_dtype", "quantize_rows"]
-
-logger = logging.getLogger(__name__)
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0  # the largest finite e4m3fn value
@@ -76,7 +73,7 @@ class Fp8Weight:
                    None if bias is None else bias.detach().to(out_dtype))
 
     def dequantized(self) -> torch.Tensor:
-        """The (N, K) float32 weight these values stand for (tests and error checks)."""
+        """The (N, K) float32 weight these values stand for (the CPU emulation, tests)."""
         return self.q.float() * self.scale.view(-1, 1)
 
 
