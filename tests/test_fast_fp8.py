@@ -142,7 +142,7 @@ def test_fused_residual_ln_modulate_fp8_quantizes_its_own_output():
     assert q.shape == (rows * tokens, width) and h_scale.shape == (rows * tokens, 1)
     assert torch.equal(q.view(torch.uint8), want_q.view(torch.uint8))
     assert torch.equal(h_scale, want_scale)
-    q0, _ = fused.ln_modulate_fp8(x, scale, shift, eps=1e-6)  # the first block's: no residual
+    q0, _ = fused.residual_ln_modulate_fp8(x, None, None, scale, shift, eps=1e-6)  # no residual
     assert torch.equal(q0.view(torch.uint8), quantize_rows(fused.ln_modulate(
         x, scale, shift, eps=1e-6, out_dtype=torch.float32))[0].view(torch.uint8))
 

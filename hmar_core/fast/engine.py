@@ -31,7 +31,7 @@ from ..sampler import ScaleModel
 from ..tokenizer import MultiScaleVQTokenizer
 from ..transformer import HMARTransformer
 from .graphs import GraphCache
-from .runner import FastRunner, default_dtype
+from .runner import FastRunner, check_count, default_dtype
 from .sampling import GUMBEL
 
 __all__ = ["CompiledOrEager", "FastEngine", "cast_blocks_"]
@@ -51,12 +51,6 @@ def cast_blocks_(transformer: HMARTransformer, dtype: torch.dtype) -> HMARTransf
         if blocks is not None:
             blocks.to(dtype)
     return transformer
-
-
-def _check_count(name: str, value: object, minimum: int) -> None:
-    """``value`` must be an int (not a bool) ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 class CompiledOrEager:
@@ -131,8 +125,8 @@ class FastEngine(Engine):
         fp8: bool = False,
         fp8_min_rows: int = 2048,
     ) -> None:
-        _check_count("vae_graph_batch", vae_graph_batch, 0)
-        _check_count("decode_batch", decode_batch, 1)
+        check_count("vae_graph_batch", vae_graph_batch, 0)
+        check_count("decode_batch", decode_batch, 1)
         device = transformer.pos_start.device
         dtype = dtype if dtype is not None else default_dtype(device)
         if own_weights:

@@ -13,7 +13,8 @@ memory and fewer launches; at batch 1 the pass is launch-bound):
   as :func:`torch.nn.functional.normalize`'s clamp), q times its per-head temperature, read
   from the ``qkv`` GEMM output and written as two contiguous tensors (three kernels become one).
 * FP8 GEMMs (``FastEngine(fp8=True)``, :mod:`hmar_core.fast.fp8`): :func:`residual_ln_modulate_fp8`
-  and :func:`ln_modulate_fp8` write ``h`` straight as row-wise e4m3 with its per-token scales,
+  (with or without the residual add) writes ``h`` straight as row-wise e4m3 with its per-token
+  scales,
   and :func:`quantize_rows` quantises the attention output (and, with ``gelu``, applies fc1's
   tanh-GELU first): the inputs of the four block GEMMs without another pass over memory. Values
   are rounded to the e4m3 grid in float32 before the cast (ties to even), so the kernels agree
@@ -37,7 +38,7 @@ import torch
 import triton  # type: ignore[import-untyped]
 import triton.language as tl  # type: ignore[import-untyped]
 
-__all__ = ["INTERPRETED", "ln_modulate", "ln_modulate_fp8", "qk_normalize", "quantize_rows",
+__all__ = ["INTERPRETED", "ln_modulate", "qk_normalize", "quantize_rows",
            "residual_ln_modulate", "residual_ln_modulate_fp8"]
 
 # Whether the kernels were decorated for Triton's CPU interpreter (read once, at import).
@@ -303,15 +304,6 @@ def ln_modulate(
     """``LN(x)·scale + shift`` in one kernel: :func:`residual_ln_modulate` without the add."""
     return residual_ln_modulate(x, None, None, scale, shift, eps=eps, out_dtype=out_dtype,
                                 rows_per_program=rows_per_program)
-
-
-def ln_modulate_fp8(
-    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, *, eps: float,
-    rows_per_program: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`ln_modulate` quantised row-wise to e4m3 (see :func:`residual_ln_modulate_fp8`)."""
-    return residual_ln_modulate_fp8(x, None, None, scale, shift, eps=eps,
-                                    rows_per_program=rows_per_program)
 
 
 def quantize_rows(

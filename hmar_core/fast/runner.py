@@ -57,6 +57,12 @@ logger = logging.getLogger(__name__)
 _NORM_EPS = 1e-12  # F.normalize's eps
 
 
+def check_count(name: str, value: object, minimum: int) -> None:
+    """``value`` must be an int (not a bool) ``>= minimum`` (the engine's count options)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     """float16 blocks on accelerators, float32 on CPU (where half matmuls are usually slower).
 
@@ -216,9 +222,7 @@ class FastRunner:
             self._blocks += self._branches.get(name, [])[len(base):]
         # FP8 GEMMs: their output dtype (the run dtype where supported) and e4m3 weights
         self.fp8_dtype = fp8_out_dtype(self.device, self.dtype) if fp8 else None
-        if isinstance(fp8_min_rows, bool) or not isinstance(fp8_min_rows, int) \
-                or fp8_min_rows < 0:
-            raise ValueError(f"fp8_min_rows must be an int >= 0, got {fp8_min_rows!r}")
+        check_count("fp8_min_rows", fp8_min_rows, 0)
         self.fp8_min_rows = fp8_min_rows
         if self.fp8_dtype is not None:
             for block in self._blocks:
