@@ -82,9 +82,11 @@ def fill_(module: torch.nn.Module, seed: int) -> None:
                 buffer.zero_()
 
 
-def build(depth: int, px: int, engine: str, device: torch.device, toy: bool) -> Pipeline:
+def build(depth: int, px: int, engine: str, device: torch.device, toy: bool,
+          engine_options: dict[str, object] | None = None) -> Pipeline:
     """A random pipeline on ``device`` through the public constructor; the fast engine's
-    blocks are half precision from the start (no float32 copy ever exists)."""
+    blocks are half precision from the start (no float32 copy ever exists), with
+    ``engine_options`` (``--engine-option``) on top."""
     tok_cfg = TokenizerConfig.from_name("vae-ch160v4096z32")
     patch_nums = tok_cfg.patch_nums
     if toy:  # same pyramid, toy widths (--dry-run)
@@ -100,7 +102,7 @@ def build(depth: int, px: int, engine: str, device: torch.device, toy: bool) -> 
     options = {}
     if engine == "fast":
         cast_blocks_(transformer, default_dtype(device))
-        options = {"own_weights": True}
+        options = {"own_weights": True, **(engine_options or {})}
     tokenizer.to_empty(device=device)
     transformer.to_empty(device=device)
     fill_(tokenizer, 1)
@@ -232,7 +234,7 @@ def run_gpu(args: argparse.Namespace) -> dict:
             if cuda:
                 free()
                 torch.cuda.reset_peak_memory_stats()
-            pipe = build(depth, 256, engine, device, args.dry_run)
+            pipe = build(depth, 256, engine, device, args.dry_run, args.engine_option)
             tag = "" if engine == "fast" else f" {engine}"
 
             def generate(i: int, pipe: Pipeline = pipe) -> None:
@@ -401,10 +403,15 @@ def main() -> None:
                         help="GPU rows: also time each generation and inpaint on the fast "
                              "engine with these options (e.g. fp8=true), in the "
                              "same run; repeat the flag for more option sets")
+    parser.add_argument("--engine-option", type=engine_option, nargs="+", default=[],
+                        metavar="KEY=VALUE",
+                        help="GPU rows: build the fast engine with these options (e.g. "
+                             "fp8=true: its peak memory), --compare on top of them")
     parser.add_argument("--render", type=Path, default=None, help="only render this JSON")
     parser.add_argument("--markdown", type=Path, default=None, help="file to update")
     args = parser.parse_args()
     args.compare = [dict(options) for options in args.compare]
+    args.engine_option = dict(args.engine_option)
     if args.render is not None:
         report = json.loads(args.render.read_text())
     else:

@@ -99,7 +99,7 @@ def test_dry_run_compare_times_generation_and_inpaint_again_on_the_other_options
     from benchmarks.inference import run_gpu
 
     args = argparse.Namespace(dry_run=True, depths=[2], engines=["fast"], reps=1, edit_reps=1,
-                              compare=[{"vae_graph_batch": 0}, {"fp8": True}])
+                              compare=[{"vae_graph_batch": 0}, {"fp8": True}], engine_option={})
     rows = run_gpu(args)["rows"]
 
     plain = ["generate d2 B=2", "inpaint d2 B=1 steps 2", "inpaint d2 B=1 steps 0"]
@@ -109,3 +109,24 @@ def test_dry_run_compare_times_generation_and_inpaint_again_on_the_other_options
             assert "error" not in rows[name] and "error" not in twin, (rows[name], twin)
             assert twin["ms"] > 0
     assert "peak_gib" not in rows["generate d2 B=2 [vae_graph_batch=0]"]
+
+
+def test_dry_run_engine_option_builds_the_timed_engine_with_it(monkeypatch) -> None:
+    """``--engine-option``: the rows' own engine (the one whose peak is recorded) has it."""
+    import benchmarks.inference as inference
+
+    built = []
+    real_build = inference.build
+
+    def spy(*args: object, **kwargs: object) -> object:
+        pipe = real_build(*args, **kwargs)
+        built.append(pipe)
+        return pipe
+
+    monkeypatch.setattr(inference, "build", spy)
+    args = argparse.Namespace(dry_run=True, depths=[2], engines=["fast"], reps=1, edit_reps=1,
+                              compare=[], engine_option={"fp8": True, "fp8_min_rows": 0})
+    rows = inference.run_gpu(args)["rows"]
+    assert "error" not in rows["generate d2 B=2"]
+    runner = built[0].backend.runner
+    assert runner.fp8_dtype is not None and runner.fp8_min_rows == 0

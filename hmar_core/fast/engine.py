@@ -18,6 +18,7 @@ works on copies and leaves the modules untouched.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
@@ -73,6 +74,31 @@ class CompiledOrEager:
         return self.module(x)
 
 
+class _DecoderFeatures(nn.Module):
+    """``post_quant_conv`` and the decoder up to (not including) its last convolution."""
+
+    def __init__(self, decoder: nn.Sequential) -> None:
+        super().__init__()
+        self.post_quant_conv, self.decoder = decoder[0], decoder[1]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder.features(self.post_quant_conv(z))
+
+
+def _rgb_conv(conv: nn.Conv2d, dtype: torch.dtype, requested: bool | None
+              ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """:func:`hmar_core.fast.rgb_conv.rgb_conv_for`, imported only when it may run."""
+    if requested is False or (requested is None and conv.weight.device.type != "cuda"):
+        return None
+    if importlib.util.find_spec("triton") is None:
+        if requested:
+            raise ImportError("rgb_conv=True needs triton")
+        return None
+    from .rgb_conv import rgb_conv_for
+
+    return rgb_conv_for(conv, dtype, requested)
+
+
 class FastEngine(Engine):
     """The fast engine over a tokenizer and transformer (see the module docstring).
 
@@ -103,6 +129,9 @@ class FastEngine(Engine):
             Raises ``RuntimeError`` where they cannot run.
         fp8_min_rows: with ``fp8``, passes over fewer token rows than this keep the
             half-precision GEMMs (see :class:`~hmar_core.fast.runner.FastRunner`).
+        rgb_conv: the decoder's last convolution (to the colour channels) as one Triton
+            kernel with the clamp and float32 output in its epilogue
+            (:mod:`hmar_core.fast.rgb_conv`; ``None``: on CUDA when it works, checked once).
     """
 
     name: EngineName = "fast"
@@ -124,6 +153,7 @@ class FastEngine(Engine):
         vae_graph_batch: int = 4,
         fp8: bool = False,
         fp8_min_rows: int = 2048,
+        rgb_conv: bool | None = None,
     ) -> None:
         check_count("vae_graph_batch", vae_graph_batch, 0)
         check_count("decode_batch", decode_batch, 1)
@@ -150,6 +180,10 @@ class FastEngine(Engine):
         self._upsample = pyramid.MatrixBicubicUp()  # the sampler's bicubic, as matmuls
         decoder = self._in_vae_dtype(nn.Sequential(tokenizer.post_quant_conv, tokenizer.decoder),
                                      own_weights, vae_channels_last)
+        # the last conv as a Triton kernel (cuDNN picks a slow direct kernel for 3 outputs)
+        self._rgb_conv = _rgb_conv(decoder[1].conv_out, self.vae_dtype, rgb_conv)
+        if self._rgb_conv is not None:
+            decoder = _DecoderFeatures(decoder)
         encoder = self._in_vae_dtype(nn.Sequential(tokenizer.encoder, tokenizer.quant_conv),
                                      own_weights)
         self._decoder: Callable[[torch.Tensor], torch.Tensor] = (
@@ -184,8 +218,8 @@ class FastEngine(Engine):
 
     def _decode_chunk(self, f_hat: torch.Tensor) -> torch.Tensor:
         layout = torch.channels_last if self.vae_channels_last else torch.contiguous_format
-        return self._decoder(f_hat.to(self.vae_dtype).contiguous(memory_format=layout)
-                             ).float().clamp_(-1, 1)
+        out = self._decoder(f_hat.to(self.vae_dtype).contiguous(memory_format=layout))
+        return self._rgb_conv(out) if self._rgb_conv is not None else out.float().clamp_(-1, 1)
 
     @torch.no_grad()
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
