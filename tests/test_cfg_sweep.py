@@ -40,6 +40,7 @@ def test_sweep_reports_fd_and_pairs_every_row_with_the_model_s_own_sampler(tmp_p
     assert sweep_main(["--model", str(folder), "--classifier", str(tmp_path / "clf"),
                        "--data", str(tmp_path / "data.npz"), "--cfg", "0", "--top-k", "5",
                        "--steps", "0", "--samples", "8", "--batch-size", "4",
+                       "--bootstrap-reps", "20",
                        "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     grid = {(row["cfg"], row["top_k"], row["top_p"]) for row in rows}
