@@ -29,6 +29,13 @@ STAGE1_LR=${STAGE1_LR:-}              # peak lr of stage 1 (YAML: 6e-4; 3e-4 whe
 RESUME=${RESUME:-0}
 DEVICE=${DEVICE:-cuda}
 EXTRA=${EXTRA:-}                      # more flags for every train.hmar call (e.g. smoke tests)
+# Both stages keep their token cache in this file: stage 2 (and a resumed or repeated run) loads
+# it after re-encoding a few probe samples, instead of encoding every crop again. In session 11
+# (one H100) encoding 10 k images x 32 crops took ~3 minutes per stage: a 3-minute stage 2
+# spent its whole budget on it (6 steps). TOKEN_CACHE= (empty) turns it off.
+TOKEN_CACHE=${TOKEN_CACHE-$RUNS/token-cache.safetensors}
+cache=()
+[[ -n "$TOKEN_CACHE" ]] && cache=(--set "token_cache_file=$TOKEN_CACHE")
 # Stage 2 runs eager unless STAGE2_COMPILE=1: in session 4 (H100, a quality.py run beside it)
 # the torch.compile of the first stage-2 step took the whole 3.5-minute budget (step 1 of 6000),
 # while eager stage 2 runs at 337 ms per step (~760 img/s) from its first minute. Compile only
@@ -84,7 +91,7 @@ if [[ "$run_stage1" == 1 ]]; then
     --config train/configs/emoji64-hmar.yaml --data "$DATA" \
     --tokenizer "$TOKENIZER" --out "$RUNS/emoji64-hmar" "${stage1_init[@]}" \
     --max-minutes "$STAGE1_MINUTES" --device "$DEVICE" --set run.progress_bar=false \
-    "${stage1_lr[@]}" "${resume[@]}" $EXTRA
+    "${stage1_lr[@]}" "${cache[@]}" "${resume[@]}" $EXTRA
 fi
 # 3. HMAR stage 2: masked prediction (base blocks and ns branch frozen; the mask-ratio
 #    distribution is in the YAML: mask_ratio_min/max, mask_per_sample)
@@ -93,6 +100,7 @@ if ! done_stage "$RUNS/emoji64-hmar-stage2/model"; then
     --config train/configs/emoji64-hmar.yaml --data "$DATA" --stage stage2 \
     --tokenizer "$TOKENIZER" --init-from "$STAGE2_INIT" "${stage2_mask[@]}" \
     --out "$RUNS/emoji64-hmar-stage2" --steps "$STAGE2_STEPS" --max-minutes "$STAGE2_MINUTES" \
-    --device "$DEVICE" --set run.progress_bar=false "${stage2_speed[@]}" "${resume[@]}" $EXTRA
+    --device "$DEVICE" --set run.progress_bar=false "${stage2_speed[@]}" "${cache[@]}" \
+    "${resume[@]}" $EXTRA
 fi
 echo "DEMO TRAINING DONE: $RUNS/emoji64-hmar-stage2/model"

@@ -328,6 +328,9 @@ class HMARTrainConfig:
             at least one, are masked at every scale ≥ 1.
         token_cache_crops: encode the dataset once for this many crop epochs and train from
             the cached tokens (epoch e uses crop e mod n); 0 encodes every batch on the fly.
+        token_cache_file: with ``token_cache_crops``, a safetensors file that keeps the
+            encoded tokens for the next run (the next stage, a resumed run): loaded when probe
+            samples re-encode to the same tokens, else encoded again and rewritten.
         export_dtype: dtype of the exported weights (``"bf16"`` or ``"fp32"``).
         sample_cfg: CFG scale of the sample grids and of the exported sampler defaults.
         preview_classes: number of classes shown in the sample grids.
@@ -350,6 +353,7 @@ class HMARTrainConfig:
     mask_ratio_min: float = 0.0
     mask_ratio_max: float = 1.0
     token_cache_crops: int = 0
+    token_cache_file: str | None = None
     export_dtype: Literal["bf16", "fp32"] = "bf16"
     sample_cfg: float = 3.0
     preview_classes: int = 8

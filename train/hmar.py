@@ -182,7 +182,7 @@ class _HMARParts(TrainerParts):
         if self.cfg.token_cache_crops:
             self.source: CachedTokens | OnTheFlyTokens = CachedTokens(
                 self.tokenizer, splits.train, sampler, self.cfg.token_cache_crops, ctx,
-                self.local_batch, run.num_workers)
+                self.local_batch, run.num_workers, self.cfg.token_cache_file)
         else:
             self.source = OnTheFlyTokens(self.tokenizer, splits.train, sampler, ctx,
                                          run.num_workers)
