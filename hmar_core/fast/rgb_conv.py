@@ -22,17 +22,15 @@ against float64 ``F.conv2d``; on the GPU by its ``gpu``-marked test and the benc
 # ruff: noqa: ANN001 (the @triton.jit kernel's arguments are typed by Triton, not annotated)
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 import triton  # type: ignore[import-untyped]
 import triton.language as tl  # type: ignore[import-untyped]
 from torch import nn
 
-__all__ = ["RgbConv", "rgb_conv_for"]
+from .checked import checked_kernel
 
-logger = logging.getLogger(__name__)
+__all__ = ["RgbConv", "rgb_conv_for"]
 
 _N_PAD = 16  # tensor-core products need at least 16 output columns
 
@@ -145,17 +143,11 @@ def rgb_conv_for(conv: nn.Conv2d, dtype: torch.dtype, requested: bool | None
     disagreement is logged and ``None`` returned. ``True`` raises instead (on CPU the kernel
     needs ``TRITON_INTERPRET=1``); ``False`` gives ``None``.
     """
-    device = conv.weight.device
-    if requested is False or (requested is None and device.type != "cuda"):
-        return None
-    try:
-        if device.type != "cuda" and not (device.type == "cpu"
-                                          and triton.knobs.runtime.interpret):
-            raise ValueError(f"the RGB conv kernel needs a CUDA device (or CPU under "
-                             f"TRITON_INTERPRET=1), got {device}")
+    def build() -> RgbConv:
         module = RgbConv(conv, dtype)
         gen = torch.Generator(device="cpu").manual_seed(0)
-        probe = torch.randn(1, conv.in_channels, 5, 37, generator=gen).to(device, dtype)
+        probe = torch.randn(1, conv.in_channels, 5, 37, generator=gen).to(conv.weight.device,
+                                                                          dtype)
         with torch.no_grad():
             want = F.conv2d(probe.float(), conv.weight.to(dtype).float(),
                             None if conv.bias is None else conv.bias.float(), padding=1)
@@ -165,10 +157,8 @@ def rgb_conv_for(conv: nn.Conv2d, dtype: torch.dtype, requested: bool | None
         if not error <= tolerance * scale:
             raise RuntimeError(f"the RGB conv kernel disagrees with F.conv2d (max error "
                                f"{error:.2e}, output scale {scale:.2e})")
-    except Exception as err:  # noqa: BLE001 (auto mode falls back on any failure, logged)
-        if requested:
-            raise
-        logger.warning("RGB conv kernel unavailable (%s: %s); using the convolution",
-                       type(err).__name__, err)
-        return None
-    return module
+        return module
+
+    return checked_kernel(requested, conv.weight.device, "the RGB conv kernel",
+                          "the convolution", build,
+                          lambda: bool(triton.knobs.runtime.interpret))

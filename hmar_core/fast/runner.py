@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from ..pyramid import scale_slices
 from ..sampler import ScaleInput, Weight
 from ..transformer import AdaLNBlock, AdaLNHead, Branch, HMARTransformer
+from .checked import checked_kernel
 from .fp8 import Fp8Weight, fp8_linear, fp8_out_dtype, quantize_rows
 from .graphs import GraphCache
 
@@ -615,33 +616,25 @@ def _fused_kernels(
     ``True`` raises instead. With ``fp8`` the quantising kernels are checked too, against
     :func:`~hmar_core.fast.fp8.quantize_rows` of the torch ops' values.
     """
-    if requested is False or (requested is None and device.type != "cuda"):
-        return None
-    try:
+    def build() -> ModuleType:
         if importlib.util.find_spec("triton") is None:
             raise ImportError("triton is not installed")
         from . import fused
 
-        if device.type != "cuda" and not (device.type == "cpu" and fused.INTERPRETED):
-            raise ValueError(f"fused kernels need a CUDA device (or CPU under TRITON_INTERPRET=1),"
-                             f" got {device}")
         error, fp8_error = _fused_error(fused, device, dtype, residual_dtype, eps, block, fp8)
-    except Exception as err:  # noqa: BLE001 (auto mode falls back on any failure, logged)
-        if requested:
-            raise
-        logger.warning("fused kernels unavailable (%s: %s); using torch ops",
-                       type(err).__name__, err)
-        return None
-    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
-    # FP8: a float32 rounding difference can move a value to the next e4m3 step (1/16)
-    if not (error < tolerance and fp8_error < 2e-2):
-        message = (f"fused kernels disagree with the torch ops (rel. error {error:.2e}, "
-                   f"FP8 {fp8_error:.2e})")
-        if requested:
-            raise RuntimeError(message)
-        logger.warning("%s; using torch ops", message)
-        return None
-    return fused
+        tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+        # FP8: a float32 rounding difference can move a value to the next e4m3 step (1/16)
+        if not (error < tolerance and fp8_error < 2e-2):
+            raise RuntimeError(f"fused kernels disagree with the torch ops (rel. error "
+                               f"{error:.2e}, FP8 {fp8_error:.2e})")
+        return fused
+
+    def interpreted() -> bool:
+        from . import fused
+
+        return fused.INTERPRETED
+
+    return checked_kernel(requested, device, "fused kernels", "torch ops", build, interpreted)
 
 
 def _fused_error(
