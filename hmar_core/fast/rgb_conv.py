@@ -15,8 +15,10 @@ features multiply in IEEE float32 (tests; no TF32), half-precision ones with flo
 accumulation. Forward only; CUDA-graph safe (no host synchronisation, ``torch.empty`` output).
 
 Hardware tested: CPU interpreter (``TRITON_INTERPRET=1``) by ``tests/test_fast_rgb_conv.py``
-against float64 ``F.conv2d``; on the GPU by its ``gpu``-marked test and the benchmark's A/B
-(``--compare rgb_conv=false``).
+against float64 ``F.conv2d``. One NVIDIA H100 (session 11): the engine's one-time check passed
+and the public-API A/B ran with it (``--compare rgb_conv=false``, BENCHMARKS.md); the GPU run
+of the test file was cut off by its call's time limit after its first 7 tests had passed
+(each new shape compiles the kernel), so its ``gpu``-marked test has not run yet.
 """
 
 # ruff: noqa: ANN001 (the @triton.jit kernel's arguments are typed by Triton, not annotated)
