@@ -52,7 +52,7 @@ logger = logging.getLogger("cfg_sweep")
 
 def _grid(given: list, own: object) -> list:
     """The model's own value first, then the given ones (each once)."""
-    return list(dict.fromkeys([own, *(given or [])]))
+    return list(dict.fromkeys([own, *given]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,11 +14,17 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ["checked_kernel"]
+__all__ = ["checked_kernel", "may_run"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def may_run(requested: bool | None, device: torch.device) -> bool:
+    """Whether a kernel with this ``requested`` could run on ``device`` (auto: CUDA only), so
+    that callers need not import it otherwise."""
+    return requested is True or (requested is None and device.type == "cuda")
 
 
 def checked_kernel(requested: bool | None, device: torch.device, what: str, fallback: str,
@@ -34,7 +40,7 @@ def checked_kernel(requested: bool | None, device: torch.device, what: str, fall
         build: makes and checks the kernel.
         interpreted: whether Triton runs under its CPU interpreter (called only for CPUs).
     """
-    if requested is False or (requested is None and device.type != "cuda"):
+    if not may_run(requested, device):
         return None
     try:
         if device.type != "cuda" and not (device.type == "cpu" and interpreted()):

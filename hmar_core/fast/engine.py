@@ -31,6 +31,7 @@ from ..engine import Engine, EngineName
 from ..sampler import ScaleModel
 from ..tokenizer import MultiScaleVQTokenizer
 from ..transformer import HMARTransformer
+from .checked import may_run
 from .graphs import GraphCache
 from .runner import FastRunner, check_count, default_dtype
 from .sampling import GUMBEL
@@ -88,7 +89,7 @@ class _DecoderFeatures(nn.Module):
 def _rgb_conv(conv: nn.Conv2d, dtype: torch.dtype, requested: bool | None
               ) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """:func:`hmar_core.fast.rgb_conv.rgb_conv_for`, imported only when it may run."""
-    if requested is False or (requested is None and conv.weight.device.type != "cuda"):
+    if not may_run(requested, conv.weight.device):
         return None
     if importlib.util.find_spec("triton") is None:
         if requested:
