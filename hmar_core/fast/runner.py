@@ -183,6 +183,12 @@ class FastRunner:
         fp8_min_rows: with ``fp8``, a scale's pass uses the FP8 GEMMs only from this many
             token rows (R·n) on; smaller passes, where the GEMMs are too small for FP8 to pay
             for its quantisation kernels (batch-1 editing), keep the ``dtype`` weights.
+        attention_kernel: HMAR's attention (q/k norm + SDPA) as one Triton kernel
+            (:mod:`hmar_core.fast.attention`). ``None`` (auto): on CUDA when it agrees with the
+            torch ops on a first check; ``True`` forces it (CPU: ``TRITON_INTERPRET=1``).
+            VAR models (attention over a cache) keep SDPA.
+        attention_max_rows: the kernel runs passes of at most this many token rows (R·n);
+            larger ones keep the two-kernel path. ``None``: every pass.
     """
 
     def __init__(
@@ -194,6 +200,8 @@ class FastRunner:
         fused: bool | None = None,
         fp8: bool = False,
         fp8_min_rows: int = 2048,
+        attention_kernel: bool | None = None,
+        attention_max_rows: int | None = None,
     ) -> None:
         cfg = transformer.cfg
         self.cfg = cfg
@@ -240,13 +248,19 @@ class FastRunner:
         self._fused = _fused_kernels(fused, self.device, self.dtype, self.residual_dtype,
                                      cfg.norm_eps, self._blocks[0], self.fp8_dtype is not None)
         self.fused = self._fused is not None
+        if attention_max_rows is not None:
+            check_count("attention_max_rows", attention_max_rows, 1)
+        self.attention_max_rows = attention_max_rows
+        self._attention_kernel = None if self.stateful else _attention_kernel(
+            attention_kernel, self.device, self.dtype, cfg.heads, cfg.width // cfg.heads)
+        self.attention_kernel = self._attention_kernel is not None
         self._cfg_a = torch.ones((), device=self.device)  # 1 + weight (float32)
         self._cfg_b = torch.zeros((), device=self.device)  # weight
-        logger.info("FastRunner: %s blocks in %s%s, CUDA graphs %s, fused kernels %s",
-                    len(self._blocks), self.dtype,
+        logger.info("FastRunner: %s blocks in %s%s, CUDA graphs %s, fused kernels %s, "
+                    "attention kernel %s", len(self._blocks), self.dtype,
                     f" (FP8 GEMMs into {self.fp8_dtype})" if self.fp8_dtype else "",
                     "on" if cuda_graphs and self.device.type == "cuda" else "off",
-                    "on" if self.fused else "off")
+                    "on" if self.fused else "off", "on" if self.attention_kernel else "off")
 
     # --------------------------------------------------------------------------- per run
     def begin(self, labels: torch.Tensor, null_class: int | None = None) -> None:
@@ -510,6 +524,10 @@ class FastRunner:
         """Attention of one block for (R, n) tokens: (R, n, C) projected output."""
         width, heads = self.cfg.width, self.cfg.heads
         qkv = self._linear(h, block, "qkv", fp8).view(rows, n, 3, heads, -1)
+        if self._attention_kernel is not None and (self.attention_max_rows is None
+                                                   or rows * n <= self.attention_max_rows):
+            out = self._attention_kernel.qk_norm_attention(qkv, block.q_mult, self.dtype)
+            return self._linear(out, block, "proj", fp8).view(rows, n, width)
         # q and k L2-normalised (norms in float32), q times its temperature: one pass for both
         if self._fused is not None:
             q, k = self._fused.qk_normalize(qkv, block.q_mult, out_dtype=self.dtype)
@@ -635,6 +653,40 @@ def _fused_kernels(
         return fused.INTERPRETED
 
     return checked_kernel(requested, device, "fused kernels", "torch ops", build, interpreted)
+
+
+def _attention_kernel(requested: bool | None, device: torch.device, dtype: torch.dtype,
+                      heads: int, head_dim: int) -> ModuleType | None:
+    """The :mod:`hmar_core.fast.attention` module if its kernel is to run, else ``None``
+    (:func:`~hmar_core.fast.checked.checked_kernel`'s rule). The check compares it with the
+    torch ops at this head layout and dtype for a single token and a partial tile, which also
+    compiles it before any graph capture."""
+    def build() -> ModuleType:
+        if importlib.util.find_spec("triton") is None:
+            raise ImportError("triton is not installed")
+        from . import attention
+
+        gen = torch.Generator(device=device).manual_seed(0)
+        error = 0.0
+        for tokens in (1, 37):
+            qkv = torch.randn((2, tokens, 3, heads, head_dim), generator=gen,
+                              device=device).to(dtype)
+            q_mult = torch.rand((heads,), generator=gen, device=device) * 10 + 1
+            got = attention.qk_norm_attention(qkv, q_mult, dtype).float()
+            want = attention.reference_qk_norm_attention(qkv, q_mult, dtype).float()
+            error = max(error, ((got - want).abs().max() / want.abs().max()).item())
+        if not error < (1e-5 if dtype == torch.float32 else 2e-2):
+            raise RuntimeError(f"attention kernel disagrees with the torch ops (rel. error "
+                               f"{error:.2e})")
+        return attention
+
+    def interpreted() -> bool:
+        from . import attention
+
+        return attention.INTERPRETED
+
+    return checked_kernel(requested, device, "attention kernel", "q/k norm + SDPA", build,
+                          interpreted)
 
 
 def _fused_error(
