@@ -149,8 +149,6 @@ def test_runner_logits_equal_the_two_kernel_path(dtype):
                        attention_kernel=False)
     fast = FastRunner(model, dtype, cuda_graphs=False, residual_dtype=residual,
                       attention_kernel=True)
-    capped = FastRunner(model, dtype, cuda_graphs=False, residual_dtype=residual,
-                        attention_kernel=True, attention_max_rows=2)
     assert fast.attention_kernel and not plain.attention_kernel
     tolerance = 1e-5 if dtype == torch.float32 else 1e-3
     with torch.no_grad():
@@ -163,11 +161,6 @@ def test_runner_logits_equal_the_two_kernel_path(dtype):
         args = (labels[:1], 10, 2.5, ScaleInput(3, x_ns[:1, part]))
         guided_want, guided_got = plain.guided(*args), fast.guided(*args)
         assert float((guided_got - guided_want).norm() / guided_want.norm()) < tolerance
-        # a cap of 2 rows: only the 1×1 scale's CFG pass uses the kernel, the rest do not
-        one = ScaleInput(0, None)
-        assert torch.equal(capped.guided(labels[:1], 10, 2.5, one),
-                           fast.guided(labels[:1], 10, 2.5, one))
-        assert torch.equal(capped.guided(*args), guided_want)
 
 
 def test_runner_auto_is_off_on_cpu_and_for_var():
@@ -175,12 +168,6 @@ def test_runner_auto_is_off_on_cpu_and_for_var():
     var = FastRunner(small_transformer("var", device=DEVICE), torch.float32,
                      attention_kernel=True)
     assert not var.attention_kernel  # attention over a cache: SDPA
-
-
-def test_runner_refuses_a_bad_cap():
-    with pytest.raises(ValueError, match="attention_max_rows"):
-        FastRunner(small_transformer("hmar", device=DEVICE), torch.float32,
-                   attention_kernel=True, attention_max_rows=0)
 
 
 def test_a_kernel_that_disagrees_is_refused(monkeypatch):

@@ -135,8 +135,6 @@ class FastEngine(Engine):
             (:mod:`hmar_core.fast.rgb_conv`; ``None``: on CUDA when it works, checked once).
         attention_kernel: HMAR's q/k norm and attention of a pass as one Triton kernel
             (:mod:`hmar_core.fast.attention`; ``None``: on CUDA when it works, checked once).
-        attention_max_rows: passes over more token rows than this keep q/k norm + SDPA
-            (``None``: none do).
     """
 
     name: EngineName = "fast"
@@ -160,7 +158,6 @@ class FastEngine(Engine):
         fp8_min_rows: int = 2048,
         rgb_conv: bool | None = None,
         attention_kernel: bool | None = None,
-        attention_max_rows: int | None = None,
     ) -> None:
         check_count("vae_graph_batch", vae_graph_batch, 0)
         check_count("decode_batch", decode_batch, 1)
@@ -173,7 +170,7 @@ class FastEngine(Engine):
         self.patch_nums = transformer.cfg.patch_nums
         self.null_class = transformer.cfg.null_class
         self.runner = FastRunner(transformer, dtype, cuda_graphs, residual_dtype, fused, fp8,
-                                 fp8_min_rows, attention_kernel, attention_max_rows)
+                                 fp8_min_rows, attention_kernel)
         self.stateful = self.runner.stateful
         accelerator = device.type != "cpu"
         self.vae_dtype = vae_dtype if vae_dtype is not None else (

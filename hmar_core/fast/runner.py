@@ -187,8 +187,6 @@ class FastRunner:
             (:mod:`hmar_core.fast.attention`). ``None`` (auto): on CUDA when it agrees with the
             torch ops on a first check; ``True`` forces it (CPU: ``TRITON_INTERPRET=1``).
             VAR models (attention over a cache) keep SDPA.
-        attention_max_rows: the kernel runs passes of at most this many token rows (R·n);
-            larger ones keep the two-kernel path. ``None``: every pass.
     """
 
     def __init__(
@@ -201,7 +199,6 @@ class FastRunner:
         fp8: bool = False,
         fp8_min_rows: int = 2048,
         attention_kernel: bool | None = None,
-        attention_max_rows: int | None = None,
     ) -> None:
         cfg = transformer.cfg
         self.cfg = cfg
@@ -248,9 +245,6 @@ class FastRunner:
         self._fused = _fused_kernels(fused, self.device, self.dtype, self.residual_dtype,
                                      cfg.norm_eps, self._blocks[0], self.fp8_dtype is not None)
         self.fused = self._fused is not None
-        if attention_max_rows is not None:
-            check_count("attention_max_rows", attention_max_rows, 1)
-        self.attention_max_rows = attention_max_rows
         self._attention_kernel = None if self.stateful else _attention_kernel(
             attention_kernel, self.device, self.dtype, cfg.heads, cfg.width // cfg.heads)
         self.attention_kernel = self._attention_kernel is not None
@@ -524,8 +518,7 @@ class FastRunner:
         """Attention of one block for (R, n) tokens: (R, n, C) projected output."""
         width, heads = self.cfg.width, self.cfg.heads
         qkv = self._linear(h, block, "qkv", fp8).view(rows, n, 3, heads, -1)
-        if self._attention_kernel is not None and (self.attention_max_rows is None
-                                                   or rows * n <= self.attention_max_rows):
+        if self._attention_kernel is not None:
             out = self._attention_kernel.qk_norm_attention(qkv, block.q_mult, self.dtype)
             return self._linear(out, block, "proj", fp8).view(rows, n, width)
         # q and k L2-normalised (norms in float32), q times its temperature: one pass for both
