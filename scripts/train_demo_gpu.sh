@@ -11,6 +11,10 @@
 # branch (init_mask_from_ns=false) on its unchanged base and ns branch (what ran in session 4,
 # for 2.8 minutes on an H100, 210 steps: too short to measure; see assets/MODEL_CARD.md):
 #   INIT_MODEL=assets/hmar-emoji64 STAGE1_MINUTES=0 STAGE2_MINUTES=10 bash scripts/train_demo_gpu.sh
+# GROW="4 9" with INIT_MODEL first grows that model by identity base blocks at those indices
+# (python -m train.grow; session 12) and continues from the grown model (its depth passed on):
+#   INIT_MODEL=assets/hmar-emoji64 GROW="4 9" STAGE1_MINUTES=4 STAGE2_MINUTES=2.5 \
+#     STAGE2_CONTINUE_MASK=1 EXTRA="--set token_cache_crops=8" bash scripts/train_demo_gpu.sh
 # Resume a run that was cut off (same variables again, plus RESUME=1): every stage continues
 # from the newest checkpoint in its output folder; a stage whose model/ is already exported is
 # skipped.
@@ -25,6 +29,7 @@ STAGE1_MINUTES=${STAGE1_MINUTES:-6}
 STAGE2_MINUTES=${STAGE2_MINUTES:-2}
 STAGE2_STEPS=${STAGE2_STEPS:-6000}    # upper bound; --max-minutes shortens the schedule
 INIT_MODEL=${INIT_MODEL:-}            # continue from this model folder (fresh optimiser)
+GROW=${GROW:-}                        # new base-block indices: grow INIT_MODEL first
 STAGE1_LR=${STAGE1_LR:-}              # peak lr of stage 1 (YAML: 6e-4; 3e-4 when continuing)
 RESUME=${RESUME:-0}
 DEVICE=${DEVICE:-cuda}
@@ -50,6 +55,16 @@ resume=()
 [[ "$RESUME" == 1 ]] && resume=(--resume)
 done_stage() { [[ "$RESUME" == 1 && -f "$1/config.json" ]]; }
 
+# 0. a deeper model that starts as INIT_MODEL (train.grow prints the --set flags of its depth)
+if [[ -n "$GROW" ]]; then
+  [[ -n "$INIT_MODEL" ]] || { echo "GROW needs INIT_MODEL" >&2; exit 2; }
+  grown=$RUNS/grown-model
+  rm -rf "$grown"
+  arch=$($PY -m train.grow --model "$INIT_MODEL" --out "$grown" --insert $GROW)
+  echo "grew $INIT_MODEL at base blocks $GROW: $grown ($arch)"
+  EXTRA="$arch $EXTRA"
+  INIT_MODEL=$grown
+fi
 # 1. tokenizer (one GPU), unless continuing from a model folder (its tokenizer is kept)
 if [[ -n "$INIT_MODEL" ]]; then
   TOKENIZER=$INIT_MODEL

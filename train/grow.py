@@ -11,7 +11,9 @@ gates get gradients from the first step. Training then continues from the grown 
 capacity starts from a trained model instead of from scratch.
 
 Everything else is copied: the tokenizer, the sampler settings, the class names, the heads,
-embeddings and branch blocks.
+embeddings and branch blocks. The CLI prints, on stdout, the ``--set`` flags that make a
+training config's transformer equal the grown one (its depth and drop-path rate; the training
+YAML describes the old model), for ``python -m train.hmar --init-from <grown> ...``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from hmar_core.transformer import HMARTransformer
 
 from .export import export_pipeline
 
-__all__ = ["grow_transformer", "grow_folder", "cli"]
+__all__ = ["cli", "grow_folder", "grow_transformer", "training_overrides"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +114,15 @@ def grow_folder(model: str | Path, out: str | Path, insert: Sequence[int], *, se
     return folder
 
 
+def training_overrides(folder: str | Path) -> list[str]:
+    """``--set`` flags for ``train.hmar`` that give its transformer config the depth and
+    drop-path rate of the model in ``folder`` (what growing changes or keeps from the source,
+    where the training YAML's defaults would differ)."""
+    saved = json.loads((Path(folder) / "config.json").read_text())["transformer"]
+    return ["--set", f"transformer.depth={saved['depth']}",
+            "--set", f"transformer.drop_path_rate={saved['drop_path_rate']!r}"]
+
+
 def cli(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.grow", description=__doc__.split(
         "\n\n")[0])
@@ -130,6 +141,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:  # CheckpointError included
         parser.error(str(err))
     logger.info("wrote %s", folder)
+    print(" ".join(training_overrides(folder)))  # noqa: T201 (the CLI's output, for scripts)
     return 0
 
 

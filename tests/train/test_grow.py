@@ -16,6 +16,8 @@ import torch
 from small_transformer import small_transformer
 
 from hmar_core import Pipeline
+from train.cli import parse_hmar_args
+from train.export import load_transformer_weights
 from train.grow import cli, grow_transformer
 
 
@@ -101,3 +103,24 @@ def test_cli_reports_bad_positions(tmp_path: Path, capsys):
     with pytest.raises(SystemExit):
         cli(["--model", str(tmp_path / "model"), "--out", str(tmp_path / "g"), "--insert", "99"])
     assert "insert positions" in capsys.readouterr().err
+
+
+def test_printed_overrides_let_the_training_config_load_the_grown_model(tmp_path: Path, capsys):
+    """The demo script's path: grow, then train.hmar with the YAML of the old model plus the
+    printed flags must accept the grown folder as ``--init-from``."""
+    pipe = Pipeline.random(seed=1)  # the "tiny" presets
+    cfg = pipe.transformer.cfg
+    pipe.save_pretrained(tmp_path / "model")
+    assert cli(["--model", str(tmp_path / "model"), "--out", str(tmp_path / "grown"),
+                "--insert", "1"]) == 0
+    flags = capsys.readouterr().out.split()
+    assert flags[:2] == ["--set", f"transformer.depth={cfg.depth + 1}"]
+    config = tmp_path / "train.yaml"
+    config.write_text("transformer:\n  preset: tiny\n")  # a YAML that describes the old model
+    train_cfg = parse_hmar_args(["--config", str(config), "--data", str(tmp_path),
+                                 "--tokenizer", str(tmp_path / "grown"),
+                                 "--init-from", str(tmp_path / "grown"), *flags])
+    state = load_transformer_weights(train_cfg.init_from, train_cfg.transformer)
+    assert train_cfg.transformer.depth == cfg.depth + 1
+    assert sum(key.endswith("ada_lin.weight") and key.startswith("base_blocks.")
+               for key in state) == len(pipe.transformer.base_blocks) + 1
