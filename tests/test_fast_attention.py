@@ -199,3 +199,17 @@ def test_inpaint_through_the_engine_keeps_tokens_and_pixels():
             for flag in (True, False)]
     assert all(torch.equal(a, b) for a, b in zip(runs[0].tokens, runs[1].tokens))
     assert all(a.tobytes() == b.tobytes() for a, b in zip(runs[0].images, runs[1].images))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows, tokens", [(1, 256), (128, 169)])
+def test_gpu_at_the_benchmark_sizes(rows, tokens):
+    """d30's head layout (30 heads of 64) in fp16: a batch-1 edit's 16×16 pass and a B = 64
+    CFG pass of the 13×13 scale, within the two-kernel path's error of float64."""
+    qkv = _qkv(rows, tokens, 30, 64, seed=15, dtype=torch.float16)
+    q_mult = _q_mult(30, seed=16)
+    exact = _exact(qkv, q_mult)
+    got = attention.qk_norm_attention(qkv, q_mult, torch.float16)
+    torch_path = attention.reference_qk_norm_attention(qkv, q_mult, torch.float16)
+    assert float((got.double() - exact).abs().max()) <= float(
+        (torch_path.double() - exact).abs().max()) + 4 * torch.finfo(torch.float16).eps
