@@ -10,23 +10,15 @@ interpreter (``TRITON_INTERPRET`` is set before the module is imported).
 
 from __future__ import annotations
 
-import importlib
-import os
-
 import pytest
 import torch
 from small_transformer import small_transformer
+from triton_modules import require_kernels
 
 from hmar_core.fast import FastRunner
 from hmar_core.sampler import ScaleInput
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-attention = pytest.importorskip("hmar_core.fast.attention")
-if not torch.cuda.is_available() and not attention.INTERPRETED:
-    attention = importlib.reload(attention)
-if not torch.cuda.is_available() and not attention.INTERPRETED:
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+attention = require_kernels("hmar_core.fast.attention")
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -8,27 +8,20 @@ Without a GPU the Triton kernels run through the CPU interpreter (as in
 
 from __future__ import annotations
 
-import importlib
-import os
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from small_transformer import small_transformer
+from triton_modules import kernel_module
 
 from hmar_core import Pipeline
 from hmar_core.fast import FastRunner
 from hmar_core.fast.fp8 import E4M3, E4M3_MAX, Fp8Weight, fp8_linear, quantize_rows
 from hmar_core.transformer import HMARTransformer
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-fused = pytest.importorskip("hmar_core.fast.fused")
-if not torch.cuda.is_available() and not fused.INTERPRETED:
-    fused = importlib.reload(fused)
-HAS_KERNELS = torch.cuda.is_available() or fused.INTERPRETED
+fused, HAS_KERNELS = kernel_module("hmar_core.fast.fused")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 needs_kernels = pytest.mark.skipif(not HAS_KERNELS, reason="needs CUDA or TRITON_INTERPRET=1")
 

@@ -12,25 +12,17 @@ The runner test checks that the logits with the fused kernels equal those withou
 
 from __future__ import annotations
 
-import importlib
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 from small_transformer import small_transformer
+from triton_modules import require_kernels
 
 from hmar_core.fast import FastRunner
 from hmar_core.sampler import ScaleInput
 from hmar_core.transformer import HMARTransformer
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-fused = pytest.importorskip("hmar_core.fast.fused")
-if not torch.cuda.is_available() and not fused.INTERPRETED:
-    fused = importlib.reload(fused)
-if not torch.cuda.is_available() and not fused.INTERPRETED:
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+fused = require_kernels("hmar_core.fast.fused")
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 EPS = 1e-6

@@ -9,21 +9,13 @@ Triton's CPU interpreter (``TRITON_INTERPRET`` is set before the module is impor
 
 from __future__ import annotations
 
-import importlib
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from triton_modules import require_kernels
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-rgb_conv = pytest.importorskip("hmar_core.fast.rgb_conv")
-if not torch.cuda.is_available() and not rgb_conv.triton.knobs.runtime.interpret:
-    rgb_conv = importlib.reload(rgb_conv)
-if not torch.cuda.is_available() and not rgb_conv.triton.knobs.runtime.interpret:
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+rgb_conv = require_kernels("hmar_core.fast.rgb_conv")
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -122,7 +114,7 @@ def test_rgb_conv_for_auto_and_requested(monkeypatch):
     assert isinstance(built, rgb_conv.RgbConv)
     if DEVICE.type == "cpu":
         assert rgb_conv.rgb_conv_for(conv, torch.float32, None) is None  # auto: CUDA only
-        monkeypatch.setattr(rgb_conv.triton.knobs.runtime, "interpret", False)
+        monkeypatch.setattr(rgb_conv, "INTERPRETED", False)
         with pytest.raises(ValueError, match="CUDA device"):
             rgb_conv.rgb_conv_for(conv, torch.float32, True)
 

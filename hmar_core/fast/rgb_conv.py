@@ -32,7 +32,10 @@ from torch import nn
 
 from .checked import checked_kernel
 
-__all__ = ["RgbConv", "rgb_conv_for"]
+__all__ = ["INTERPRETED", "RgbConv", "rgb_conv_for"]
+
+# Whether the kernel was decorated for Triton's CPU interpreter (read once, at import).
+INTERPRETED = bool(triton.knobs.runtime.interpret)
 
 _N_PAD = 16  # tensor-core products need at least 16 output columns
 
@@ -163,4 +166,4 @@ def rgb_conv_for(conv: nn.Conv2d, dtype: torch.dtype, requested: bool | None
 
     return checked_kernel(requested, conv.weight.device, "the RGB conv kernel",
                           "the convolution", build,
-                          lambda: bool(triton.knobs.runtime.interpret))
+                          lambda: INTERPRETED)
