@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from small_transformer import small_transformer
+from small_transformer import assert_runners_agree, small_transformer
 from triton_modules import require_kernels
 
 from hmar_core.fast import FastRunner
-from hmar_core.sampler import ScaleInput
 
 attention = require_kernels("hmar_core.fast.attention")
 
@@ -130,29 +129,13 @@ def test_wrong_inputs_are_refused():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_runner_logits_equal_the_two_kernel_path(dtype):
     model = small_transformer("hmar", device=DEVICE)
-    cfg = model.cfg
-    gen = torch.Generator().manual_seed(1)
-    x_ns = torch.randn(2, cfg.seq_len - 1, cfg.latent_channels, generator=gen).to(DEVICE)
-    x_mask = torch.randn(x_ns.shape, generator=gen).to(DEVICE)
-    masked = (torch.rand(x_ns.shape[:2], generator=gen) < 0.4).to(DEVICE)
-    labels = torch.tensor([3, 10], device=DEVICE)
     residual = torch.float32 if dtype != torch.float32 else None
     plain = FastRunner(model, dtype, cuda_graphs=False, residual_dtype=residual,
                        attention_kernel=False)
     fast = FastRunner(model, dtype, cuda_graphs=False, residual_dtype=residual,
                       attention_kernel=True)
     assert fast.attention_kernel and not plain.attention_kernel
-    tolerance = 1e-5 if dtype == torch.float32 else 1e-3
-    with torch.no_grad():
-        want = plain.teacher_forced(labels, x_ns, x_mask, masked)
-        got = fast.teacher_forced(labels, x_ns, x_mask, masked)
-        rel = float((got - want).norm() / want.norm())
-        assert got.dtype == torch.float32 and rel < tolerance, rel
-        assert float((got.argmax(-1) == want.argmax(-1)).float().mean()) >= 0.99
-        part = slice(cfg.seq_len - 1 - 25, None)  # the CFG pass of the 5×5 scale, both halves
-        args = (labels[:1], 10, 2.5, ScaleInput(3, x_ns[:1, part]))
-        guided_want, guided_got = plain.guided(*args), fast.guided(*args)
-        assert float((guided_got - guided_want).norm() / guided_want.norm()) < tolerance
+    assert_runners_agree(model, plain, fast, dtype)
 
 
 def test_runner_auto_is_off_on_cpu_and_for_var():

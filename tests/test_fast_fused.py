@@ -15,11 +15,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from small_transformer import small_transformer
+from small_transformer import assert_runners_agree, small_transformer
 from triton_modules import require_kernels
 
 from hmar_core.fast import FastRunner
-from hmar_core.sampler import ScaleInput
 from hmar_core.transformer import HMARTransformer
 
 fused = require_kernels("hmar_core.fast.fused")
@@ -143,30 +142,11 @@ def _model(kind: str) -> HMARTransformer:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_runner_fused_logits_equal_unfused(kind, dtype):
     model = _model(kind)
-    cfg = model.cfg
-    gen = torch.Generator().manual_seed(1)
-    x_ns = torch.randn(2, cfg.seq_len - 1, cfg.latent_channels, generator=gen).to(DEVICE)
-    x_mask = torch.randn(x_ns.shape, generator=gen).to(DEVICE) if kind == "hmar" else None
-    masked = None if x_mask is None else (torch.rand(x_ns.shape[:2], generator=gen) < 0.4)
-    masked = None if masked is None else masked.to(DEVICE)
-    labels = torch.tensor([3, 10], device=DEVICE)
     residual = torch.float32 if dtype != torch.float32 else None  # the fast engine's setting
     plain = FastRunner(model, dtype, cuda_graphs=False, residual_dtype=residual, fused=False)
     fast = FastRunner(model, dtype, cuda_graphs=False, residual_dtype=residual, fused=True)
     assert fast.fused and not plain.fused
-    tolerance = 1e-5 if dtype == torch.float32 else 1e-3
-    with torch.no_grad():
-        want = plain.teacher_forced(labels, x_ns, x_mask, masked)
-        got = fast.teacher_forced(labels, x_ns, x_mask, masked)
-        rel = float((got - want).norm() / want.norm())
-        assert got.dtype == torch.float32 and rel < tolerance, rel
-        assert float((got.argmax(-1) == want.argmax(-1)).float().mean()) >= 0.99
-        if kind == "hmar":  # the CFG pass (both halves in one batch, combined)
-            part = slice(model.cfg.seq_len - 1 - 25, None)
-            args = (labels[:1], 10, 2.5, ScaleInput(3, x_ns[:1, part]))
-            guided_want, guided_got = plain.guided(*args), fast.guided(*args)
-            rel = float((guided_got - guided_want).norm() / guided_want.norm())
-            assert rel < tolerance, rel
+    assert_runners_agree(model, plain, fast, dtype)
 
 
 def test_runner_auto_is_off_on_cpu():
