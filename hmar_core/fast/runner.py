@@ -652,8 +652,8 @@ def _attention_kernel(requested: bool | None, device: torch.device, dtype: torch
                       heads: int, head_dim: int) -> ModuleType | None:
     """The :mod:`hmar_core.fast.attention` module if its kernel is to run, else ``None``
     (:func:`~hmar_core.fast.checked.checked_kernel`'s rule). The check compares it with the
-    torch ops at this head layout and dtype for a single token and a partial tile, which also
-    compiles it before any graph capture."""
+    torch ops at this head layout and dtype for a single token and a partial tile (each pass
+    shape compiles its own variant later, in the graph cache's eager warm-up runs)."""
     def build() -> ModuleType:
         if importlib.util.find_spec("triton") is None:
             raise ImportError("triton is not installed")
