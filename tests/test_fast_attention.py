@@ -68,6 +68,15 @@ def test_tile_sizes_do_not_change_the_result():
         assert float((got.double() - want).abs().max()) < 2e-5, (block_m, block_n)
 
 
+def test_large_batches_launch_in_slices_of_rows():
+    """More (row, head) pairs than one launch's grid axis takes: the same output."""
+    qkv, q_mult = _qkv(5, 9, 3, 16, seed=17), _q_mult(3, seed=18)
+    want = attention.qk_norm_attention(qkv, q_mult)
+    for limit in (7, 3, 1):  # 2 rows, 1 row (and at least 1 row) per launch
+        got = attention.qk_norm_attention(qkv, q_mult, max_grid_y=limit)
+        assert torch.equal(got, want), limit
+
+
 def test_rows_at_any_stride():
     """A token slice of a longer pass: rows are further apart than n tokens."""
     wide = _qkv(2, 40, 2, 32, seed=7)

@@ -113,6 +113,7 @@ def qk_norm_attention(
     *,
     block_m: int = 64,
     block_n: int = 64,
+    max_grid_y: int = 65535,
 ) -> torch.Tensor:
     """Full attention of each row's ``n`` tokens with L2-normalised q and k, one kernel.
 
@@ -122,6 +123,7 @@ def qk_norm_attention(
         out_dtype: the run dtype (q, k, v and the probabilities are rounded to it, the output
             is written in it); default ``qkv``'s.
         block_m, block_n: largest query and key tiles (powers of two ≥ 16).
+        max_grid_y: programs per launch on grid axis 1 (CUDA's limit; smaller in tests).
 
     Returns:
         (R, n, H·D) contiguous: ``softmax(q̂·k̂ᵀ)·v`` per head, heads side by side, with
@@ -153,14 +155,19 @@ def qk_norm_attention(
         return out
     tile_m, tile_n = _tile(tokens, block_m), _tile(tokens, block_n)
     block_d = max(16, triton.next_power_of_2(head_dim))
-    grid = (triton.cdiv(tokens, tile_m), rows * heads)
-    _qk_norm_attention_kernel[grid](
-        qkv, q_mult, out,
-        tokens, heads, qkv.stride(0), qkv.stride(1), _NORM_EPS,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=tile_m, BLOCK_N=tile_n,
-        KEY_TILES=triton.cdiv(tokens, tile_n),
-        IEEE=out_dtype == torch.float32, num_warps=4 if tile_m * tile_n <= 4096 else 8,
-    )
+    # (row, head) pairs on grid axis 1, which allows 65535 programs: larger batches launch in
+    # slices of rows (query tiles stay on axis 0, next to each other, sharing their keys in L2)
+    per_launch = max(1, min(rows, max_grid_y // heads))
+    for start in range(0, rows, per_launch):
+        part = slice(start, min(rows, start + per_launch))
+        grid = (triton.cdiv(tokens, tile_m), (part.stop - part.start) * heads)
+        _qk_norm_attention_kernel[grid](
+            qkv[part], q_mult, out[part],
+            tokens, heads, qkv.stride(0), qkv.stride(1), _NORM_EPS,
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=tile_m, BLOCK_N=tile_n,
+            KEY_TILES=triton.cdiv(tokens, tile_n),
+            IEEE=out_dtype == torch.float32, num_warps=4 if tile_m * tile_n <= 4096 else 8,
+        )
     return out
 
 
