@@ -74,16 +74,12 @@ def grow_transformer(transformer: HMARTransformer, insert: Sequence[int],
                               torch.Generator().manual_seed(seed)).float().eval()
     old = {k: v.detach().float().cpu() for k, v in transformer.state_dict().items()}
     state = grown.state_dict()
-    old_index = iter(range(base))
-    mapping = {}  # grown base index -> old base index
-    for index in range(base + len(positions)):
-        if index not in positions:
-            mapping[index] = next(old_index)
+    # old base block i becomes grown base block moved[i]
+    moved = [index for index in range(base + len(positions)) if index not in positions]
     for key, value in old.items():
         if key.startswith("base_blocks."):
             _, index, rest = key.split(".", 2)
-            new_index = next(n for n, o in mapping.items() if o == int(index))
-            key = f"base_blocks.{new_index}.{rest}"
+            key = f"base_blocks.{moved[int(index)]}.{rest}"
         state[key] = value
     width = cfg.width
     for index in positions:
