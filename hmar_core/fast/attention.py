@@ -182,6 +182,6 @@ def reference_qk_norm_attention(qkv: torch.Tensor, q_mult: torch.Tensor,
         q.float(), dim=-1, keepdim=True).clamp_min(_NORM_EPS))).to(out_dtype)
     k = (k.float() / torch.linalg.vector_norm(
         k.float(), dim=-1, keepdim=True).clamp_min(_NORM_EPS)).to(out_dtype)
-    q, k, v = (t.to(out_dtype).transpose(1, 2) for t in (q, k, v))  # (R, H, n, D)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v.to(out_dtype)))  # (R, H, n, D)
     out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
     return out.transpose(1, 2).reshape(rows, tokens, heads * head_dim)
