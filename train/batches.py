@@ -177,11 +177,15 @@ class StepBatchSampler:
         seed: run seed.
         ctx: the process context (selects this rank's slice).
         start_step: first step to yield.
-        class_balanced: draw samples with probability ∝ 1/count(class), with replacement.
+        class_balanced: draw samples with probability ∝ count(class) ** -balance_power, with
+            replacement.
+        balance_power: see :func:`train.data.class_balanced_weights` (1: every class equally
+            often).
     """
 
     def __init__(self, targets: Sequence[int], global_batch: int, seed: int, ctx: DistContext,
-                 start_step: int = 0, class_balanced: bool = False) -> None:
+                 start_step: int = 0, class_balanced: bool = False,
+                 balance_power: float = 1.0) -> None:
         if not targets:
             raise ValueError("cannot sample from an empty dataset")
         self.num_samples = len(targets)
@@ -189,7 +193,8 @@ class StepBatchSampler:
         self.seed = seed
         self.local = ctx.local_slice(global_batch)
         self.start_step = start_step
-        self.weights = class_balanced_weights(targets) if class_balanced else None
+        self.weights = (class_balanced_weights(targets, power=balance_power) if class_balanced
+                        else None)
         self._orders: dict[int, torch.Tensor] = {}
 
     def epoch_order(self, epoch: int) -> torch.Tensor:

@@ -131,7 +131,11 @@ class RunConfig:
         overwrite: start a new run in an ``out_dir`` that holds an earlier one, deleting its
             checkpoints, samples, TensorBoard events and export first (without ``resume`` or
             ``overwrite`` such a folder is refused, see :mod:`train.run_folder`).
-        class_balanced: draw every class equally often (with replacement).
+        class_balanced: draw classes by ``class_balance_power`` (with replacement) instead of
+            every image once per pass.
+        class_balance_power: with ``class_balanced``, a class's share of the draws is
+            proportional to ``count ** (1 - power)``: 1 (default) draws every class equally
+            often, 0.5 in proportion to the square root of its size.
         allow_empty_classes: accept class folders without images (the emoji set has one).
         val_fraction: held-out fraction when the data has no ``val`` split.
         hflip: probability that a training image is mirrored left-right (after its crop; drawn
@@ -162,6 +166,7 @@ class RunConfig:
     resume: bool = False
     overwrite: bool = False
     class_balanced: bool = False
+    class_balance_power: float = 1.0
     allow_empty_classes: bool = False
     val_fraction: float = 0.05
     hflip: float = 0.0
@@ -183,6 +188,8 @@ class RunConfig:
         _require(self.log_interval >= 1, "log_interval must be >= 1")
         _require(self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay must be in (0, 1)")
         _require(0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)")
+        _require(0 <= self.class_balance_power <= 1,
+                 f"class_balance_power must be in [0, 1], got {self.class_balance_power}")
         _require(0 <= self.hflip <= 1, f"hflip must be a probability in [0, 1], got {self.hflip}")
         _require(not isinstance(self.hflip_skip, str),
                  "hflip_skip must be a list of class-name patterns, not one string")

@@ -178,7 +178,7 @@ class _HMARParts(TrainerParts):
         self.local_batch = run.batch_size // ctx.world_size
         self.local = ctx.local_slice(run.batch_size)
         sampler = StepBatchSampler(splits.train.targets, run.batch_size, run.seed, ctx, step,
-                                   run.class_balanced)
+                                   run.class_balanced, run.class_balance_power)
         if self.cfg.token_cache_crops:
             self.source: CachedTokens | OnTheFlyTokens = CachedTokens(
                 self.tokenizer, splits.train, sampler, self.cfg.token_cache_crops, ctx,

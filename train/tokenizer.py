@@ -191,7 +191,7 @@ class _TokenizerParts(TrainerParts):
     def start(self, step: int) -> None:
         run = self.run
         sampler = StepBatchSampler(self.splits.train.targets, run.batch_size, run.seed,
-                                   self.ctx, step, run.class_balanced)
+                                   self.ctx, step, run.class_balanced, run.class_balance_power)
         self.batches = image_batches(self.splits.train, sampler, run.num_workers,
                                      self.ctx.device)
 

@@ -239,6 +239,19 @@ def test_balanced_sampler():
         class_balanced_weights([])
 
 
+def test_tempered_balance_draws_classes_by_the_root_of_their_size():
+    targets = [0] * 400 + [1] * 100 + [2] * 25
+    assert class_balanced_weights(targets, power=0.0).tolist() == [1.0] * len(targets)
+    weights = class_balanced_weights(targets, power=0.5)
+    torch.testing.assert_close(weights[[0, 400, 500]], torch.tensor([1 / 20, 1 / 10, 1 / 5],
+                                                                   dtype=torch.float64))
+    shares = torch.bincount(torch.tensor(targets), weights=weights) / weights.sum()
+    torch.testing.assert_close(shares, torch.tensor([20.0, 10.0, 5.0], dtype=torch.float64) / 35)
+    for power in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="power must be in"):
+            class_balanced_weights(targets, power=power)
+
+
 # ----------------------------------------------------------------------------- archives
 
 

@@ -15,7 +15,7 @@ from hmar_core.transformer import HMARTransformer
 from train.batches import StepBatchSampler
 from train.checkpoint import CheckpointManager, atomic_save
 from train.cli import build_hmar_config, build_tokenizer_config, load_yaml, parse_hmar_args
-from train.config import OptimConfig
+from train.config import OptimConfig, RunConfig
 from train.distributed import DistContext
 from train.ema import EMA
 from train.loop import TimeBudget
@@ -126,6 +126,17 @@ def test_step_sampler_is_resumable_and_rank_consistent():
     assert sorted(index for _, index in epoch0) == list(range(25))  # a permutation per epoch
     balanced = StepBatchSampler(targets, 8, 7, DistContext(), class_balanced=True)
     assert len(balanced.local_keys(0)) == 8
+
+
+def test_step_sampler_tempered_balance():
+    """``balance_power`` reaches the draws: at 0.5 a class 16x as large is drawn 4x as often."""
+    targets = [0] * 320 + [1] * 20
+    draws = StepBatchSampler(targets, 20, 3, DistContext(), class_balanced=True,
+                             balance_power=0.5).epoch_order(0)
+    share = float((draws >= 320).double().mean())
+    assert abs(share - 0.2) < 0.05, share  # natural 1/17 = 0.06, balanced 0.5
+    with pytest.raises(ValueError, match="class_balance_power"):
+        RunConfig(data_path="data", class_balance_power=2.0)
 
 
 def test_training_quantizer_matches_inference():
