@@ -240,11 +240,13 @@ def run_gpu(args: argparse.Namespace) -> dict:
             def generate(i: int, pipe: Pipeline = pipe) -> None:
                 pipe.generate(None, seed=i, batch_size=batch)
 
-            def measure_generate(generate: Callable = generate, peak: bool = True) -> dict:
+            def measure_generate(generate: Callable = generate, peak: bool = True,
+                                 pipe: Pipeline = pipe) -> dict:
                 out = time_calls(generate, reps, 2, cuda)
                 if cuda and peak:
                     out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 out["images_per_s"] = batch / out["ms"] * 1000  # type: ignore[operator]
+                out["phases"] = engine_phases(pipe, generate, max(2, reps // 2), cuda)
                 return out
 
             _row(f"generate d{depth} B={batch}{tag}", measure_generate, report)
@@ -252,7 +254,8 @@ def run_gpu(args: argparse.Namespace) -> dict:
                 other = pipe.with_engine("fast", **options)
                 _row(f"generate d{depth} B={batch}{tag} [{_options_text(options)}]",
                      lambda other=other: measure_generate(
-                         lambda i: other.generate(None, seed=i, batch_size=batch), False),
+                         lambda i: other.generate(None, seed=i, batch_size=batch), False,
+                         other),
                      report)
                 del other
             for steps in (EDITOR_STEPS, 0):
