@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.class_map import ClassMap
 from hmar_core import EditOptions, Pipeline
 from hmar_core.cli_edit import revise_arg
 from hmar_core.editing import outpaint
@@ -225,11 +226,16 @@ def class_edits_by_strength(pipe: Pipeline, images: Sequence[np.ndarray],
     :meth:`Pipeline.class_edit_defaults`); the default strength's row is also reported on its
     own."""
     classifier = load_classifier(args.classifier, device)
+    data_names = pipe.class_names
+    if args.images and Path(args.images).suffix == ".npz":
+        with np.load(args.images, allow_pickle=False) as data:
+            data_names = [str(n) for n in data["class_names"]]
+    class_map = ClassMap.for_model(pipe.class_names, data_names, args.label_data)
     default = pipe.class_edit_defaults().strength
     strengths = args.class_strength or [default]
     by_strength = {strength: class_edits(pipe, classifier, list(images), list(labels), strength,
                                          args.seed, args.steps, device, cfg=args.cfg,
-                                         revise=args.revise)
+                                         revise=args.revise, class_map=class_map)
                    for strength in strengths}
     first = by_strength[default if default in by_strength else strengths[0]]
     return {"class_edit_success": first["success"], "class_edits": first["edits"],
@@ -260,17 +266,22 @@ def inpaint_seams(pipe: Pipeline, images: Sequence[np.ndarray], args: argparse.N
 def class_edits(pipe: Pipeline, classifier: Classifier, images: list[np.ndarray],
                 labels: list[int | None], strength: int, seed: int, steps: int | None,
                 device: torch.device, cfg: float | None = None,
-                revise: float | None = None) -> dict:
+                revise: float | None = None, class_map: ClassMap | None = None) -> dict:
     """Whole-image class edits to a random other class at one strength: the fraction that the
     classifier assigns to the target class (targets and seeds fixed by ``seed``), and the
     class it assigned to each edit. ``cfg``: the guidance of the edits (``None``: the
-    model's); ``revise``: :attr:`EditOptions.revise` (``None``: coarse scales kept whole)."""
+    model's); ``revise``: :attr:`EditOptions.revise` (``None``: coarse scales kept whole);
+    ``class_map``: when the model's classes are finer than the classifier's, the target is a
+    classifier class and the edit asks for one of its model classes."""
     rng = np.random.default_rng(seed + 1)
+    targets = class_map.data_classes if class_map is not None else pipe.num_classes
     hits, seconds, predicted = 0, [], []
     for index, (rgb, label) in enumerate(zip(images, labels)):
-        target = int(rng.choice([c for c in range(pipe.num_classes) if c != label]))
+        target = int(rng.choice([c for c in range(targets) if c != label]))
+        asked = target if class_map is None else int(class_map.to_model([target],
+                                                                         seed + index)[0])
         start = time.perf_counter()
-        result = pipe.edit(rgb, None, EditOptions(class_id=target, seed=seed + index,
+        result = pipe.edit(rgb, None, EditOptions(class_id=asked, seed=seed + index,
                                                   steps=steps, strength=strength, cfg=cfg,
                                                   revise=revise))
         seconds.append(time.perf_counter() - start)
@@ -288,6 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model folder (default: a tiny random pipeline)")
     parser.add_argument("--images", help="held-out .npz or image folder")
+    parser.add_argument("--label-data", default=None,
+                        help="a model trained on finer classes: the .npz of python -m "
+                             "train.data fine it was trained on (class edits pick its classes "
+                             "by their image counts)")
     parser.add_argument("--classifier", help="TorchScript file or module:function")
     parser.add_argument("--num", type=int, default=100, help="number of images (>= 100)")
     parser.add_argument("--seed", type=int, default=0)

@@ -78,6 +78,7 @@ from benchmarks._quality_metrics import (
     psnr,
     to_pixels32,
 )
+from benchmarks.class_map import ClassMap
 from benchmarks.classifier import (
     accuracy_report,
     load_classifier,
@@ -261,11 +262,15 @@ class RealSets:
 
 
 def evaluate_setting(pipe: Pipeline, classifier: torch.nn.Module, labels: np.ndarray,
-                     setting: Setting, args: argparse.Namespace, ref: RealSets
+                     setting: Setting, args: argparse.Namespace, ref: RealSets,
+                     model_labels: np.ndarray | None = None
                      ) -> tuple[dict[str, Any], np.ndarray]:
-    """Generate one setting's set and score it: (report entry, classifier features)."""
+    """Generate one setting's set and score it: (report entry, classifier features).
+    ``labels``: the data classes it is scored in; ``model_labels``: the model's class of
+    each image when the model's classes are finer (default: ``labels``)."""
     t0 = time.perf_counter()
-    images = generate_set(pipe, labels, setting, args.seed, args.batch_size)
+    asked = labels if model_labels is None else model_labels
+    images = generate_set(pipe, asked, setting, args.seed, args.batch_size)
     seconds = time.perf_counter() - t0
     logits, feats = predict_logits(classifier, images)
     acc = accuracy_report(logits, labels)
@@ -505,11 +510,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     pipe = load_pipe(args.model, device, args.mask_cfg_ratio, dict(args.engine_option))
     classifier, _ = load_classifier(args.classifier, device)
-    if classifier.cfg.num_classes != pipe.num_classes:
-        raise ValueError(f"classifier has {classifier.cfg.num_classes} classes, the model "
-                         f"{pipe.num_classes}")
-    train_x, train_y, _ = load_npz_split(args.data, "train")
+    train_x, train_y, data_names = load_npz_split(args.data, "train")
     val_x, val_y, _ = load_npz_split(args.data, "val")
+    if classifier.cfg.num_classes != len(data_names):
+        raise ValueError(f"classifier has {classifier.cfg.num_classes} classes, the data "
+                         f"{len(data_names)}")
+    class_map = ClassMap.for_model(pipe.class_names, data_names, args.label_data)
     settings = resolve_settings(pipe, args.refine) + curve_settings(pipe, args.curve or [])
     report: dict[str, Any] = {
         "model": str(args.model), "classifier": shown(args.classifier), "data": str(args.data),
@@ -553,12 +559,15 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     logger.info("real features done (%.0f s)", time.perf_counter() - start)
 
     # 3. generated sets: same labels and seeds for every setting
-    present = np.flatnonzero(np.bincount(train_y, minlength=pipe.num_classes) > 0)
+    present = np.flatnonzero(np.bincount(train_y, minlength=len(data_names)) > 0)
     labels = cycling_labels(args.samples, present)
-    per_class = np.bincount(labels, minlength=pipe.num_classes)[present]
+    model_labels = class_map.to_model(labels, args.seed)
+    per_class = np.bincount(labels, minlength=len(data_names))[present]
     report["generated_labels"] = {"classes": int(len(present)),
                                   "per_class_min": int(per_class.min()),
-                                  "per_class_max": int(per_class.max())}
+                                  "per_class_max": int(per_class.max()),
+                                  "model_classes": int(len(np.unique(model_labels))),
+                                  "finer_model_classes": class_map.fine}
     matched = [fd(train_feats[matched_subset(labels, train_feats_y, args.seed + k)].numpy(),
                   labels, val_feats.numpy(), val_y) for k in range(FLOOR_DRAWS)]
     matched_feats = train_feats[matched_subset(labels, train_feats_y, args.seed)]
@@ -573,7 +582,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     }
     report["generated"] = {}
     gen_feats: dict[str, np.ndarray] = {}
-    pipe.generate(int(labels[0]), seed=args.seed)  # warm-up, so the first setting is not charged
+    pipe.generate(int(model_labels[0]), seed=args.seed)  # warm-up: no setting pays for it
     real_sets = RealSets(val_feats.numpy(), val_y, train_feats, train_feats_y, val_pix, train_pix,
                          train_x, real)
     done: dict[Schedule, str] = {}
@@ -587,7 +596,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             gen_feats[setting.name] = gen_feats[twin]
             continue
         entry, gen_feats[setting.name] = evaluate_setting(pipe, classifier, labels, setting, args,
-                                                          real_sets)
+                                                          real_sets, model_labels)
         report["generated"][setting.name] = entry
         done[schedule] = setting.name
     on, off = report["generated"]["refine_on"], report["generated"]["refine_off"]
@@ -643,6 +652,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=ROOT / "assets" / "hmar-emoji64")
     parser.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--label-data", type=Path, default=None,
+                        help="a model trained on finer classes: the .npz of python -m "
+                             "train.data fine it was trained on (its classes' image counts)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--samples", type=int, default=1020)
     parser.add_argument("--batch-size", type=int, default=64)

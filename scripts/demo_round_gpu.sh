@@ -9,7 +9,10 @@
 #           bash scripts/demo_round_gpu.sh start gpujob/xz/part_ab gpujob/xz/raw.sha256
 #                                                      carry: part_ab and raw.sha256
 #   call 3+: WAIT=540 bash scripts/demo_round_gpu.sh finish       (repeat until it evaluates)
-# `start` joins the parts into /tmp/data/emoji64.npz, checks its sha256 and starts
+# Finer classes (python -m train.data fine, train.split_classes): FINE=<min images> on `start`,
+# which then also needs images.csv of the data folder (its third argument; carry it), and on
+# `finish` (the evaluation scores the fine model in the 51 classes, --label-data).
+# `start` joins the parts into $WORK/emoji64/emoji64.npz, checks its sha256 and starts
 # scripts/train_demo_gpu.sh under setsid (INIT_MODEL, default the bundled model; S1, S2: stage
 # minutes; CROPS: cached crop epochs; EXTRA: more --set flags for both stages; GROW: see that
 # script), then returns after START_WAIT seconds with the log's tail. `finish` waits up to WAIT
@@ -20,7 +23,7 @@
 # bundled one unless the round trained its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cmd=${1:?usage: demo_round_gpu.sh stash PART | start PART SHA256 | finish}
+cmd=${1:?usage: demo_round_gpu.sh stash PART | start PART SHA256 [IMAGES_CSV] | finish}
 shift
 WORK=${WORK:-/tmp/demo-round}
 PY=${PYTHON:-python3}
@@ -33,16 +36,23 @@ case $cmd in
   start)
     cp "${1:?start needs the last part}" "$WORK/xz/"
     cp "${2:?start needs raw.sha256}" "$WORK/xz/raw.sha256"
-    mkdir -p "$WORK/data"
-    cat "$WORK"/xz/part_* | xz -d -T4 > "$WORK/data/emoji64.npz"
-    (cd "$WORK/data" && sha256sum -c "$WORK/xz/raw.sha256")
+    mkdir -p "$WORK/emoji64"
+    cat "$WORK"/xz/part_* | xz -d -T4 > "$WORK/emoji64/emoji64.npz"
+    (cd "$WORK/emoji64" && sha256sum -c "$WORK/xz/raw.sha256")
+    fine_data=
+    if [[ -n "${FINE:-}" ]]; then
+      cp "${3:?FINE needs images.csv of the data folder}" "$WORK/emoji64/images.csv"
+      $PY -m train.data fine --data "$WORK/emoji64" --out "$WORK/emoji64-fine" \
+        --min-images "$FINE"
+      fine_data=$WORK/emoji64-fine/emoji64-fine.npz
+    fi
     rm -rf "$WORK/runs"
     mkdir -p "$WORK/runs"
-    settings="INIT_MODEL=${INIT_MODEL-assets/hmar-emoji64} S1=${S1:-4} S2=${S2:-2} CROPS=${CROPS:-8} GROW=${GROW:-} EXTRA=${EXTRA:-}"
+    settings="INIT_MODEL=${INIT_MODEL-assets/hmar-emoji64} S1=${S1:-4} S2=${S2:-2} CROPS=${CROPS:-8} GROW=${GROW:-} FINE=${FINE:-} EXTRA=${EXTRA:-}"
     echo "$settings" | tee "$WORK/runs/settings.txt"
-    DATA="$WORK/data/emoji64.npz" RUNS="$WORK/runs" INIT_MODEL=${INIT_MODEL-assets/hmar-emoji64} \
+    DATA="$WORK/emoji64/emoji64.npz" RUNS="$WORK/runs" INIT_MODEL=${INIT_MODEL-assets/hmar-emoji64} \
       STAGE1_MINUTES=${S1:-4} STAGE2_MINUTES=${S2:-2} STAGE2_CONTINUE_MASK=${CONTINUE_MASK:-1} \
-      GROW=${GROW:-} STAGE1_LR=${STAGE1_LR:-} \
+      GROW=${GROW:-} FINE_DATA=$fine_data STAGE1_LR=${STAGE1_LR:-} \
       EXTRA="--set token_cache_crops=${CROPS:-8} ${EXTRA:-}" \
       setsid nohup bash scripts/train_demo_gpu.sh > "$WORK/runs/train.log" 2>&1 < /dev/null &
     sleep "${START_WAIT:-45}"
@@ -77,7 +87,10 @@ json.dump(new, open(sys.argv[1], "w"), indent=1)
 print("evaluated with the bundled sampler:", new["sampler"])
 PY
     set +e
-    MODEL=$model DATA="$WORK/data/emoji64.npz" REPORTS="$WORK/runs/reports" MASK_CFG= \
+    label_data=
+    [[ -n "${FINE:-}" ]] && label_data=$WORK/emoji64-fine/emoji64-fine.npz
+    MODEL=$model DATA="$WORK/emoji64/emoji64.npz" LABEL_DATA=$label_data \
+      REPORTS="$WORK/runs/reports" MASK_CFG= \
       CURVE_STEPS="${CURVE_STEPS:-0 1 2 4}" EDITS=${EDITS:-50} STRENGTHS=1 \
       bash scripts/eval_demo_gpu.sh > "$OUT/eval.log" 2>&1
     echo "evaluation exit $?"

@@ -18,24 +18,27 @@ DEVICE=${DEVICE:-cuda}
 EDITS=${EDITS:-100}                   # 0: no editing benchmark
 CURVE=${CURVE:-1}                     # 0: skip step 1 (e.g. only the guidance runs)
 CURVE_STEPS=${CURVE_STEPS:-0 1 2 4 8}  # the steps of the curve (at most the model's refine_max_side allows)
+LABEL_DATA=${LABEL_DATA:-}            # a model with finer classes: the .npz it was trained on
 PY=${PYTHON:-python3}
+label_data=()
+[[ -n "$LABEL_DATA" ]] && label_data=(--label-data "$LABEL_DATA")
 export PYTHONUNBUFFERED=1
 mkdir -p "$REPORTS"
 name=$(basename "$(dirname "$MODEL")")
 
 if [[ "$CURVE" == 1 ]]; then
   $PY -m benchmarks.quality --model "$MODEL" --data "$DATA" --device "$DEVICE" \
-    --samples "$SAMPLES" --batch-size 255 --curve $CURVE_STEPS --skip-timing \
+    --samples "$SAMPLES" --batch-size 255 --curve $CURVE_STEPS --skip-timing "${label_data[@]}" \
     --json "$REPORTS/quality_$name.json" --grid "$REPORTS/grids_$name"
 fi
 for ratio in $MASK_CFG; do
   $PY -m benchmarks.quality --model "$MODEL" --data "$DATA" --device "$DEVICE" \
     --samples "$SAMPLES" --batch-size 255 --refine 2 --curve 4 --skip-timing \
-    --mask-cfg-ratio "$ratio" --json "$REPORTS/quality_${name}_maskcfg$ratio.json"
+    --mask-cfg-ratio "$ratio" "${label_data[@]}" --json "$REPORTS/quality_${name}_maskcfg$ratio.json"
 done
 if [[ "$EDITS" != 0 ]]; then
   $PY -m benchmarks.editing_quality --model "$MODEL" --images "$DATA" \
     --classifier benchmarks.classifier:editing_classifier --num "$EDITS" --device "$DEVICE" \
-    --class-strength $STRENGTHS --out "$REPORTS/editing_$name.json"
+    --class-strength $STRENGTHS "${label_data[@]}" --out "$REPORTS/editing_$name.json"
 fi
 echo "DEMO EVALUATION DONE: $REPORTS"

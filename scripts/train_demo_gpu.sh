@@ -15,6 +15,12 @@
 # (python -m train.grow; session 12) and continues from the grown model (its depth passed on):
 #   INIT_MODEL=assets/hmar-emoji64 GROW="4 9" STAGE1_MINUTES=4 STAGE2_MINUTES=2.5 \
 #     STAGE2_CONTINUE_MASK=1 EXTRA="--set token_cache_crops=8" bash scripts/train_demo_gpu.sh
+# FINE_DATA=<.npz of python -m train.data fine> with INIT_MODEL trains on finer classes: the
+# model's class table is split first (python -m train.split_classes; every fine class starts as
+# its parent class) and both stages read that data (session 13):
+#   python -m train.data fine --data data/emoji64 --out data/emoji64-fine
+#   INIT_MODEL=assets/hmar-emoji64 FINE_DATA=data/emoji64-fine/emoji64-fine.npz \
+#     STAGE1_MINUTES=4 STAGE2_MINUTES=2 STAGE2_CONTINUE_MASK=1 bash scripts/train_demo_gpu.sh
 # Resume a run that was cut off (same variables again, plus RESUME=1): every stage continues
 # from the newest checkpoint in its output folder; a stage whose model/ is already exported is
 # skipped.
@@ -30,6 +36,7 @@ STAGE2_MINUTES=${STAGE2_MINUTES:-2}
 STAGE2_STEPS=${STAGE2_STEPS:-6000}    # upper bound; --max-minutes shortens the schedule
 INIT_MODEL=${INIT_MODEL:-}            # continue from this model folder (fresh optimiser)
 GROW=${GROW:-}                        # new base-block indices: grow INIT_MODEL first
+FINE_DATA=${FINE_DATA:-}              # relabelled data: split INIT_MODEL's classes, train on it
 STAGE1_LR=${STAGE1_LR:-}              # peak lr of stage 1 (YAML: 6e-4; 3e-4 when continuing)
 RESUME=${RESUME:-0}
 DEVICE=${DEVICE:-cuda}
@@ -64,6 +71,17 @@ if [[ -n "$GROW" ]]; then
   echo "grew $INIT_MODEL at base blocks $GROW: $grown ($arch)"
   EXTRA="$arch $EXTRA"
   INIT_MODEL=$grown
+fi
+# 0b. finer classes that start as INIT_MODEL's (train.split_classes prints the new class count)
+if [[ -n "$FINE_DATA" ]]; then
+  [[ -n "$INIT_MODEL" ]] || { echo "FINE_DATA needs INIT_MODEL" >&2; exit 2; }
+  split=$RUNS/fine-init-model
+  rm -rf "$split"
+  classes=$($PY -m train.split_classes --model "$INIT_MODEL" --data "$FINE_DATA" --out "$split")
+  echo "split the classes of $INIT_MODEL by $FINE_DATA: $split ($classes)"
+  EXTRA="$classes $EXTRA"
+  INIT_MODEL=$split
+  DATA=$FINE_DATA
 fi
 # 1. tokenizer (one GPU), unless continuing from a model folder (its tokenizer is kept)
 if [[ -n "$INIT_MODEL" ]]; then

@@ -1,4 +1,5 @@
-"""Command line: ``python -m train.data emoji --out data/emoji64 [--size 64] [--raw data/raw]``."""
+"""Command line: ``python -m train.data emoji --out data/emoji64 [--size 64] [--raw data/raw]``;
+``python -m train.data fine --data data/emoji64 --out data/emoji64-fine [--min-images 20]``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .emoji import SPLITS, EmojiBuildConfig, build_emoji_dataset
+from .emoji_fine import write_fine_dataset
 from .fetch import ChecksumError
 
 logger = logging.getLogger("train.data")
@@ -33,6 +35,15 @@ def _parser() -> argparse.ArgumentParser:
     emoji.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                        help="processes for decoding/resizing")
     emoji.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    fine = commands.add_parser(
+        "fine", help="relabel a built emoji dataset: classes split by Unicode subcategory"
+    )
+    fine.add_argument("--data", type=Path, required=True,
+                      help="folder of python -m train.data emoji --npz (its .npz, images.csv)")
+    fine.add_argument("--out", type=Path, required=True, help="output folder")
+    fine.add_argument("--min-images", type=int, default=20,
+                      help="training images a subcategory needs to be a class (20)")
+    fine.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 
@@ -50,6 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "fine":
+        try:
+            write_fine_dataset(args.data, args.out, args.min_images)
+        except (ValueError, OSError, KeyError) as err:
+            logger.error("%s", " ".join(str(err).split()) or type(err).__name__)
+            return 2
+        return 0
     npz = args.npz
     if npz is not None and npz == Path(""):
         npz = args.out / f"{args.out.name}.npz"
