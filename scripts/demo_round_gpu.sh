@@ -60,6 +60,7 @@ case $cmd in
   finish)
     : "${OUT:?finish writes into \$OUT}"
     log=$WORK/runs/train.log
+    [[ -f "$log" ]] || { echo "no round started on this machine ($log)" >&2; exit 2; }
     start=$SECONDS
     while ! grep -q "DEMO TRAINING DONE" "$log" && (( SECONDS - start < ${WAIT:-540} )); do
       sleep 10

@@ -34,6 +34,13 @@ def test_large_subcategories_become_classes_and_the_rest_is_other():
     assert parent_names(fine.names) == ["s/face", "s/face", "s/object"]
 
 
+def test_a_class_with_held_out_images_only_keeps_one_empty_fine_class():
+    fine = fine_classes(np.array([0, 2, 2]), ["a", "b", "c"], np.array([True, False, False]),
+                        COARSE, 1)
+    assert fine.names == ["s/face/a", f"t/face/{OTHER}"] and fine.parents == [0, 2]
+    assert fine.labels.tolist() == [0, 1, 1]
+
+
 def test_classes_are_ordered_largest_first_within_their_parent():
     labels = np.zeros(6, dtype=np.int64)
     subs = ["a", "b", "b", "c", "c", "c"]
@@ -50,8 +57,6 @@ def test_refusals():
         fine_classes(np.zeros(2, np.int64), ["a", "a"], ones, COARSE, 0)
     with pytest.raises(ValueError, match="coarse labels"):
         fine_classes(np.array([0, 3]), ["a", "a"], ones, COARSE, 1)
-    with pytest.raises(ValueError, match="has no training images"):  # held out, class empty
-        fine_classes(np.array([0, 2]), ["a", "a"], np.array([True, False]), COARSE, 1)
     with pytest.raises(ValueError, match="not a fine class name"):
         parent_names(["s/face"])
 

@@ -16,7 +16,9 @@ carries them and every fine class can be mapped back to its 51-class parent by n
 (:func:`parent_names`).
 
 Held-out images of a subcategory that has no class of its own go to ``<class>/other``, or,
-when the class has no ``other``, to its largest fine class (they only enter the held-out loss).
+when the class has no ``other``, to its largest fine class (they only enter the held-out loss);
+a class with held-out images only keeps one fine class, ``<class>/other``, empty in training
+(like the builder's empty classes: ``run.allow_empty_classes``).
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ def fine_classes(coarse_labels: np.ndarray, subcategories: Sequence[str], train:
                                or coarse_labels.max() >= len(coarse_names)):
         raise ValueError(f"coarse labels must be in [0, {len(coarse_names) - 1}]")
     counts = Counter((int(c), s) for c, s, t in zip(coarse_labels, subcategories, train) if t)
+    held_only = set(coarse_labels[~train].tolist()) - set(coarse_labels[train].tolist())
     names: list[str] = []
     parents: list[int] = []
     index: dict[tuple[int, str], int] = {}
@@ -87,7 +90,11 @@ def fine_classes(coarse_labels: np.ndarray, subcategories: Sequence[str], train:
         own = sorted(((n, s) for (c, s), n in counts.items() if c == coarse),
                      key=lambda item: (-item[0], item[1]))
         if not own:
-            continue  # no training images: no fine class
+            if coarse in held_only:  # held-out images only: one class, empty in training
+                index[(coarse, OTHER)] = len(names)
+                names.append(f"{coarse_name}/{OTHER}")
+                parents.append(coarse)
+            continue  # no images at all: no fine class
         rest = sum(n for n, _ in own if n < min_images)
         for n, sub in own:
             if n >= min_images:
@@ -101,10 +108,7 @@ def fine_classes(coarse_labels: np.ndarray, subcategories: Sequence[str], train:
             parents.append(coarse)
     labels = np.empty(len(coarse_labels), dtype=np.int64)
     for i, (coarse, sub) in enumerate(zip(coarse_labels.tolist(), subcategories)):
-        fine = index.get((coarse, sub), index.get((coarse, OTHER), largest.get(coarse)))
-        if fine is None:
-            raise ValueError(f"image {i}: class {coarse_names[coarse]} has no training images")
-        labels[i] = fine
+        labels[i] = index.get((coarse, sub), index.get((coarse, OTHER), largest.get(coarse)))
     return FineClasses(names, parents, labels)
 
 
