@@ -10,6 +10,7 @@ scored in the parent class.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,16 @@ import numpy as np
 from train.data.emoji_fine import parent_names
 
 __all__ = ["ClassMap"]
+
+logger = logging.getLogger(__name__)
+
+
+def _children_of(model_names: Sequence[str], index: dict[str, int]) -> bool:
+    """Whether every model class is ``<data class>/<subclass>``."""
+    try:
+        return all(parent in index for parent in parent_names(model_names))
+    except ValueError:
+        return False
 
 
 class ClassMap:
@@ -29,32 +40,34 @@ class ClassMap:
         model_counts: training images per model class (needed when the model's classes are
             finer; ``None`` otherwise).
 
+    Classes of the same count but other names (a model exported with readable titles) are
+    matched by id, as the benchmarks always did.
+
     Raises:
-        ValueError: the model's classes are neither the data's nor finer ones of them, or finer
-            ones without their counts, or a data class without a model class.
+        ValueError: the model's classes are neither as many as the data's nor finer ones of
+            them, or finer ones without their counts.
     """
 
     def __init__(self, model_names: Sequence[str], data_names: Sequence[str],
                  model_counts: Sequence[int] | None = None) -> None:
         self.data_classes = len(data_names)
-        self.fine = list(model_names) != list(data_names)
+        index = {name: i for i, name in enumerate(data_names)}
+        self.fine = list(model_names) != list(data_names) and _children_of(model_names, index)
         if not self.fine:
+            if len(model_names) != len(data_names):
+                raise ValueError(f"the model's {len(model_names)} classes are neither the "
+                                 f"data's {len(data_names)} nor finer ones of them "
+                                 "(<data class>/<subclass>)")
+            if list(model_names) != list(data_names):
+                logger.warning("the model's class names are not the data's: classes are "
+                               "matched by id")
             self.parents = np.arange(len(data_names))
             self.weights = np.ones(len(data_names))
             return
-        try:
-            parents = parent_names(model_names)
-        except ValueError as err:
-            raise ValueError(f"the model's classes are not the data's ({len(model_names)} vs "
-                             f"{len(data_names)} names) nor finer ones of them: {err}") from None
-        index = {name: i for i, name in enumerate(data_names)}
-        unknown = sorted({p for p in parents if p not in index})
-        if unknown:
-            raise ValueError(f"the model's classes have parents the data lacks: {unknown[:5]}")
         if model_counts is None or len(model_counts) != len(model_names):
             raise ValueError("a model with finer classes needs the training-image count of "
                              "each of its classes (--label-data: the .npz it was trained on)")
-        self.parents = np.array([index[p] for p in parents])
+        self.parents = np.array([index[p] for p in parent_names(model_names)])
         self.weights = np.asarray(model_counts, dtype=np.float64)
 
     @classmethod

@@ -72,7 +72,7 @@ case $cmd in
       exit 0
     fi
     model=$WORK/runs/emoji64-hmar-stage2/model
-    # evaluate (and return) it with the bundled model's sampler and class titles: the export
+    # evaluate (and return) it with the bundled model's sampler and class names: the export
     # writes the official mask schedule, the shipped sampler is in the bundled config
     $PY - "$model/config.json" assets/hmar-emoji64/config.json <<'PY'
 import json
@@ -81,7 +81,7 @@ import sys
 new, old = (json.load(open(path)) for path in sys.argv[1:3])
 new["sampler"] = old["sampler"]
 if new["transformer"]["num_classes"] == old["transformer"]["num_classes"]:
-    for key in ("class_titles", "empty_classes"):
+    for key in ("class_names", "class_titles", "empty_classes"):
         if key in old:
             new[key] = old[key]
 json.dump(new, open(sys.argv[1], "w"), indent=1)

@@ -34,11 +34,17 @@ def test_finer_classes_draw_children_by_their_image_counts():
     assert not np.array_equal(fine.to_model(labels, seed=4), drawn)
 
 
+def test_other_names_of_as_many_classes_match_by_id():
+    titles = ClassMap(["Face", "Object", "Face (t)"], DATA)
+    assert not titles.fine
+    np.testing.assert_array_equal(titles.to_model(np.array([2, 1]), seed=0), [2, 1])
+
+
 def test_refusals():
-    with pytest.raises(ValueError, match="nor finer ones"):
+    with pytest.raises(ValueError, match="neither the data's 3 nor finer ones"):
         ClassMap(["x", "y"], DATA)
-    with pytest.raises(ValueError, match="parents the data lacks"):
-        ClassMap(["u/face/smile"], DATA, [1])
+    with pytest.raises(ValueError, match="neither the data's 3 nor finer ones"):
+        ClassMap(["u/face/smile"], DATA, [1])  # a parent the data lacks
     with pytest.raises(ValueError, match="training-image count"):
         ClassMap(FINE, DATA)
     without_images = ClassMap(FINE, DATA, [1, 1, 0, 1])
