@@ -86,26 +86,25 @@ def fine_classes(coarse_labels: np.ndarray, subcategories: Sequence[str], train:
     parents: list[int] = []
     index: dict[tuple[int, str], int] = {}
     largest: dict[int, int] = {}  # coarse id -> its largest named fine class
-    for coarse, coarse_name in enumerate(coarse_names):
+
+    def add(coarse: int, sub: str) -> int:
+        index[(coarse, sub)] = len(names)
+        names.append(f"{coarse_names[coarse]}/{sub}")
+        parents.append(coarse)
+        return index[(coarse, sub)]
+
+    for coarse in range(len(coarse_names)):
         own = sorted(((n, s) for (c, s), n in counts.items() if c == coarse),
-                     key=lambda item: (-item[0], item[1]))
+                     key=lambda item: (-item[0], item[1]))  # largest first
         if not own:
             if coarse in held_only:  # held-out images only: one class, empty in training
-                index[(coarse, OTHER)] = len(names)
-                names.append(f"{coarse_name}/{OTHER}")
-                parents.append(coarse)
+                add(coarse, OTHER)
             continue  # no images at all: no fine class
-        rest = sum(n for n, _ in own if n < min_images)
         for n, sub in own:
             if n >= min_images:
-                largest.setdefault(coarse, len(names))  # ``own`` is largest first
-                index[(coarse, sub)] = len(names)
-                names.append(f"{coarse_name}/{sub}")
-                parents.append(coarse)
-        if rest:
-            index[(coarse, OTHER)] = len(names)
-            names.append(f"{coarse_name}/{OTHER}")
-            parents.append(coarse)
+                largest.setdefault(coarse, add(coarse, sub))
+        if any(n < min_images for n, _ in own):
+            add(coarse, OTHER)
     labels = np.empty(len(coarse_labels), dtype=np.int64)
     for i, (coarse, sub) in enumerate(zip(coarse_labels.tolist(), subcategories)):
         labels[i] = index.get((coarse, sub), index.get((coarse, OTHER), largest.get(coarse)))
