@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.class_map import ClassMap
 from benchmarks.classifier import (
     accuracy_report,
     load_classifier,
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None,
                         help="emoji64.npz: real held-out accuracy and features (FD), and the "
                         "classes present")
+    parser.add_argument("--label-data", type=Path, default=None,
+                        help="a model trained on finer classes (needs --data): the .npz of "
+                        "python -m train.data fine it was trained on")
     parser.add_argument("--real-balanced", type=float, default=None,
                         help="the classifier's class-balanced accuracy on real held-out images "
                         "(when --data is not given; no FD then)")
@@ -91,19 +95,25 @@ def main(argv: list[str] | None = None) -> int:
     own = pipe.sampler_config
     classifier, _ = load_classifier(args.classifier, device)
     val_feats = val_y = None
+    class_map = ClassMap(pipe.class_names, pipe.class_names)
     if args.data is not None:
-        train_y = load_npz_split(args.data, "train")[1]
+        _, train_y, data_names = load_npz_split(args.data, "train")
         val_x, val_y, _ = load_npz_split(args.data, "val")
+        class_map = ClassMap.for_model(pipe.class_names, data_names, args.label_data)
         val_logits, val_feats = predict_logits(classifier, val_x)
         val_feats = val_feats.numpy()
         real = accuracy_report(val_logits, val_y)["class_top1_balanced"]
-        present = np.flatnonzero(np.bincount(train_y, minlength=pipe.num_classes) > 0)
+        present = np.flatnonzero(np.bincount(train_y, minlength=len(data_names)) > 0)
     else:
         real = args.real_balanced
         config = json.loads((args.model / "config.json").read_text())
         empty = set(config.get("empty_classes", ()))  # classes without training images
         present = np.array([c for c in range(pipe.num_classes) if c not in empty])
+    if classifier.cfg.num_classes != class_map.data_classes:
+        parser.error(f"the classifier has {classifier.cfg.num_classes} classes, the model "
+                     f"{pipe.num_classes}: give --data (and --label-data for finer classes)")
     labels = cycling_labels(args.samples, present)
+    model_labels = class_map.to_model(labels, args.seed)  # what is asked of the model
     steps = args.steps if args.steps is not None else [str(own.steps or 0), "0"]
     settings = {}
     for step in dict.fromkeys(steps):
@@ -124,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 own.mask_cfg_ratio)
         for step, setting in settings.items():
             start = time.perf_counter()
-            images = generate_set(pipe, labels, setting, args.seed, args.batch_size)
+            images = generate_set(pipe, model_labels, setting, args.seed, args.batch_size)
             logits, features = predict_logits(classifier, images)
             acc = accuracy_report(logits, labels)
             row = {"cfg": cfg, "top_k": top_k, "top_p": top_p, "mask_cfg_ratio": ratio,

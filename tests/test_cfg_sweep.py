@@ -56,3 +56,41 @@ def test_sweep_reports_fd_and_pairs_every_row_with_the_model_s_own_sampler(tmp_p
     assert len({round(row["fd"], 9) for row in rows}) > 1
     table = markdown(rows)
     assert table.count("\n") == len(rows) + 1 and "(own)" in table
+
+
+def test_a_model_with_finer_classes_is_scored_in_the_data_s_classes(tmp_path):
+    """A model whose classes are split copies of the data's (``train.split_classes``) makes the
+    same images for a child as for its parent, so its sweep equals the coarse model's."""
+    from hmar_core import Pipeline, TransformerConfig
+    from train.split_classes import split_class_table
+
+    names = [f"s/c{i}" for i in range(51)]
+    transformer_cfg = dataclasses.replace(TransformerConfig.from_name("tiny"), num_classes=51)
+    coarse = Pipeline.random(transformer_cfg=transformer_cfg, seed=0)
+    coarse = Pipeline(coarse.tokenizer, coarse.transformer, coarse.sampler_config, names)
+    parents = [i // 2 for i in range(102)]  # two children per class
+    fine_names = [f"{names[p]}/x{i % 2}" for i, p in enumerate(parents)]
+    fine = Pipeline(coarse.tokenizer, split_class_table(coarse.transformer, parents),
+                    coarse.sampler_config, fine_names)
+    coarse.save_pretrained(tmp_path / "coarse")
+    fine.save_pretrained(tmp_path / "fine")
+    torch.manual_seed(0)
+    clf = ClassifierConfig(num_classes=51, channels=(8, 8, 16, 16), class_names=names)
+    save_classifier(EmojiClassifier(clf).eval(), tmp_path / "clf")
+    _tiny_data(tmp_path / "plain.npz", 51)
+    with np.load(tmp_path / "plain.npz") as data:
+        arrays = dict(data)
+    np.savez(tmp_path / "data.npz", **{**arrays, "class_names": np.array(names)})
+    # the data relabelled: child 0 of each class
+    np.savez(tmp_path / "fine.npz", **{**arrays, "labels": arrays["labels"] * 2,
+                                       "class_names": np.array(fine_names)})
+    common = ["--classifier", str(tmp_path / "clf"), "--data", str(tmp_path / "data.npz"),
+              "--steps", "0", "--samples", "8", "--batch-size", "4", "--bootstrap-reps", "5"]
+    assert sweep_main(["--model", str(tmp_path / "coarse"), *common,
+                       "--json", str(tmp_path / "coarse.json")]) == 0
+    assert sweep_main(["--model", str(tmp_path / "fine"), *common, "--label-data",
+                       str(tmp_path / "fine.npz"), "--json", str(tmp_path / "fine.json")]) == 0
+    rows = [json.loads((tmp_path / f"{name}.json").read_text())["rows"]
+            for name in ("coarse", "fine")]
+    assert [(r["fd"], r["class_top1_balanced"]) for r in rows[0]] == \
+        [(r["fd"], r["class_top1_balanced"]) for r in rows[1]]
