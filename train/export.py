@@ -31,6 +31,7 @@ from hmar_core.transformer import HMARTransformer
 from hmar_core.weights_io import load_weights
 
 __all__ = [
+    "derived_config",
     "export_checkpoint",
     "export_pipeline",
     "export_sampler_config",
@@ -162,6 +163,22 @@ def export_pipeline(
     folder = Path(folder)
     pipeline.save_pretrained(folder, dtype=dtype)
     return folder
+
+
+def derived_config(source: str | os.PathLike, folder: str | os.PathLike, take: Sequence[str],
+                   drop: Sequence[str] = ()) -> None:
+    """Give the model ``folder`` (derived from the model folder ``source``) the source's
+    ``config.json`` entries (class titles, empty classes, ...) except the ``take`` entries,
+    which stay ``folder``'s own, and the ``drop`` entries, which no longer apply."""
+    config = json.loads((Path(source) / "config.json").read_text())
+    written = json.loads((Path(folder) / "config.json").read_text())
+    for key in take:
+        config[key] = written[key]
+    for key in drop:
+        config.pop(key, None)
+    tmp = Path(folder) / "config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    tmp.replace(Path(folder) / "config.json")
 
 
 def export_sampler_config(stage: str, cfg_scale: float) -> SamplerConfig:

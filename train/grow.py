@@ -32,7 +32,7 @@ from hmar_core.checkpoint import load_into
 from hmar_core.init import init_transformer_
 from hmar_core.transformer import HMARTransformer
 
-from .export import export_pipeline
+from .export import derived_config, export_pipeline
 
 __all__ = ["cli", "grow_folder", "grow_transformer", "training_overrides"]
 
@@ -101,12 +101,7 @@ def grow_folder(model: str | Path, out: str | Path, insert: Sequence[int], *, se
     grown = grow_transformer(pipe.transformer, insert, seed)
     folder = export_pipeline(pipe.tokenizer, grown, out, class_names=pipe.class_names,
                              sampler_config=pipe.sampler_config, dtype=dtype)
-    # the source's other entries (class titles, empty classes, ...) with the grown transformer
-    config = json.loads((Path(model) / "config.json").read_text())
-    config["transformer"] = json.loads((folder / "config.json").read_text())["transformer"]
-    written = folder / "config.json.tmp"
-    written.write_text(json.dumps(config, indent=2) + "\n")
-    written.replace(folder / "config.json")
+    derived_config(model, folder, take=("transformer",))  # the source's titles, ...
     return folder
 
 

@@ -27,7 +27,7 @@ from hmar_core.checkpoint import load_into
 from hmar_core.transformer import HMARTransformer
 
 from .data.emoji_fine import parent_names
-from .export import export_pipeline
+from .export import derived_config, export_pipeline
 
 __all__ = ["cli", "split_class_table", "split_folder"]
 
@@ -84,15 +84,9 @@ def split_folder(model: str | Path, data: str | Path, out: str | Path, *,
     split = split_class_table(pipe.transformer, parents)
     folder = export_pipeline(pipe.tokenizer, split, out, class_names=names,
                              sampler_config=pipe.sampler_config, dtype=dtype)
-    # the source's other entries, with the new class count (per-class ones do not carry over)
-    config = json.loads((Path(model) / "config.json").read_text())
-    written = json.loads((folder / "config.json").read_text())
-    for key in ("transformer", "class_names"):
-        config[key] = written[key]
-    for key in ("class_titles", "empty_classes"):
-        config.pop(key, None)
-    (folder / "config.json.tmp").write_text(json.dumps(config, indent=2) + "\n")
-    (folder / "config.json.tmp").replace(folder / "config.json")
+    # the source's other entries; its per-class ones do not carry over
+    derived_config(model, folder, take=("transformer", "class_names"),
+                   drop=("class_titles", "empty_classes"))
     logger.info("split %d classes into %d", pipe.transformer.cfg.num_classes, len(names))
     return folder
 
